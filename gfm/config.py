@@ -1,0 +1,439 @@
+"""Typed settings for every part of gfm, loaded once from ``params.yaml``.
+
+The YAML file's top-level sections map one-to-one onto the classes below
+(``data``, ``gfm``, ``train``, ``tune``, ``evaluate``, ``registry``, ``tracking``).
+Every model is frozen and rejects unknown keys, so a typo in ``params.yaml``
+fails at load time with the key's dotted path instead of being ignored.
+
+Overrides, strongest last:
+    params.yaml  <  environment ``GFM_<SECTION>__<KEY>=value``  <  ``--set section.key=value``
+
+Values of overrides are parsed as YAML (``--set data.seeds=8``, ``--set data.optimizers=[sgd,adam]``).
+``load_settings`` is the only function in gfm that reads the params file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+TASKS = ("least_squares", "mlp_regression", "digits_mlp", "mnist_cnn")
+ENV_PREFIX = "GFM_"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Range(_Frozen):
+    """A closed interval ``[low, high]`` that a run's hyperparameter is drawn from."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.high < self.low:
+            raise ValueError(f"high must be >= low, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low}")
+        return self
+
+
+class OptimizerSpace(_Frozen):
+    """Hyperparameter ranges for one optimizer; ``lr`` is multiplied by the task's ``lr_scale``."""
+
+    lr: Range
+    momentum: Range | None = None
+    nesterov_prob: float = Field(0.0, ge=0.0, le=1.0)
+    beta1: Range | None = None
+    beta2: Range | None = None
+    alpha: Range | None = None  # RMSprop smoothing constant
+    weight_decay: Range | None = None
+
+
+def _default_optimizers() -> dict[str, OptimizerSpace]:
+    return {
+        "sgd": OptimizerSpace(lr=Range(low=0.02, high=0.1, log=True)),
+        "momentum": OptimizerSpace(
+            lr=Range(low=0.005, high=0.03, log=True),
+            momentum=Range(low=0.8, high=0.9),
+            nesterov_prob=0.5,
+        ),
+        "rmsprop": OptimizerSpace(
+            lr=Range(low=0.0005, high=0.003, log=True), alpha=Range(low=0.9, high=0.99)
+        ),
+        "adam": OptimizerSpace(
+            lr=Range(low=0.001, high=0.005, log=True),
+            beta1=Range(low=0.85, high=0.95),
+            beta2=Range(low=0.99, high=0.999),
+        ),
+        "adamw": OptimizerSpace(
+            lr=Range(low=0.001, high=0.005, log=True),
+            beta1=Range(low=0.85, high=0.95),
+            beta2=Range(low=0.99, high=0.999),
+            weight_decay=Range(low=0.001, high=0.05, log=True),
+        ),
+    }
+
+
+class TaskSettings(_Frozen):
+    """One training problem whose runs are recorded.
+
+    ``archs`` lists architectures as hidden sizes: MLP hidden widths, CNN channel counts,
+    ``[]`` for the linear model of ``least_squares``. Each run draws one of them.
+    """
+
+    archs: list[list[int]] = Field(min_length=1)
+    steps: int = Field(gt=0)
+    record_every: int = Field(gt=0)
+    batch_sizes: list[int | None] = Field(default_factory=lambda: [64], min_length=1)
+    lr_scale: float = Field(1.0, gt=0)
+    n_train: int = Field(512, gt=0)
+    n_test: int = Field(256, gt=0)
+    dim: int = Field(16, gt=0)  # input dimension of the synthetic tasks
+    noise: float = Field(0.1, ge=0)
+
+    @field_validator("archs")
+    @classmethod
+    def _positive_sizes(cls, archs: list[list[int]]) -> list[list[int]]:
+        for arch in archs:
+            if any(h <= 0 for h in arch):
+                raise ValueError(f"hidden sizes must be positive integers, got {arch}")
+        return archs
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, sizes: list[int | None]) -> list[int | None]:
+        if any(b is not None and b <= 0 for b in sizes):
+            raise ValueError(f"batch sizes must be positive or null (full batch), got {sizes}")
+        return sizes
+
+    @model_validator(mode="after")
+    def _record_divides(self) -> TaskSettings:
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        return self
+
+
+def _default_tasks() -> dict[str, TaskSettings]:
+    return {
+        "least_squares": TaskSettings(
+            archs=[[]], steps=100, record_every=2, batch_sizes=[None, 32], lr_scale=2.0, dim=16
+        ),
+        "mlp_regression": TaskSettings(
+            archs=[[8], [16], [8, 8]], steps=200, record_every=4, batch_sizes=[64], lr_scale=2.0
+        ),
+        "digits_mlp": TaskSettings(
+            archs=[[32], [64], [32, 32]], steps=200, record_every=4, batch_sizes=[64]
+        ),
+        "mnist_cnn": TaskSettings(
+            archs=[[16, 32, 32], [8, 16, 16]], steps=200, record_every=4, batch_sizes=[64]
+        ),
+    }
+
+
+class SplitSettings(_Frozen):
+    """Deterministic held-out splits, recorded per run in the manifest.
+
+    ``seed``: the last ``test_seeds`` seed indices of every (task, optimizer, arch) group are test,
+    the ``val_seeds`` before them validation. ``architecture``: per task, the named arch (hidden sizes
+    joined by ``-``, ``linear`` for ``[]``) is test. ``optimizer``: runs of ``holdout_optimizer`` are test.
+    """
+
+    val_seeds: int = Field(1, ge=0)
+    test_seeds: int = Field(1, ge=1)
+    holdout_archs: dict[str, str] = Field(
+        default_factory=lambda: {"mlp_regression": "8-8", "digits_mlp": "32-32", "mnist_cnn": "8-16-16"}
+    )
+    holdout_optimizer: str = "rmsprop"
+
+
+class DataSettings(_Frozen):
+    """Trajectory dataset: where it lives, which runs it holds, and how it is versioned."""
+
+    root: Path = Path("data")
+    seed: int = 0
+    seeds: int = Field(4, gt=0, description="runs per (task, optimizer, arch)")
+    tasks: dict[str, TaskSettings] = Field(default_factory=_default_tasks)
+    optimizers: dict[str, OptimizerSpace] = Field(default_factory=_default_optimizers)
+    schedules: list[str] = Field(default_factory=lambda: list(SCHEDULES), min_length=1)
+    splits: SplitSettings = Field(default_factory=SplitSettings)
+    workers: int = Field(2, ge=1)
+    remote: str = "~/.cache/gfm/dvc-remote"
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: dict[str, TaskSettings]) -> dict[str, TaskSettings]:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
+        if not tasks:
+            raise ValueError(f"at least one task is needed; expected some of {list(TASKS)}")
+        return tasks
+
+    @field_validator("optimizers")
+    @classmethod
+    def _known_optimizers(cls, opts: dict[str, OptimizerSpace]) -> dict[str, OptimizerSpace]:
+        unknown = sorted(set(opts) - set(OPTIMIZERS))
+        if unknown:
+            raise ValueError(f"unknown optimizer(s) {unknown}; expected some of {list(OPTIMIZERS)}")
+        if not opts:
+            raise ValueError(f"at least one optimizer is needed; expected some of {list(OPTIMIZERS)}")
+        return opts
+
+    @field_validator("schedules")
+    @classmethod
+    def _known_schedules(cls, schedules: list[str]) -> list[str]:
+        unknown = sorted(set(schedules) - set(SCHEDULES))
+        if unknown:
+            raise ValueError(f"unknown schedule(s) {unknown}; expected some of {list(SCHEDULES)}")
+        return schedules
+
+    @model_validator(mode="after")
+    def _splits_fit(self) -> DataSettings:
+        s = self.splits
+        if s.val_seeds + s.test_seeds >= self.seeds:
+            raise ValueError(
+                f"splits.val_seeds + splits.test_seeds ({s.val_seeds + s.test_seeds}) must be "
+                f"smaller than seeds ({self.seeds}) so that some runs are left to train on"
+            )
+        for task in s.holdout_archs:
+            if task not in TASKS:
+                raise ValueError(f"splits.holdout_archs: unknown task {task!r}; expected {list(TASKS)}")
+        if s.holdout_optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"splits.holdout_optimizer must be one of {list(OPTIMIZERS)}, got {s.holdout_optimizer!r}"
+            )
+        return self
+
+
+class GFMSettings(_Frozen):
+    """The forecaster: which vector field and how big."""
+
+    variant: Literal["optimizer", "free"] = "optimizer"
+    width: int = Field(64, gt=0)
+    depth: int = Field(3, gt=0)
+    time_embedding: int = Field(16, ge=0)
+    history: int = Field(4, ge=1, description="recent increments given as context")
+    sigma: float = Field(0.0, ge=0.0, description="Gaussian tube around the linear path")
+    solver: Literal["euler", "rk4", "dopri5"] = "rk4"
+    solver_steps: int = Field(1, ge=1, description="fixed-step substeps per recorded interval")
+    rtol: float = Field(1e-5, gt=0)
+    atol: float = Field(1e-6, gt=0)
+    adjoint: bool = False
+    chunk_size: int = Field(65536, gt=0, description="parameters forecast at once")
+
+
+class TrainSettings(_Frozen):
+    """The direct flow-matching training loop."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    steps: int = Field(1500, gt=0)
+    batch_runs: int = Field(8, gt=0, description="trajectories per batch")
+    batch_params: int = Field(2048, gt=0, description="parameters sampled per trajectory")
+    eval_every: int = Field(250, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TuneSettings(_Frozen):
+    """Optuna search over GFM hyperparameters."""
+
+    n_trials: int = Field(8, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    study_name: str = "gfm"
+    storage: str = "sqlite:///optuna.db"
+    seed: int = 0
+    trial_steps: int = Field(400, gt=0, description="training steps per trial")
+    pruner_warmup_steps: int = Field(100, ge=0)
+    workers: int = Field(1, ge=1)
+
+
+class EvaluateSettings(_Frozen):
+    """Forecast evaluation against baselines."""
+
+    observed_fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5], min_length=1)
+    splits: list[Literal["seed", "architecture", "optimizer"]] = Field(
+        default_factory=lambda: ["seed", "architecture", "optimizer"], min_length=1
+    )
+    baselines: list[str] = Field(
+        default_factory=lambda: ["persistence", "linear", "geometric", "dmd", "lfd2", "wnn", "lstm", "transformer"]
+    )
+    linear_window: int = Field(3, ge=2)
+    output_dir: Path = Path("reports")
+
+    @field_validator("observed_fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        for f in fractions:
+            if not 0.0 < f < 1.0:
+                raise ValueError(f"observed fractions must lie in (0, 1), got {f}")
+        return fractions
+
+
+class RegistrySettings(_Frozen):
+    """MLflow model registry promotion."""
+
+    model_name: str = "gfm"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    metric: str = "test/rel_mse_persistence"
+    greater_is_better: bool = False
+    margin: float = Field(0.0, ge=0.0, description="relative improvement needed to take champion")
+
+
+class TrackingSettings(_Frozen):
+    """Where MLflow writes; relative sqlite paths are resolved against the params file's folder."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "gfm"
+    artifact_location: str | None = None
+
+
+class Settings(_Frozen):
+    """All of gfm's settings, one section per part."""
+
+    data: DataSettings = Field(default_factory=DataSettings)
+    gfm: GFMSettings = Field(default_factory=GFMSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+
+
+class SettingsError(ValueError):
+    """params.yaml (or an override) does not describe valid settings; the message names the key."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise SettingsError(f"{source}: key must be dotted like `data.seeds`, got {dotted!r}")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"{source}: `{dotted}`: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: Sequence[str], source: str = "--set") -> dict[str, Any]:
+    """Turn ``["data.seeds=8", ...]`` into ``{"data.seeds": 8, ...}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"{source}: expected KEY=VALUE like `data.seeds=8`, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise SettingsError(f"{source}: value of `{key}` is not valid YAML: {err}") from err
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overrides from ``GFM_<SECTION>__<KEY>`` variables, e.g. ``GFM_TRACKING__URI``."""
+    pairs = [
+        f"{name[len(ENV_PREFIX):].lower().replace('__', '.')}={value}"
+        for name, value in sorted(environ.items())
+        if name.startswith(ENV_PREFIX) and "__" in name
+    ]
+    return parse_overrides(pairs, source="environment")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml for the valid keys)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}, got {e.get('input')!r}"
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = "params.yaml",
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read, override and validate settings.
+
+    Args:
+        path: the params file; ``None`` (or a missing default ``params.yaml``) uses built-in defaults.
+        overrides: ``{"data.seeds": 8}`` or ``["data.seeds=8"]``, applied last.
+        environ: environment to read ``GFM_*__*`` overrides from (default ``os.environ``).
+
+    Returns:
+        Frozen, validated settings; relative paths in ``data.root``, ``evaluate.output_dir`` and a
+        relative sqlite ``tracking.uri``/``tune.storage`` are made absolute against the params file's
+        folder (so DVC's temp-dir experiments and other working directories agree).
+
+    Raises:
+        SettingsError: the file is unreadable or not a mapping, or a key or value is invalid;
+            the message names the file and the dotted key.
+    """
+    source = str(path) if path is not None else "defaults"
+    tree: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            try:
+                loaded = yaml.safe_load(p.read_text())
+            except yaml.YAMLError as err:
+                raise SettingsError(f"{source}: not valid YAML: {err}") from err
+            if loaded is not None and not isinstance(loaded, dict):
+                raise SettingsError(f"{source}: must be a mapping of sections, got {type(loaded).__name__}")
+            tree = loaded or {}
+            base = p.resolve().parent
+        elif str(path) != "params.yaml":
+            raise SettingsError(f"{source}: file not found")
+    env = env_overrides(os.environ if environ is None else environ)
+    explicit = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    for source_name, items in (("environment", env), ("--set", explicit)):
+        for dotted, value in items.items():
+            _set_dotted(tree, dotted, value, source_name)
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as err:
+        raise SettingsError(_format_error(err, source)) from None
+    return _resolve_paths(settings, base)
+
+
+def _abs_sqlite(uri: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str((base / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _resolve_paths(s: Settings, base: Path) -> Settings:
+    def absolute(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    return s.model_copy(
+        update={
+            "data": s.data.model_copy(update={"root": absolute(s.data.root)}),
+            "evaluate": s.evaluate.model_copy(update={"output_dir": absolute(s.evaluate.output_dir)}),
+            "tracking": s.tracking.model_copy(update={"uri": _abs_sqlite(s.tracking.uri, base)}),
+            "tune": s.tune.model_copy(update={"storage": _abs_sqlite(s.tune.storage, base)}),
+        }
+    )

@@ -1,0 +1,1 @@
+"""Trajectory datasets: tasks, generation, storage, import and validation."""

@@ -1,0 +1,108 @@
+"""The forecasting task and the one interface every forecaster (GFM and each baseline) implements.
+
+A run has recorded checkpoints w_0..w_M at times t_i = i/M. A forecaster sees the prefix
+w_0..w_k (k < M) plus what is known in advance about the run (optimizer, hyperparameters, the
+learning-rate schedule at every recorded step, per-parameter metadata) and predicts the weights at
+later times, above all t = 1 (the final weights w_M).
+
+Shapes: k+1 observed checkpoints, M+1 in the full run, D parameters, T target times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from gfm.data.schema import ParamMeta, RunRecord
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The observed start of one run.
+
+    Attributes:
+        w: (k+1, D) float32 weights at checkpoints 0..k.
+        M: number of recorded intervals in the full run; t_i = i / M.
+        lr: (M+1,) learning rate in effect at every recorded step of the full run (the schedule
+            is chosen before training, so it is known for the future too).
+        optimizer: one of ``gfm.config.OPTIMIZERS``.
+        hparams: the optimizer's hyperparameters (lr, momentum, nesterov, alpha, beta1, beta2,
+            weight_decay; absent keys take torch's defaults).
+        record_every: optimizer steps between two recorded checkpoints (S = M * record_every
+            steps in the whole run).
+        params: per-parameter metadata (layer, kind, fan_in), aligned with the D axis.
+        task: the task name (context only; forecasters must not require it).
+    """
+
+    w: torch.Tensor
+    M: int
+    lr: torch.Tensor
+    optimizer: str
+    hparams: dict[str, float | bool]
+    record_every: int
+    params: ParamMeta
+    task: str = ""
+
+    @property
+    def k(self) -> int:
+        """Index of the last observed checkpoint."""
+        return self.w.shape[0] - 1
+
+    @property
+    def t_k(self) -> float:
+        return self.k / self.M
+
+    @property
+    def D(self) -> int:
+        return self.w.shape[1]
+
+    @staticmethod
+    def from_record(record: RunRecord, k: int) -> Prefix:
+        """The first k+1 checkpoints of a recorded run.
+
+        Raises:
+            ValueError: ``k`` is not in [1, M-1].
+        """
+        M = record.weights.shape[0] - 1
+        if not 1 <= k < M:
+            raise ValueError(f"`k` must be in [1, {M - 1}] for a run with M={M}, got {k}")
+        return Prefix(
+            w=torch.from_numpy(np.ascontiguousarray(record.weights[: k + 1])),
+            M=M,
+            lr=torch.from_numpy(np.asarray(record.lr, dtype=np.float64)),
+            optimizer=record.spec.optimizer,
+            hparams=dict(record.spec.hparams),
+            record_every=record.spec.record_every,
+            params=record.params,
+            task=record.spec.task,
+        )
+
+
+def observed_index(M: int, fraction: float) -> int:
+    """Last observed checkpoint for an observed fraction of the run: k = max(1, round(f * M))."""
+    return min(M - 1, max(1, round(fraction * M)))
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """Fit on training trajectories; forecast later weights from a prefix; save and load.
+
+    ``forecast(prefix, t)`` takes target times t (T,) with t_k < t <= 1 and returns (T, D)
+    float32 weights. ``save`` writes the forecaster's config and weights to a folder (safetensors
+    or a ``state_dict`` read back with ``weights_only=True``; never a pickle of code).
+    """
+
+    name: str
+
+    def fit(
+        self, train: Sequence[RunRecord], val: Sequence[RunRecord] | None = None
+    ) -> Forecaster: ...
+
+    def forecast(self, prefix: Prefix, t: torch.Tensor) -> torch.Tensor: ...
+
+    def save(self, path: Path) -> None: ...
