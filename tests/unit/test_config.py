@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from gfm.config import Settings, SettingsError, env_overrides, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_params_yaml_matches_the_built_in_defaults():
+    # given the committed params.yaml and the defaults in code
+    loaded = load_settings(ROOT / "params.yaml", environ={})
+    defaults = load_settings(None, environ={})
+    # then they describe the same settings (paths resolve against different folders)
+    for section in ("gfm", "train", "registry"):
+        assert getattr(loaded, section) == getattr(defaults, section)
+    assert loaded.data.tasks == defaults.data.tasks
+    assert loaded.data.optimizers == defaults.data.optimizers
+    assert loaded.data.root == ROOT / "data"
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("unknown_key", "data.seedz: unknown key"),
+        ("negative_steps", "data.tasks.least_squares.steps"),
+        ("unknown_optimizer", "adagrad"),
+        ("wrong_type", "train.lr"),
+        ("not_mapping", "must be a mapping"),
+    ],
+)
+def test_invalid_files_name_the_key(confs, name, needle):
+    # when a broken params file is loaded
+    with pytest.raises(SettingsError) as err:
+        load_settings(confs / "invalid" / f"{name}.yaml", environ={})
+    # then the message names the file and the offending key
+    assert needle in str(err.value)
+    assert f"{name}.yaml" in str(err.value)
+
+
+def test_unknown_optimizer_lists_the_valid_ones(confs):
+    with pytest.raises(SettingsError, match="expected some of \\['sgd', 'momentum'"):
+        load_settings(confs / "invalid" / "unknown_optimizer.yaml", environ={})
+
+
+def test_unknown_solver_lists_allowed_values():
+    with pytest.raises(SettingsError, match=r"gfm.solver: .*'euler', 'rk4' or 'dopri5'"):
+        load_settings(None, ["gfm.solver=midpoint"], environ={})
+
+
+def test_set_overrides_parse_yaml_values():
+    s = load_settings(None, ["data.seeds=8", "data.schedules=[cosine]", "train.lr=3e-4"], environ={})
+    assert s.data.seeds == 8
+    assert s.data.schedules == ["cosine"]
+    assert s.train.lr == pytest.approx(3e-4)
+
+
+def test_set_rejects_malformed_pairs():
+    with pytest.raises(SettingsError, match="KEY=VALUE"):
+        load_settings(None, ["data.seeds"], environ={})
+
+
+def test_environment_overrides_deployment_uris_and_set_wins():
+    env = {"GFM_TRACKING__URI": "http://127.0.0.1:5000", "GFM_DATA__SEEDS": "6", "OTHER": "x"}
+    assert env_overrides(env) == {"data.seeds": 6, "tracking.uri": "http://127.0.0.1:5000"}
+    s = load_settings(None, ["data.seeds=7"], environ=env)
+    assert s.tracking.uri == "http://127.0.0.1:5000"
+    assert s.data.seeds == 7  # --set is applied after the environment
+
+
+def test_relative_sqlite_uris_become_absolute(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("tracking: {uri: 'sqlite:///m.db'}\n")
+    s = load_settings(p, environ={})
+    assert s.tracking.uri == f"sqlite:///{tmp_path.resolve()}/m.db"
+    assert s.tune.storage == f"sqlite:///{tmp_path.resolve()}/optuna.db"
+
+
+def test_splits_must_leave_training_runs():
+    with pytest.raises(SettingsError, match="smaller than seeds"):
+        load_settings(None, ["data.seeds=2"], environ={})
+
+
+def test_record_every_must_divide_steps():
+    with pytest.raises(SettingsError, match="multiple of record_every"):
+        load_settings(None, {"data.tasks": {"least_squares": {"archs": [[]], "steps": 10, "record_every": 3}}}, environ={})
+
+
+def test_settings_are_frozen():
+    s = Settings()
+    with pytest.raises(Exception, match="frozen"):
+        s.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(SettingsError, match="file not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
