@@ -1,0 +1,276 @@
+"""Lazy, memory-bounded reading of a trajectory dataset folder (format: ``docs/data-format.md``).
+
+``Trajectories(root)`` reads only the small tables (manifest, runs, parameters); each run's
+checkpoints (M+1, D) are read from its own Parquet file when first asked for and kept in a
+byte-bounded LRU cache shared by every view of the same dataset.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import polars as pl
+
+from gfm.data.io import (
+    CHECKPOINTS_DIR,
+    PARAMETERS_FILE,
+    PARAMETERS_SCHEMA,
+    RUNS_FILE,
+    RUNS_SCHEMA,
+    DatasetError,
+    Manifest,
+    params_from_table,
+    read_checkpoints,
+    read_manifest,
+)
+from gfm.data.schema import SPLIT_KINDS, SPLIT_PARTS, ParamMeta, RunRecord
+
+__all__ = ["DEFAULT_CACHE_BYTES", "Trajectories"]
+
+DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB
+
+
+def _record_bytes(record: RunRecord) -> int:
+    arrays = (record.weights, record.steps, record.lr, record.train_loss, record.val_loss)
+    return sum(a.nbytes for a in arrays) + record.val_acc.nbytes
+
+
+class _Cache:
+    """Least-recently-used records, bounded by the bytes of their arrays; thread-safe."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._items: OrderedDict[str, tuple[RunRecord, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> RunRecord | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: str, record: RunRecord) -> None:
+        n = _record_bytes(record)
+        if n > self.capacity:
+            return  # larger than the whole cache: serve it uncached
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (record, n)
+            self.size += n
+            while self.size > self.capacity:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.size -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.size = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into worker processes empty: records are cheap to re-read, locks can't travel.
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["capacity"])  # type: ignore[misc]
+
+
+class _Dataset:
+    """What every view of one dataset folder shares: tables, parameter metadata, the cache."""
+
+    def __init__(self, root: Path, cache_bytes: int) -> None:
+        self.root = root
+        self.manifest = read_manifest(root)
+        self.parameters = _read_table(root / PARAMETERS_FILE, PARAMETERS_SCHEMA)
+        self.cache = _Cache(cache_bytes)
+        self.params: dict[tuple[str, str], ParamMeta] = {}
+        self._lock = threading.Lock()
+
+    def param_meta(self, task: str, arch: str) -> ParamMeta:
+        with self._lock:
+            if (task, arch) not in self.params:
+                try:
+                    self.params[(task, arch)] = params_from_table(self.parameters, task, arch)
+                except KeyError as err:
+                    raise DatasetError(f"{self.root / PARAMETERS_FILE}: {err.args[0]}") from None
+            return self.params[(task, arch)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["params"] = {}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def _read_table(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: must exist in a gfm dataset")
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as err:  # polars raises several types for damaged files
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DatasetError(
+            f"{path}: must be a readable Parquet file, got {type(err).__name__}: {detail}"
+        ) from None
+    for name, dtype in schema.items():
+        if frame.schema.get(name) != dtype:
+            raise DatasetError(
+                f"{path}: column `{name}` must be {dtype}, got {frame.schema.get(name)}"
+            )
+    return frame.select(list(schema))
+
+
+class Trajectories(Sequence[RunRecord]):
+    """A dataset folder as a lazy sequence of RunRecords, with split views.
+
+    Opening reads ``manifest.json``, ``runs.parquet`` and ``parameters.parquet`` only. Indexing
+    or iterating reads one run's file at a time (about 0.01 s and M+1 x D x 4 bytes each) and
+    keeps recent ones in an LRU cache bounded by ``cache_bytes``. Views from ``select``,
+    ``filter`` and slicing share the tables and the cache. Records from the cache are shared
+    objects: copy arrays before modifying them in place.
+
+    Example::
+
+        data = Trajectories("data")
+        train = data.select("seed", "train")  # Sequence[RunRecord], nothing loaded yet
+        forecaster.fit(train, data.select("seed", "val"))
+
+    Args:
+        root: the dataset folder.
+        cache_bytes: most bytes of run arrays kept in memory (default 1 GiB; 0 disables).
+
+    Raises:
+        FileNotFoundError: the folder, its manifest or one of its tables is missing.
+        DatasetError: the manifest or a table is unreadable or has the wrong format version or
+            columns (``gfm.data.validate.check`` reports every problem at once).
+    """
+
+    def __init__(self, root: str | Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if cache_bytes < 0:
+            raise ValueError(f"`cache_bytes` must be >= 0, got {cache_bytes}")
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: dataset folder must exist (run `gfm data generate`?)")
+        self._data = _Dataset(root, cache_bytes)
+        self._set_runs(_read_table(root / RUNS_FILE, RUNS_SCHEMA))
+
+    @classmethod
+    def _view(cls, data: _Dataset, runs: pl.DataFrame) -> Trajectories:
+        view = cls.__new__(cls)
+        view._data = data
+        view._set_runs(runs)
+        return view
+
+    def _set_runs(self, runs: pl.DataFrame) -> None:
+        self._runs = runs
+        self._ids: list[str] = runs["run_id"].to_list()
+        self._rows = {run_id: i for i, run_id in enumerate(self._ids)}
+
+    @property
+    def root(self) -> Path:
+        """The dataset folder."""
+        return self._data.root
+
+    @property
+    def runs(self) -> pl.DataFrame:
+        """One row per run in this view (columns of ``runs.parquet``), in run_id order."""
+        return self._runs
+
+    @property
+    def run_ids(self) -> list[str]:
+        """The run ids of this view, in order."""
+        return list(self._ids)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The dataset's manifest (the whole dataset, not this view)."""
+        return self._data.manifest
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of run arrays now held in the shared cache."""
+        return self._data.cache.size
+
+    def select(self, split: str, part: str) -> Trajectories:
+        """The runs of one part of one split, e.g. ``select("seed", "train")``.
+
+        Args:
+            split: one of ``SPLIT_KINDS`` (seed, architecture, optimizer).
+            part: one of ``SPLIT_PARTS`` (train, val, test).
+
+        Raises:
+            ValueError: unknown split or part; the message lists the valid names.
+        """
+        if split not in SPLIT_KINDS:
+            raise ValueError(f"`split` must be one of {list(SPLIT_KINDS)}, got {split!r}")
+        if part not in SPLIT_PARTS:
+            raise ValueError(f"`part` must be one of {list(SPLIT_PARTS)}, got {part!r}")
+        return self.filter(pl.col(f"split_{split}") == part)
+
+    def filter(self, *predicates: pl.Expr | Any, **constraints: Any) -> Trajectories:
+        """A view of the runs whose ``runs`` row matches, e.g. ``filter(pl.col("lr") > 0.01)``.
+
+        Arguments are those of ``polars.DataFrame.filter`` (``filter(task="digits_mlp")`` works).
+        """
+        return Trajectories._view(self._data, self._runs.filter(*predicates, **constraints))
+
+    def param_meta(self, task: str, arch: str) -> ParamMeta:
+        """Per-parameter metadata of one (task, arch), shared by all its runs."""
+        return self._data.param_meta(task, arch)
+
+    def load(self, run_id: str) -> RunRecord:
+        """One run of this view, read from its file or the cache.
+
+        Raises:
+            KeyError: ``run_id`` is not in this view.
+            DatasetError: the run's file is unreadable or disagrees with the tables.
+        """
+        row = self._rows.get(run_id)
+        if row is None:
+            raise KeyError(f"`run_id` must be one of this view's {len(self)} runs, got {run_id!r}")
+        record = self._data.cache.get(run_id)
+        if record is None:
+            task, arch = self._runs["task"][row], self._runs["arch"][row]
+            path = self.root / CHECKPOINTS_DIR / f"{run_id}.parquet"
+            record = read_checkpoints(path, params=self._data.param_meta(task, arch))
+            if record.spec.run_id != run_id:
+                raise DatasetError(
+                    f"{path}: spec `run_id` must be {run_id!r}, got {record.spec.run_id!r}"
+                )
+            self._data.cache.put(run_id, record)
+        return record
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> RunRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Trajectories: ...
+
+    def __getitem__(self, index: int | slice) -> RunRecord | Trajectories:
+        if isinstance(index, slice):
+            return Trajectories._view(self._data, self._runs[index])
+        n = len(self._ids)
+        if not -n <= index < n:
+            raise IndexError(f"`index` must be in [{-n}, {n - 1}], got {index}")
+        return self.load(self._ids[index])
+
+    def __iter__(self) -> Iterator[RunRecord]:
+        for run_id in self._ids:
+            yield self.load(run_id)
+
+    def __repr__(self) -> str:
+        return f"Trajectories({str(self.root)!r}, runs={len(self)})"

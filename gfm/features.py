@@ -1,0 +1,414 @@
+"""Per-parameter context features shared by GFM and the learned baselines.
+
+Every learned forecaster sees the same, scale-free description of a prefix (Shou et al. 2025,
+Sec. 3: the field is conditioned on the observed trajectory and on what is known about the run).
+
+Normalisation (per layer, from the observed prefix only):
+
+    c_l = max( RMS_{j in layer l, i in last `window` intervals} M · (w_{i+1,j} − w_{i,j}),
+               floor · RMS_{all j, same intervals} M · (w_{i+1,j} − w_{i,j}),  1e-12 )
+    ŵ = (w − w_k) / c        (the weights, centred on the last observed checkpoint)
+    û = u / c                (a velocity dw/dt, t in units of the whole run)
+
+``c`` is a velocity per unit t, so over the rest of the run ŵ moves by O(1 − t_k) and normalised
+target velocities are O(1) in every layer whatever the layer's size, learning rate or optimizer.
+A forecaster that predicts ŵ (or û) undoes it with ``Normalizer.decode`` (w = w_k + c · ŵ) or
+``Normalizer.decode_velocity`` (u = c · û); both are exact inverses.
+
+Learning rates enter as ratios to α_k = α(t_k), the step size in effect at the last observed
+checkpoint, because every optimizer's update is proportional to its step size: an increment
+divided by its step-size ratio is the optimizer's (normalised) update direction.
+
+Shapes: k+1 observed checkpoints, M intervals in the full run, D parameters, T times,
+F_ctx = ``n_context(history)`` per-parameter features, F_run = ``N_RUN`` run features,
+F_lr = ``N_LR`` learning-rate features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gfm.config import OPTIMIZERS
+from gfm.data.schema import ParamMeta
+from gfm.interface import Prefix
+
+__all__ = [
+    "HPARAM_DEFAULTS",
+    "N_LR",
+    "N_RUN",
+    "RUN_NAMES",
+    "Normalizer",
+    "context",
+    "context_names",
+    "layer_ids",
+    "lr_at",
+    "lr_features",
+    "n_context",
+    "resolve_hparams",
+    "run_context",
+    "run_features",
+    "trend_features",
+]
+
+# torch's defaults for each optimizer key (torch.optim.SGD/RMSprop/Adam/AdamW docs), except
+# momentum = 0.9 for "momentum" (as gfm.data.optim.DEFAULTS: momentum 0 would be plain SGD).
+HPARAM_DEFAULTS: dict[str, dict[str, float]] = {
+    "sgd": {"momentum": 0.0, "nesterov": 0.0, "weight_decay": 0.0, "eps": 1e-8},
+    "momentum": {"momentum": 0.9, "nesterov": 0.0, "weight_decay": 0.0, "eps": 1e-8},
+    "rmsprop": {"alpha": 0.99, "weight_decay": 0.0, "eps": 1e-8},
+    "adam": {"beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "eps": 1e-8},
+    "adamw": {"beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01, "eps": 1e-8},
+}
+_RATE_FLOOR = 1e-6  # α(t) is floored at 1e-6·α_0 before taking logs (cosine ends at 0)
+_LOG_WD_ZERO = -6.0  # log10(weight_decay) reported for weight_decay = 0
+
+
+def resolve_hparams(optimizer: str, hparams: dict[str, float | bool]) -> dict[str, float]:
+    """The optimizer's hyperparameters with torch's defaults filled in.
+
+    Args:
+        optimizer: one of ``gfm.config.OPTIMIZERS``.
+        hparams: the run's hyperparameters (``RunSpec.hparams``); absent keys take torch's default.
+
+    Returns:
+        ``{"momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay", "eps"}`` (the keys
+        that apply to ``optimizer``, plus ``lr`` when given) as floats; ``nesterov`` is 0.0 or 1.0.
+
+    Raises:
+        ValueError: ``optimizer`` is not a known key.
+    """
+    if optimizer not in HPARAM_DEFAULTS:
+        raise ValueError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    out = dict(HPARAM_DEFAULTS[optimizer])
+    for key, value in hparams.items():
+        if key in out or key == "lr":
+            out[key] = float(value)
+    return out
+
+
+def layer_ids(params: ParamMeta) -> np.ndarray:
+    """Integer layer index of every parameter, in order of first appearance.
+
+    Returns:
+        (D,) int64, equal for parameters of the same ``ParamMeta.layer`` tensor.
+    """
+    _, first, inverse = np.unique(params.layer.astype(str), return_index=True, return_inverse=True)
+    # renumber so that ids follow state_dict order (np.unique sorts names alphabetically)
+    order = np.argsort(np.argsort(first))
+    return order[inverse].astype(np.int64)
+
+
+def _layer_rms(x: torch.Tensor, ids: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Root mean square of ``x`` (N, D) over rows and over the parameters of each layer -> (L,)."""
+    sq = torch.zeros(n_layers, dtype=torch.float64)
+    cnt = torch.zeros(n_layers, dtype=torch.float64)
+    sq.index_add_(0, ids, x.double().pow(2).sum(0))
+    cnt.index_add_(0, ids, torch.full((x.shape[1],), float(x.shape[0]), dtype=torch.float64))
+    return (sq / cnt.clamp_min(1.0)).sqrt()
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-layer affine normalisation of one run's weights, fitted on its observed prefix.
+
+        ŵ = (w − center) / scale,   û = u / scale,   w = center + scale · ŵ
+
+    Attributes:
+        center: (D,) w_k, the last observed weights.
+        scale: (D,) c of the parameter's layer (velocity per unit t, see module docstring).
+        weight_scale: (D,) RMS of w_k over the parameter's layer (floored like ``scale``).
+        layer: (D,) int64 layer index (``layer_ids``), None when restricted by ``index``.
+    """
+
+    center: torch.Tensor
+    scale: torch.Tensor
+    weight_scale: torch.Tensor
+    layer: torch.Tensor | None = None
+
+    @staticmethod
+    def from_prefix(prefix: Prefix, *, window: int = 4, floor: float = 1e-3) -> Normalizer:
+        """Fit the per-layer scales on the last ``window`` observed intervals.
+
+            c_l = max(RMS_l(M · Δw), floor · RMS_all(M · Δw), 1e-12)
+
+        Recent increments are used (not all of them) because the future moves like the recent
+        past, not like the first, largest steps.
+
+        Args:
+            prefix: the observed run.
+            window: number of most recent intervals used (all of them when fewer are observed).
+            floor: relative floor against the all-layer RMS, for layers that barely moved.
+
+        Returns:
+            The normaliser; tensors of shape (D,) in ``prefix.w``'s dtype.
+        """
+        w = prefix.w.double()
+        ids_np = layer_ids(prefix.params)
+        ids = torch.from_numpy(ids_np)
+        n_layers = int(ids_np.max()) + 1 if len(ids_np) else 0
+        start = max(0, prefix.k - window)
+        inc = prefix.M * (w[start + 1 :] - w[start:-1])  # (min(k, window), D)
+        rms = _layer_rms(inc, ids, n_layers)  # (L,)
+        total = inc.pow(2).mean().sqrt()
+        c = torch.maximum(rms, floor * total).clamp_min(1e-12)
+        wk = w[-1:]  # (1, D)
+        w_rms = _layer_rms(wk, ids, n_layers)
+        w_rms = torch.maximum(w_rms, floor * wk.pow(2).mean().sqrt()).clamp_min(1e-12)
+        dtype = prefix.w.dtype
+        return Normalizer(
+            center=prefix.w[-1].clone(),
+            scale=c[ids].to(dtype),
+            weight_scale=w_rms[ids].to(dtype),
+            layer=ids,
+        )
+
+    def encode(self, w: torch.Tensor) -> torch.Tensor:
+        """Normalised weights ŵ = (w − center) / scale for w (..., D)."""
+        return (w - self.center) / self.scale
+
+    def decode(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """Weights w = center + scale · ŵ for ŵ (..., D)."""
+        return self.center + self.scale * w_hat
+
+    def encode_velocity(self, u: torch.Tensor) -> torch.Tensor:
+        """Normalised velocity û = u / scale for u (..., D)."""
+        return u / self.scale
+
+    def decode_velocity(self, v_hat: torch.Tensor) -> torch.Tensor:
+        """Velocity u = scale · û for û (..., D)."""
+        return self.scale * v_hat
+
+    def index(self, idx: torch.Tensor) -> Normalizer:
+        """The normaliser restricted to the parameters ``idx`` (N,) (scales stay per full layer)."""
+        return Normalizer(self.center[idx], self.scale[idx], self.weight_scale[idx], None)
+
+
+def lr_at(prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
+    """Step size α(t), linear between the recorded values α_i = ``prefix.lr[i]`` at t_i = i/M.
+
+    Args:
+        prefix: the run (only ``lr`` and ``M`` are used; the schedule is known in advance).
+        t: (T,) times in [0, 1].
+
+    Returns:
+        (T,) float64 α(t).
+    """
+    lr = prefix.lr.double()
+    x = t.double().clamp(0.0, 1.0) * prefix.M
+    i = x.floor().long().clamp(max=prefix.M - 1)
+    s = x - i
+    return (1 - s) * lr[i] + s * lr[i + 1]
+
+
+def _lr_integral(prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
+    """∫_t^1 α(s) ds of the piecewise-linear schedule, (T,) float64."""
+    lr = prefix.lr.double()
+    M = prefix.M
+    cum = torch.cat([lr.new_zeros(1), torch.cumsum((lr[1:] + lr[:-1]) / (2 * M), 0)])  # (M+1,)
+    x = t.double().clamp(0.0, 1.0) * M
+    i = x.floor().long().clamp(max=M - 1)
+    s = x - i
+    part = (lr[i] * s + 0.5 * (lr[i + 1] - lr[i]) * s * s) / M  # ∫_{t_i}^{t} α
+    return cum[-1] - (cum[i] + part)
+
+
+N_LR = 3
+
+
+def lr_features(prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
+    """Known learning-rate schedule at times t, as ratios.
+
+        [ log(α(t)/α_0),  log(α(t)/α_k),  ∫_t^1 α(s) ds / α_k ]
+
+    The last one is how far the rest of the run can still move in units of the current step
+    size (cosine and step schedules shrink it; a forecaster that knows it need not guess).
+
+    Args:
+        prefix: the run.
+        t: (T,) times in [0, 1].
+
+    Returns:
+        (T, N_LR) float32.
+    """
+    a = lr_at(prefix, t)
+    lr = prefix.lr.double()
+    a0 = lr[0].clamp_min(1e-30)
+    ak = lr[prefix.k].clamp_min(_RATE_FLOOR * a0)
+    a = a.clamp_min(_RATE_FLOOR * a0)
+    feats = [torch.log(a / a0), torch.log(a / ak), _lr_integral(prefix, t) / ak]
+    return torch.stack(feats, -1).float()  # (T, N_LR)
+
+
+RUN_NAMES = [*(f"opt_{o}" for o in OPTIMIZERS)] + [
+    "neg_log10_1m_momentum",
+    "nesterov",
+    "neg_log10_1m_alpha",
+    "neg_log10_1m_beta1",
+    "neg_log10_1m_beta2",
+    "log10_weight_decay",
+    "log10_lr0",
+    "log10_steps",
+    "t_k",
+]
+N_RUN = len(RUN_NAMES)
+
+
+def _neg_log_1m(x: float) -> float:
+    return -math.log10(max(1.0 - x, 1e-6))
+
+
+def run_features(prefix: Prefix) -> torch.Tensor:
+    """Features of the whole run, the same for every parameter.
+
+        [ one-hot optimizer (5), −log10(1 − μ), nesterov, −log10(1 − ρ_rmsprop),
+          −log10(1 − β1), −log10(1 − β2), log10 λ (−6 when 0), log10 α_0,
+          log10 S (S = M · record_every optimizer steps), t_k ]
+
+    Hyperparameters that do not apply to the optimizer are 0 (momentum for Adam, ...).
+
+    Returns:
+        (N_RUN,) float32, names in ``RUN_NAMES``.
+    """
+    hp = resolve_hparams(prefix.optimizer, prefix.hparams)
+    onehot = [1.0 if prefix.optimizer == o else 0.0 for o in OPTIMIZERS]
+    wd = hp.get("weight_decay", 0.0)
+    feats = onehot + [
+        _neg_log_1m(hp["momentum"]) if "momentum" in hp else 0.0,
+        hp.get("nesterov", 0.0),
+        _neg_log_1m(hp["alpha"]) if "alpha" in hp else 0.0,
+        _neg_log_1m(hp["beta1"]) if "beta1" in hp else 0.0,
+        _neg_log_1m(hp["beta2"]) if "beta2" in hp else 0.0,
+        math.log10(wd) if wd > 0 else _LOG_WD_ZERO,
+        math.log10(max(float(prefix.lr[0]), 1e-30)),
+        math.log10(prefix.M * prefix.record_every),
+        prefix.t_k,
+    ]
+    return torch.tensor(feats, dtype=torch.float32)
+
+
+def _lr_correction(prefix: Prefix, i: int) -> torch.Tensor:
+    """α_k / ᾱ_i, ᾱ_i the step size at the midpoint of interval i (floored), float64 ()."""
+    lr = prefix.lr.double()
+    a0 = lr[0].clamp_min(1e-30)
+    ak = lr[prefix.k].clamp_min(_RATE_FLOOR * a0)
+    return ak / (0.5 * (lr[i] + lr[i + 1])).clamp_min(_RATE_FLOOR * a0)
+
+
+def _layer_trend(prefix: Prefix, norm: Normalizer, history: int) -> torch.Tensor:
+    """ln RMS_layer(M Δ_{k−1−j} α_k/ᾱ) − ln c for j = 0..history−1 -> (history, D) float64."""
+    ids = norm.layer if norm.layer is not None else torch.from_numpy(layer_ids(prefix.params))
+    n_layers = int(ids.max()) + 1
+    c = norm.scale.double()
+    rows = []
+    for j in range(history):
+        i = max(prefix.k - 1 - j, 0)
+        inc = prefix.M * (prefix.w[i + 1] - prefix.w[i]).double() * _lr_correction(prefix, i)
+        rms = _layer_rms(inc.unsqueeze(0), ids, n_layers)[ids]  # (D,)
+        rows.append(torch.log(rms.clamp_min(1e-30) / c).clamp_min(-20.0))
+    return torch.stack(rows)
+
+
+def trend_features(prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4) -> torch.Tensor:
+    """How fast the whole run is still moving, over the recent intervals.
+
+        trend_j = ln RMS_all( M · Δ_{k−1−j} / c · α_k / ᾱ_{k−1−j} ),   j = 0..history−1
+
+    (each parameter normalised by its layer's c, so every layer counts alike; the oldest observed
+    interval is repeated when k < history). Differences trend_j − trend_{j+1} are the run's
+    recent log contraction rates per interval, what a geometric extrapolation would use.
+
+    Returns:
+        (history,) float32.
+    """
+    norm = Normalizer.from_prefix(prefix) if normalizer is None else normalizer
+    c = norm.scale.double()
+    out = []
+    for j in range(history):
+        i = max(prefix.k - 1 - j, 0)
+        inc = prefix.M * (prefix.w[i + 1] - prefix.w[i]).double() / c * _lr_correction(prefix, i)
+        out.append(torch.log(inc.pow(2).mean().sqrt().clamp_min(1e-30)).clamp_min(-20.0))
+    return torch.stack(out).float()
+
+
+def run_context(prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4) -> torch.Tensor:
+    """Run-level inputs of a learned field: ``run_features`` then ``trend_features``.
+
+    Returns:
+        (N_RUN + history,) float32.
+    """
+    return torch.cat([run_features(prefix), trend_features(prefix, normalizer, history=history)])
+
+
+def n_context(history: int) -> int:
+    """Number of per-parameter context features F_ctx for ``history`` increments."""
+    return len(context_names(history))
+
+
+def context_names(history: int) -> list[str]:
+    """Names of the columns of ``context``, in order."""
+    per_param = ["w0", "wk", *(f"inc_{j}" for j in range(history))]
+    per_param += [f"layer_trend_{j}" for j in range(history)]
+    per_param += ["mean_velocity", "log10_speed", "is_bias", "log_fan_in"]
+    return per_param + RUN_NAMES
+
+
+def context(
+    prefix: Prefix,
+    normalizer: Normalizer | None = None,
+    *,
+    history: int = 4,
+    index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-parameter context of a prefix, scale-free.
+
+    Columns (c = ``normalizer.scale``, ω = ``normalizer.weight_scale``, Δ_i = w_{i+1} − w_i):
+
+        w0            (w_0 − w_k) / c                 where the run started, in velocity units
+        wk            w_k / ω                          current weight relative to its layer
+        inc_j         M · Δ_{k−1−j} / c · α_k / ᾱ_{k−1−j}  j = 0..history−1, newest first: the
+                      recent normalised velocities divided by their step-size ratio (ᾱ_i is the
+                      step size at the interval's midpoint); when k < history the oldest observed
+                      increment is repeated
+        layer_trend_j ln RMS_layer(M · Δ_{k−1−j} · α_k / ᾱ_{k−1−j}) − ln c   j = 0..history−1: how
+                      the whole layer's (step-size corrected) speed changed over the recent
+                      intervals, i.e. its contraction rate
+        mean_velocity (w_k − w_0) / (t_k · c)          average velocity over the prefix
+        log10_speed   log10(c / ω)                     how fast the layer moves relative to its size
+        is_bias       1 for biases, 0 for weights
+        log_fan_in    ln(fan_in)
+        + run_features(prefix) repeated for every parameter (N_RUN columns)
+
+    Args:
+        prefix: the observed run.
+        normalizer: its normaliser (fitted on the full prefix when None).
+        history: number of recent increments H.
+        index: (N,) parameters to describe (all D when None); scales still come from whole layers.
+
+    Returns:
+        (N, n_context(history)) float32, N = D or len(index).
+    """
+    norm = Normalizer.from_prefix(prefix) if normalizer is None else normalizer
+    idx = torch.arange(prefix.D) if index is None else index.long()
+    w = prefix.w[:, idx].double()  # (k+1, N)
+    c = norm.scale[idx].double()  # (N,)
+    omega = norm.weight_scale[idx].double()
+    k, M = prefix.k, prefix.M
+
+    cols = [(w[0] - w[-1]) / c, w[-1] / omega]
+    for j in range(history):
+        i = max(k - 1 - j, 0)  # interval index, repeating the oldest when k < history
+        cols.append(M * (w[i + 1] - w[i]) / c * _lr_correction(prefix, i))
+    cols += list(_layer_trend(prefix, norm, history)[:, idx])  # history × (N,)
+    cols.append((w[-1] - w[0]) / (prefix.t_k * c))
+    cols.append(torch.log10(c / omega))
+    kind = prefix.params.kind[idx.numpy()]
+    fan_in = prefix.params.fan_in[idx.numpy()]
+    cols.append(torch.from_numpy((kind == "bias").astype(np.float64)))
+    cols.append(torch.from_numpy(np.log(np.maximum(fan_in, 1)).astype(np.float64)))
+    per_param = torch.stack(cols, -1).float()  # (N, F_ctx − N_RUN)
+    run = run_features(prefix).expand(len(idx), N_RUN)  # (N, N_RUN)
+    return torch.cat([per_param, run], -1)

@@ -1,0 +1,548 @@
+"""Vector fields of Gradient Flow Matching: one small class per field, chosen from ``FIELDS``.
+
+Every field works in normalised units (``gfm.features.Normalizer``): ŵ = (w − w_k)/c, time t in
+units of the whole run (t_i = i/M), and returns dŵ/dt. A gradient step w_{s+1} = w_s − α_s ∇L(w_s)
+is one Euler step of dw/dt = −S·α(t)·∇L(w) with S = M · record_every optimizer steps per unit t
+(Shou et al. 2025, Sec. 3), so each optimizer-aware field is the optimizer's own update in
+continuous time, with the optimizer's state as extra ODE state and a gradient surrogate g.
+
+The surrogate is either the shared network ``Surrogate`` or an injected gradient function
+g(w, t) in original units (the true gradient, for tests). In the fields it appears normalised:
+
+    ĝ = g / g_s,   g_s = c / (S · α_k)      (α_k = α(t_k))
+
+so that for SGD dŵ/dt = −(α(t)/α_k) · ĝ and ĝ is O(1) for every layer.
+
+Optimizer states s follow exponential moving averages with the per-step decay of the discrete
+optimizer made exact: one step of m ← β m + (1 − β) φ(g) is, for constant g,
+m − φ = β (m − φ), so in continuous time
+
+    ds/dt = S · κ · (φ(ĝ) − s),   κ = −ln β            (exact decay β per step, β^r per interval)
+
+which agrees with the first-order form S·(1 − β)·(φ − s) up to O((1 − β)²).
+
+References:
+    Shou, Ding, Gao, "Gradient Flow Matching for Learning Update Dynamics in Neural Network
+    Training", arXiv 2505.20221 (2025).
+    torch.optim.SGD / RMSprop / Adam / AdamW documentation (the update rules written below).
+    Lu et al., "Learning nonlinear operators via DeepONet", Nat. Mach. Intell. 2021 (the
+    branch/trunk factorisation of ``Surrogate``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from gfm.config import OPTIMIZERS
+from gfm.features import N_LR, N_RUN, Normalizer, resolve_hparams
+from gfm.interface import Prefix
+
+__all__ = [
+    "FIELDS",
+    "AdamField",
+    "AdamWField",
+    "Cond",
+    "FreeField",
+    "GradFn",
+    "MomentumField",
+    "RMSpropField",
+    "SGDField",
+    "Surrogate",
+    "VectorField",
+    "scan_states",
+]
+
+GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""g = grad_fn(w, t): w (D,) weights in original units, t () time -> g (D,) gradient."""
+
+_TINY = 1e-20  # keeps sqrt differentiable at 0 in the second-moment fields
+
+
+class Surrogate(nn.Module):
+    """The one network of GFM, shared by all parameters, runs and optimizers.
+
+        f_θ(ŵ, t; ctx, run) = ⟨a(ctx), τ(t, run)⟩ + ŵ · ⟨b(ctx), τ(t, run)⟩
+
+    a, b = branch(ctx) (K each) depend only on the parameter's context and are computed once per
+    forecast; τ = trunk(t, lr features, run features) (K) is shared by all parameters of a run.
+    Evaluating the field then costs O(K) per parameter, so an ODE step over 14k parameters is a
+    matrix-vector product. Affine in ŵ: locally every loss is quadratic around the path, and
+    the branch sees the recent increments that fix the slope (Lu et al. 2021 for branch/trunk).
+
+    Args:
+        n_context: F_ctx, columns of ``gfm.features.context``.
+        width: hidden width of branch and trunk, and K.
+        depth: hidden layers of branch and trunk.
+        time_embedding: sinusoidal features of t (even; 0: t only).
+        history: H, recent increments in the context (recorded so forecasting rebuilds it).
+    """
+
+    def __init__(
+        self, n_context: int, *, width: int = 64, depth: int = 3, time_embedding: int = 16,
+        history: int = 4,
+    ) -> None:
+        super().__init__()
+        self.n_context, self.width, self.depth = n_context, width, depth
+        self.time_embedding, self.history = time_embedding, history
+        n_freq = time_embedding // 2
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float32))
+        self.branch = _mlp(n_context, width, 2 * width, depth)
+        self.branch_skip = nn.Linear(n_context, 2 * width)  # linear path for near-linear maps
+        self.trunk_net = _mlp(1 + 2 * n_freq + N_LR + N_RUN + history, width, width, depth)
+
+    def encode(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Branch code of each parameter: (..., F_ctx) -> (..., 2, K)."""
+        code = self.branch(ctx) + self.branch_skip(ctx)  # (..., 2K)
+        return code.unflatten(-1, (2, self.width))  # (..., 2, K)
+
+    def trunk(self, t: torch.Tensor, lr_feat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
+        """Trunk features of times t.
+
+        Args:
+            t: (..., T) times.
+            lr_feat: (..., T, N_LR) ``gfm.features.lr_features`` at t.
+            run: (..., N_RUN + history) ``gfm.features.run_context``.
+
+        Returns:
+            (..., T, K).
+        """
+        x = t.unsqueeze(-1) * self.freqs  # (..., T, n_freq)
+        run = run.unsqueeze(-2).expand(*t.shape, run.shape[-1])  # (..., T, N_RUN)
+        inp = torch.cat([t.unsqueeze(-1), x.sin(), x.cos(), lr_feat, run], -1)
+        return self.trunk_net(inp) / math.sqrt(self.width)
+
+    @staticmethod
+    def combine(code: torch.Tensor, trunk: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
+        """f = ⟨a, τ⟩ + ŵ ⟨b, τ⟩ on a grid of parameters × times.
+
+        Args:
+            code: (..., N, 2, K) branch codes.
+            trunk: (..., T, K) trunk features.
+            w_hat: (..., N, T) normalised weights.
+
+        Returns:
+            (..., N, T).
+        """
+        ab = torch.einsum("...npk,...tk->...npt", code, trunk)  # (..., N, 2, T)
+        return ab[..., 0, :] + w_hat * ab[..., 1, :]
+
+
+def _mlp(n_in: int, width: int, n_out: int, depth: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(n_in if i == 0 else width, width), nn.SiLU()]
+    layers.append(nn.Linear(width if depth else n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class Cond:
+    """What a field knows about the run and the parameters it moves.
+
+    Per-parameter tensors have the parameter grid's shape with a trailing time axis of 1
+    ((N, 1) when forecasting one run, (R, N, 1) in a training batch of R runs); per-run tensors
+    broadcast against it (0-d, or (R, 1, 1)). ``code`` is (..., N, 2, K) or None.
+
+    Attributes:
+        center: w_k.
+        scale: c, the layer's velocity scale.
+        g_scale: g_s = c / (S · α_k), the unit of the normalised gradient ĝ.
+        S: optimizer steps in the whole run (M · record_every).
+        record_every: r, optimizer steps per recorded interval.
+        alpha_k: α(t_k).
+        momentum, nesterov, alpha, beta1, beta2, weight_decay, eps: resolved hyperparameters
+            (``gfm.features.resolve_hparams``; 0 where the optimizer has no such key).
+        code: the surrogate's branch code of these parameters.
+    """
+
+    center: torch.Tensor
+    scale: torch.Tensor
+    g_scale: torch.Tensor
+    S: torch.Tensor
+    record_every: torch.Tensor
+    alpha_k: torch.Tensor
+    momentum: torch.Tensor
+    nesterov: torch.Tensor
+    alpha: torch.Tensor
+    beta1: torch.Tensor
+    beta2: torch.Tensor
+    weight_decay: torch.Tensor
+    eps: torch.Tensor
+    code: torch.Tensor | None = None
+
+    _PER_PARAM: ClassVar[tuple[str, ...]] = ("center", "scale", "g_scale", "code")
+
+    @staticmethod
+    def from_prefix(
+        prefix: Prefix,
+        norm: Normalizer,
+        *,
+        index: torch.Tensor | None = None,
+        code: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Cond:
+        """Conditioning of the parameters ``index`` (N,) (all when None) of one run."""
+        hp = resolve_hparams(prefix.optimizer, prefix.hparams)
+        idx = slice(None) if index is None else index
+        S = prefix.M * prefix.record_every
+        alpha_k = float(prefix.lr[prefix.k])
+        scale = norm.scale[idx].to(dtype).unsqueeze(-1)  # (N, 1)
+
+        def run(x: float) -> torch.Tensor:
+            return torch.tensor(x, dtype=dtype)
+
+        return Cond(
+            center=norm.center[idx].to(dtype).unsqueeze(-1),
+            scale=scale,
+            g_scale=scale / (S * max(alpha_k, 1e-30)),
+            S=run(S),
+            record_every=run(prefix.record_every),
+            alpha_k=run(alpha_k),
+            momentum=run(hp.get("momentum", 0.0)),
+            nesterov=run(hp.get("nesterov", 0.0)),
+            alpha=run(hp.get("alpha", 0.0)),
+            beta1=run(hp.get("beta1", 0.0)),
+            beta2=run(hp.get("beta2", 0.0)),
+            weight_decay=run(hp.get("weight_decay", 0.0)),
+            eps=run(hp.get("eps", 1e-8)),
+            code=code,
+        )
+
+    @staticmethod
+    def stack(conds: list[Cond]) -> Cond:
+        """Batch the conditionings of R runs with the same N: (N, 1) -> (R, N, 1), 0-d -> (R, 1, 1)."""
+        out = {}
+        for f in fields(Cond):
+            vals = [getattr(c, f.name) for c in conds]
+            if f.name == "code":
+                out[f.name] = None if vals[0] is None else torch.stack(vals)
+            elif f.name in Cond._PER_PARAM:
+                out[f.name] = torch.stack(vals)  # (R, N, 1)
+            else:
+                out[f.name] = torch.stack(vals).view(-1, 1, 1)  # (R, 1, 1)
+        return Cond(**out)
+
+    def select(self, rows: torch.Tensor) -> Cond:
+        """The runs ``rows`` of a stacked batch."""
+        return Cond(**{f.name: _take(getattr(self, f.name), rows) for f in fields(Cond)})
+
+    def to(self, device: torch.device | str) -> Cond:
+        """The same conditioning on ``device``."""
+        return Cond(**{f.name: _move(getattr(self, f.name), device) for f in fields(Cond)})
+
+    def weights(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """Weights in original units, w = center + c · ŵ."""
+        return self.center + self.scale * w_hat
+
+
+def _take(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else x[rows]
+
+
+def _move(x: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    return None if x is None else x.to(device)
+
+
+def scan_states(phi: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """States at the checkpoints of an exponential moving average with one φ per interval.
+
+        s_0 = 0,   s_{i+1} = d · s_i + (1 − d) · φ_i,   i.e.  s_i = Σ_{l<i} (1 − d) d^{i−1−l} φ_l
+
+    with d = β^r the exact decay over an interval of r optimizer steps (φ held constant over
+    the interval). Written as one matrix product so that a batch of runs scans at once.
+
+    Args:
+        phi: (..., N, M) one target value per interval.
+        decay: per-interval decay d in [0, 1), 0-d or (..., 1, 1) (one per run).
+
+    Returns:
+        (..., N, M+1) states at checkpoints 0..M.
+    """
+    M = phi.shape[-1]
+    d = torch.as_tensor(decay, dtype=phi.dtype, device=phi.device).clamp(1e-30, 1.0)
+    i = torch.arange(M + 1, device=phi.device).unsqueeze(-1)  # (M+1, 1)
+    l = torch.arange(M, device=phi.device)  # (M,)
+    power = (i - 1 - l).clamp_min(0).to(phi.dtype)  # (M+1, M)
+    L = (1 - d) * torch.exp(power * torch.log(d))  # (..., M+1, M)
+    L = torch.where(l < i, L, torch.zeros((), dtype=phi.dtype, device=phi.device))
+    return phi @ L.transpose(-1, -2)  # (..., N, M) @ (..., M, M+1) -> (..., N, M+1)
+
+
+class VectorField(nn.Module):
+    """Base class: a field dŵ/dt and, for optimizer-aware fields, its state dynamics.
+
+        dŵ/dt = velocity(ŵ, s, ĝ, α(t), t)
+        ds_j/dt = S · κ_j · (φ_j(ĝ, ŵ) − s_j)            j = 1..n_state
+
+    Subclasses override ``velocity`` and, with state, ``decays`` (κ_j per optimizer step) and
+    ``targets`` (φ_j). All methods broadcast over a grid (..., N, T) of parameters × times.
+
+    Args:
+        net: the shared gradient-surrogate network (its output is ĝ, or the velocity for
+            ``FreeField``).
+        grad_fn: instead of ``net``, the gradient g(w, t) in original units (see ``GradFn``);
+            then the field is not per-parameter (g couples all weights) and forecasts in one
+            chunk.
+
+    Raises:
+        ValueError: not exactly one of ``net`` and ``grad_fn`` is given.
+    """
+
+    n_state: ClassVar[int] = 0
+    optimizers: ClassVar[tuple[str, ...]] = OPTIMIZERS
+
+    def __init__(self, net: Surrogate | None = None, *, grad_fn: GradFn | None = None) -> None:
+        super().__init__()
+        if (net is None) == (grad_fn is None):
+            raise ValueError(
+                f"{type(self).__name__}: exactly one of `net` and `grad_fn` must be given, "
+                f"got net={'set' if net is not None else None}, "
+                f"grad_fn={'set' if grad_fn is not None else None}"
+            )
+        self.net = net
+        self.grad_fn = grad_fn
+
+    @property
+    def per_parameter(self) -> bool:
+        """Whether each parameter's velocity depends only on its own state (chunking is exact)."""
+        return self.grad_fn is None
+
+    def gradient(
+        self, w_hat: torch.Tensor, t: torch.Tensor, cond: Cond, trunk: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Normalised surrogate ĝ on a grid.
+
+            ĝ = f_θ(ŵ, t; ctx)                      (network)
+            ĝ = g(w_k + c · ŵ, t) / g_s              (injected gradient)
+
+        Args:
+            w_hat: (..., N, T) normalised weights.
+            t: (..., T) times.
+            cond: conditioning with ``code`` (network) of shape (..., N, 2, K).
+            trunk: (..., T, K) ``Surrogate.trunk`` at t (network only).
+
+        Returns:
+            (..., N, T) ĝ.
+        """
+        if self.grad_fn is None:
+            return self.net.combine(cond.code, trunk, w_hat)
+        w = cond.weights(w_hat)  # (N, T)
+        cols = [self.grad_fn(w[:, j], t.reshape(-1)[j]) for j in range(w.shape[-1])]
+        return torch.stack(cols, -1).to(w_hat.dtype) / cond.g_scale
+
+    def decays(self, cond: Cond) -> list[torch.Tensor]:
+        """κ_j = −ln β_j per optimizer step of each state."""
+        return []
+
+    def targets(self, g_hat: torch.Tensor, w_hat: torch.Tensor, cond: Cond) -> list[torch.Tensor]:
+        """φ_j(ĝ, ŵ), the value each state relaxes to."""
+        return []
+
+    def velocity(
+        self,
+        w_hat: torch.Tensor,
+        states: list[torch.Tensor],
+        g_hat: torch.Tensor,
+        alpha_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Cond,
+    ) -> torch.Tensor:
+        """dŵ/dt on the grid (..., N, T); ``alpha_t`` (..., 1, T) is α(t)."""
+        raise NotImplementedError
+
+    def _coupled(self, g_hat: torch.Tensor, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Gradient with L2 weight decay, ĝ + λ w / g_s (torch's coupled ``weight_decay``)."""
+        return g_hat + cond.weight_decay * cond.weights(w_hat) / cond.g_scale
+
+    def initial_state(
+        self,
+        w_hat: torch.Tensor,
+        cond: Cond,
+        trunk_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Optimizer state at t_k, estimated along the observed prefix.
+
+            τ_i = (i + θ)/M,  θ = (r − 1)/(2r)   (mean position of the r steps of interval i)
+            φ_i = φ(ĝ(ŵ(τ_i), τ_i))              on the linear path through the prefix
+            s_k = Σ_{i<k} (1 − β^r) β^{r(k−1−i)} φ_i  (``scan_states``)
+
+        The same recurrence (with exact per-interval decay β^r, the surrogate's own ĝ and zero
+        initial state as in torch) gives the states the training loop regresses with, so the
+        forecast starts from the state the field was trained on. With record_every = 1 and the
+        true gradient, θ = 0 and this is the discrete optimizer's state exactly.
+
+        Args:
+            w_hat: (N, k+1) normalised observed weights.
+            cond: conditioning of the N parameters.
+            trunk_fn: times (T,) -> trunk features (T, K) (network only).
+
+        Returns:
+            (N, n_state) states at t_k.
+        """
+        N, k1 = w_hat.shape
+        if self.n_state == 0:
+            return w_hat.new_zeros(N, 0)
+        k = k1 - 1
+        M = float(cond.S / cond.record_every)
+        r = float(cond.record_every)
+        theta = (r - 1.0) / (2.0 * r)
+        tau = (torch.arange(k, dtype=w_hat.dtype) + theta) / M  # (k,)
+        w_tau = (1 - theta) * w_hat[:, :-1] + theta * w_hat[:, 1:]  # (N, k)
+        trunk = trunk_fn(tau) if trunk_fn is not None else None
+        g = self.gradient(w_tau, tau, cond, trunk)  # (N, k)
+        phis = self.targets(g, w_tau, cond)
+        states = [
+            scan_states(phi, torch.exp(-kappa * cond.record_every))[:, -1]
+            for phi, kappa in zip(phis, self.decays(cond), strict=True)
+        ]
+        return torch.stack(states, -1)  # (N, n_state)
+
+
+class FreeField(VectorField):
+    """Free-form velocity: the network is the field.
+
+        dw/dt = c · f_θ(ŵ, t; ctx),   i.e.  dŵ/dt = f_θ
+
+    Source: Shou et al. 2025, Sec. 3 (conditional flow matching of the checkpoint path).
+    """
+
+    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+        return g_hat
+
+
+class SGDField(VectorField):
+    """Gradient descent in continuous time.
+
+        w ← w − α (g + λ w)       per step (torch.optim.SGD, momentum 0)
+        dw/dt = −S · α(t) · (g + λ w)
+        dŵ/dt = −(α(t)/α_k) · (ĝ + λ w / g_s)
+
+    Euler with step 1/S reproduces the discrete steps exactly. Source: Shou et al. 2025, Sec. 3.
+    """
+
+    optimizers = ("sgd",)
+
+    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+        return -(alpha_t / cond.alpha_k) * self._coupled(g_hat, w_hat, cond)
+
+
+class MomentumField(VectorField):
+    """Heavy-ball / Nesterov SGD in continuous time, buffer b as ODE state.
+
+        b ← μ b + g,   w ← w − α b   (Nesterov: w ← w − α (g + μ b))   per step (torch.optim.SGD)
+        db/dt = S · κ · (g/(1 − μ) − b),   κ = −ln μ
+        dw/dt = −S · α(t) · b            (Nesterov: −S · α(t) · (g + μ b))
+
+    In ĝ units (b̂ = b / g_s): dŵ/dt = −(α(t)/α_k) · b̂. The buffer relaxes to g/(1 − μ) with the
+    exact decay μ per step. Source: torch.optim.SGD docs; Shou et al. 2025, Sec. 3.
+    """
+
+    n_state = 1
+    optimizers = ("momentum",)
+
+    def decays(self, cond):  # noqa: D102
+        return [-torch.log(cond.momentum.clamp(1e-6, 1 - 1e-6))]
+
+    def targets(self, g_hat, w_hat, cond):  # noqa: D102
+        return [self._coupled(g_hat, w_hat, cond) / (1 - cond.momentum)]
+
+    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+        (b,) = states
+        g = self._coupled(g_hat, w_hat, cond)
+        direction = torch.where(cond.nesterov > 0.5, g + cond.momentum * b, b)
+        return -(alpha_t / cond.alpha_k) * direction
+
+
+class RMSpropField(VectorField):
+    """RMSprop in continuous time, squared-gradient average s as ODE state.
+
+        s ← ρ s + (1 − ρ) g²,   w ← w − α g / (√s + ε)     per step (torch.optim.RMSprop)
+        ds/dt = S · κ · (g² − s),   κ = −ln ρ
+        dw/dt = −S · α(t) · g / (√s + ε)
+
+    In ĝ units: dŵ/dt = −(S α(t)/c) · ĝ / (√ŝ + ε/g_s). Source: torch.optim.RMSprop docs.
+    """
+
+    n_state = 1
+    optimizers = ("rmsprop",)
+
+    def decays(self, cond):  # noqa: D102
+        return [-torch.log(cond.alpha.clamp(1e-6, 1 - 1e-6))]
+
+    def targets(self, g_hat, w_hat, cond):  # noqa: D102
+        return [self._coupled(g_hat, w_hat, cond).square()]
+
+    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+        (s,) = states
+        g = self._coupled(g_hat, w_hat, cond)
+        denom = (s.clamp_min(0) + _TINY).sqrt() + cond.eps / cond.g_scale
+        return -(cond.S * alpha_t / cond.scale) * g / denom
+
+
+class AdamField(VectorField):
+    """Adam in continuous time, first and second moments as ODE state.
+
+        m ← β1 m + (1 − β1) g,  v ← β2 v + (1 − β2) g²       per step (torch.optim.Adam)
+        m̂ = m / (1 − β1^n),  v̂ = v / (1 − β2^n),  w ← w − α m̂ / (√v̂ + ε)
+        dm/dt = S · κ1 · (g − m),   dv/dt = S · κ2 · (g² − v),   κ_j = −ln β_j
+        n(t) = S · t  (steps taken, floored at 1),   dw/dt = −S · α(t) · m̂ / (√v̂ + ε)
+
+    Coupled L2 decay (Adam's ``weight_decay``) adds λw to g; ``AdamWField`` decouples it.
+    In ĝ units: dŵ/dt = −(S α(t)/c) · m̂ / (√v̂ + ε/g_s). Source: torch.optim.Adam docs.
+    """
+
+    n_state = 2
+    optimizers = ("adam",)
+    decoupled: ClassVar[bool] = False
+
+    def decays(self, cond):  # noqa: D102
+        return [
+            -torch.log(cond.beta1.clamp(1e-6, 1 - 1e-6)),
+            -torch.log(cond.beta2.clamp(1e-6, 1 - 1e-6)),
+        ]
+
+    def _grad(self, g_hat: torch.Tensor, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return g_hat if self.decoupled else self._coupled(g_hat, w_hat, cond)
+
+    def targets(self, g_hat, w_hat, cond):  # noqa: D102
+        g = self._grad(g_hat, w_hat, cond)
+        return [g, g.square()]
+
+    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+        m, v = states
+        n = (cond.S * t.unsqueeze(-2)).clamp_min(1.0)  # (..., 1, T) steps taken
+        m_hat = m / (1 - cond.beta1**n)
+        v_hat = v.clamp_min(0) / (1 - cond.beta2**n)
+        step = m_hat / ((v_hat + _TINY).sqrt() + cond.eps / cond.g_scale)
+        if self.decoupled:
+            step = step + cond.weight_decay * cond.weights(w_hat)
+        return -(cond.S * alpha_t / cond.scale) * step
+
+
+class AdamWField(AdamField):
+    """AdamW: Adam with decoupled weight decay.
+
+        w ← w − α (m̂ / (√v̂ + ε) + λ w)                per step (torch.optim.AdamW)
+        dw/dt = −S · α(t) · (m̂ / (√v̂ + ε) + λ w)
+
+    Source: torch.optim.AdamW docs (Loshchilov & Hutter 2019).
+    """
+
+    optimizers = ("adamw",)
+    decoupled = True
+
+
+FIELDS: dict[str, type[VectorField]] = {
+    "free": FreeField,
+    "sgd": SGDField,
+    "momentum": MomentumField,
+    "rmsprop": RMSpropField,
+    "adam": AdamField,
+    "adamw": AdamWField,
+}

@@ -1,0 +1,167 @@
+"""The GFM forecaster: one shared surrogate network, a vector field per optimizer, save and load.
+
+References:
+    Shou, Ding, Gao, "Gradient Flow Matching for Learning Update Dynamics in Neural Network
+    Training", arXiv 2505.20221 (2025).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from gfm.config import OPTIMIZERS, GFMSettings, TrainSettings
+from gfm.data.schema import RunRecord
+from gfm.features import n_context
+from gfm.fields import FIELDS, FreeField, Surrogate, VectorField
+from gfm.forecast import forecast
+from gfm.interface import Prefix
+
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "GFM", "WEIGHTS_FILE"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class GFM:
+    """Gradient Flow Matching forecaster (implements ``gfm.interface.Forecaster``).
+
+    One ``Surrogate`` network is shared by all parameters of all runs (batched over parameters,
+    so it serves any architecture and size). Variant ``"optimizer"``: each run is moved by the
+    field of its own optimizer (``SGDField``, ``MomentumField``, ``RMSpropField``, ``AdamField``,
+    ``AdamWField``) with the network as gradient surrogate; variant ``"free"``: ``FreeField``,
+    the network is the velocity.
+
+    Args:
+        cfg: the field and solver settings (``gfm`` section of params.yaml).
+        train: the training settings used by ``fit`` (``train`` section).
+    """
+
+    name = "gfm"
+
+    def __init__(self, cfg: GFMSettings | None = None, train: TrainSettings | None = None) -> None:
+        self.cfg = cfg if cfg is not None else GFMSettings()
+        self.train_cfg = train if train is not None else TrainSettings()
+        self.net = Surrogate(
+            n_context(self.cfg.history),
+            width=self.cfg.width,
+            depth=self.cfg.depth,
+            time_embedding=self.cfg.time_embedding,
+            history=self.cfg.history,
+        )
+        if self.cfg.variant == "optimizer":
+            self.fields: dict[str, VectorField] = {o: FIELDS[o](self.net) for o in OPTIMIZERS}
+        else:
+            free = FreeField(self.net)
+            self.fields = dict.fromkeys(OPTIMIZERS, free)
+        self.history: list[dict[str, float]] = []
+
+    def field_for(self, optimizer: str) -> VectorField:
+        """The field that moves runs of ``optimizer``.
+
+        Raises:
+            ValueError: unknown optimizer.
+        """
+        if optimizer not in self.fields:
+            raise ValueError(f"`optimizer` must be one of {list(self.fields)}, got {optimizer!r}")
+        return self.fields[optimizer]
+
+    def fit(self, train: Sequence[RunRecord], val: Sequence[RunRecord] | None = None) -> GFM:
+        """Train the network by flow matching on ``train`` (``gfm.training.fit``); returns self."""
+        from gfm.training import fit  # training imports this module's type only for hints
+
+        self.history = fit(self, train, val, self.train_cfg)
+        return self
+
+    def forecast(self, prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
+        """Weights at times t (T,) in (t_k, 1] from the prefix -> (T, D) float32.
+
+        Raises:
+            ValueError: the prefix or t is invalid (see ``gfm.forecast.forecast``).
+        """
+        if prefix.optimizer not in self.fields:
+            raise ValueError(
+                f"`prefix.optimizer` must be one of {list(self.fields)}, got {prefix.optimizer!r}"
+            )
+        with torch.no_grad():
+            out = forecast(
+                self.field_for(prefix.optimizer),
+                prefix,
+                torch.as_tensor(t, dtype=torch.float64),
+                method=self.cfg.solver,
+                solver_steps=self.cfg.solver_steps,
+                rtol=self.cfg.rtol,
+                atol=self.cfg.atol,
+                chunk_size=self.cfg.chunk_size,
+            )
+        return out.float()
+
+    def save(self, path: Path | str) -> None:
+        """Write ``config.json`` (settings) and ``model.safetensors`` (weights) into folder ``path``.
+
+        Each file is written to a temporary name first and renamed, so a crash never leaves a
+        half-written model.
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "gfm": self.cfg.model_dump(mode="json"),
+            "train": self.train_cfg.model_dump(mode="json"),
+            "n_context": self.net.n_context,
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        _atomic(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+        _atomic(folder / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2)))
+
+    @classmethod
+    def load(cls, path: Path | str) -> GFM:
+        """Rebuild a saved GFM from its folder (no pickle: JSON settings + safetensors weights).
+
+        Raises:
+            FileNotFoundError: ``config.json`` or ``model.safetensors`` is missing.
+            ValueError: the config is not a GFM config of a known format.
+        """
+        folder = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name}: file not found (not a saved GFM?)")
+        try:
+            config: dict[str, Any] = json.loads((folder / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{folder / CONFIG_FILE}: not valid JSON: {err}") from None
+        version = config.get("format_version") if isinstance(config, dict) else None
+        if version != FORMAT_VERSION or config.get("name") != cls.name:
+            raise ValueError(
+                f"{folder / CONFIG_FILE}: `format_version` must be {FORMAT_VERSION} with name "
+                f"'{cls.name}', got {version!r}, {config.get('name') if isinstance(config, dict) else None!r}"
+            )
+        try:
+            model = cls(GFMSettings.model_validate(config["gfm"]), TrainSettings.model_validate(config["train"]))
+        except (KeyError, ValidationError) as err:
+            raise ValueError(f"{folder / CONFIG_FILE}: invalid settings: {err}") from None
+        model.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        model.net.eval()
+        return model
+
+
+def _atomic(target: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``target``, then rename it to ``target``."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,157 @@
+"""Figures of forecasts: trajectories of sample parameters, and error vs horizon per method.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no global
+backend state) and written atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from gfm.data.schema import RunRecord
+
+__all__ = ["plot_horizon", "plot_trajectories"]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def plot_trajectories(
+    record: RunRecord,
+    forecasts: Mapping[str, Any],
+    t: Any,
+    k: int,
+    path: Path,
+    *,
+    params: Sequence[int] | None = None,
+    n_params: int = 4,
+    seed: int = 0,
+) -> Path:
+    """True trajectory of a few parameters with each method's forecast from step k.
+
+    Args:
+        record: the run; its weights (M+1, D) are the truth, drawn at t_i = i/M.
+        forecasts: method name → (T, D) forecast weights at times ``t``.
+        t: (T,) the forecasts' target times.
+        k: last observed checkpoint (a dashed vertical line at t_k).
+        path: the image file to write (suffix picks the format, e.g. ``.png``).
+        params: which parameters to draw; by default ``n_params`` drawn at random with ``seed``.
+        n_params: number of parameters when ``params`` is None.
+        seed: seed of that draw.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a forecast's shape is not (T, D), or a parameter index is out of range.
+    """
+    W = np.asarray(record.weights, dtype=np.float64)
+    M, D = W.shape[0] - 1, W.shape[1]
+    tt = _as_array(t).reshape(-1)
+    if params is None:
+        rng = np.random.default_rng(seed)
+        params = sorted(rng.choice(D, size=min(n_params, D), replace=False).tolist())
+    if any(not 0 <= p < D for p in params):
+        raise ValueError(f"`params` must be indices in [0, {D}), got {list(params)}")
+    arrays = {name: _as_array(f) for name, f in forecasts.items()}
+    for name, a in arrays.items():
+        if a.shape != (len(tt), D):
+            raise ValueError(
+                f"`forecasts[{name!r}]` must have shape (T, D) = {(len(tt), D)}, got {a.shape}"
+            )
+    n = len(params)
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(5 * cols, 3 * rows))
+    grid = np.arange(M + 1) / M
+    for i, p in enumerate(params):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.plot(grid, W[:, p], color="black", lw=1.5, label="true")
+        for name, a in arrays.items():
+            ax.plot(
+                np.concatenate([[k / M], tt]),
+                np.concatenate([[W[k, p]], a[:, p]]),
+                lw=1.0,
+                label=name,
+            )
+        ax.axvline(k / M, color="grey", ls="--", lw=0.8)
+        ax.set_title(f"{record.params.layer[p]}[{record.params.index[p]}]", fontsize=9)
+        ax.set_xlabel("t")
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{record.spec.run_id}: forecasts from t_k = {k / M:.2f}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_horizon(horizon: pl.DataFrame, path: Path, *, metric: str = "mse") -> Path:
+    """Error vs horizon per method, one panel per observed fraction (log scale).
+
+    Rows of ``gfm.evaluation.horizon_table`` are averaged over tasks, optimizers and splits per
+    (method, fraction, t); filter the table first to plot one task or split.
+
+    Args:
+        horizon: the table of ``gfm.evaluation.horizon_table``.
+        path: the image file to write.
+        metric: ``mse`` or ``rel_mse_persistence``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: unknown ``metric`` or a table without the horizon columns.
+    """
+    metrics = ("mse", "rel_mse_persistence")
+    if metric not in metrics:
+        raise ValueError(f"`metric` must be one of {list(metrics)}, got {metric!r}")
+    if missing := sorted({"method", "observed_fraction", "t", metric} - set(horizon.columns)):
+        raise ValueError(
+            f"`horizon` must be a table from horizon_table(), missing columns {missing}"
+        )
+    data = (
+        horizon.group_by(["method", "observed_fraction", "t"])
+        .agg(pl.col(metric).mean())
+        .sort(["method", "observed_fraction", "t"])
+    )
+    fractions = sorted(data["observed_fraction"].unique().to_list())
+    fig = Figure(figsize=(4.5 * max(len(fractions), 1), 3.5))
+    for i, f in enumerate(fractions):
+        ax = fig.add_subplot(1, len(fractions), i + 1)
+        part = data.filter(pl.col("observed_fraction") == f)
+        for method in sorted(part["method"].unique().to_list()):
+            m = part.filter(pl.col("method") == method)
+            ax.plot(m["t"].to_numpy(), m[metric].to_numpy(), marker=".", lw=1.0, label=method)
+        ax.set_yscale("log")
+        ax.set_title(f"observed fraction {f:g}", fontsize=9)
+        ax.set_xlabel("target time t")
+        ax.set_ylabel(metric)
+        if i == 0:
+            ax.legend(fontsize=7)
+    return _save(fig, path)

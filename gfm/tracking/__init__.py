@@ -1,0 +1,71 @@
+"""The MLflow edge of gfm: runs and their provenance, the pyfunc model, the registry gate.
+
+The only package of gfm that imports mlflow (and it never imports prefect or typer).
+
+    configure(cfg.tracking); with start_run("train", dataset_version=v): log_params_flat(...)
+    info = log_forecaster(model, input_example=prefix)
+    promote(register(info.model_uri, cfg.registry), metrics, cfg.registry)
+    load(cfg=cfg.registry) / load_pyfunc(cfg=cfg.registry)   # models:/gfm@champion
+"""
+
+from gfm.tracking.frames import (
+    forecast_frame,
+    frame_to_forecast,
+    frame_to_prefix,
+    prefix_to_frame,
+)
+from gfm.tracking.pyfunc import (
+    ForecasterModel,
+    forecaster_kinds,
+    load_forecaster,
+    log_forecaster,
+    register_forecaster,
+    save_forecaster,
+)
+from gfm.tracking.registry import (
+    Decision,
+    PromotionError,
+    load,
+    load_pyfunc,
+    model_uri,
+    promote,
+    register,
+)
+from gfm.tracking.runs import (
+    configure,
+    flatten_params,
+    git_commit,
+    log_dataset,
+    log_history,
+    log_params_flat,
+    log_table_and_plots,
+    start_run,
+)
+
+__all__ = [
+    "Decision",
+    "ForecasterModel",
+    "PromotionError",
+    "configure",
+    "flatten_params",
+    "forecast_frame",
+    "forecaster_kinds",
+    "frame_to_forecast",
+    "frame_to_prefix",
+    "git_commit",
+    "load",
+    "load_forecaster",
+    "load_pyfunc",
+    "log_dataset",
+    "log_forecaster",
+    "log_history",
+    "log_params_flat",
+    "log_table_and_plots",
+    "model_uri",
+    "prefix_to_frame",
+    "promote",
+    "register",
+    "register_forecaster",
+    "save_forecaster",
+    "start_run",
+]

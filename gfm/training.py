@@ -1,0 +1,388 @@
+"""The one training loop of GFM: conditional flow matching on recorded checkpoint paths.
+
+References:
+    Shou, Ding, Gao, "Gradient Flow Matching for Learning Update Dynamics in Neural Network
+    Training", arXiv 2505.20221 (2025), Sec. 3 (the flow-matching objective).
+    Lipman et al., "Flow Matching for Generative Modeling", ICLR 2023 (conditional FM).
+    Karpathy, nanoGPT ``train.py`` (the shape of the loop).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gfm.config import TrainSettings
+from gfm.data.schema import RunRecord
+from gfm.features import Normalizer, context, lr_at, lr_features, run_context
+from gfm.fields import Cond, scan_states
+from gfm.forecast import forecast
+from gfm.interface import Prefix, observed_index
+from gfm.paths import LinearPath
+
+if TYPE_CHECKING:
+    from gfm.model import GFM
+
+__all__ = ["EVAL_FRACTION", "TRAIN_FRACTIONS", "evaluate", "fit"]
+
+log = logging.getLogger("gfm.training")
+
+TRAIN_FRACTIONS = (0.05, 0.6)  # observed fractions drawn per example (covers evaluate's 0.1–0.5)
+EVAL_FRACTION = 0.25  # observed fraction of the validation forecast
+_EVAL_RUNS = 16  # validation runs forecast at each evaluation (evenly spaced over val)
+_EVAL_PARAMS = 4096  # parameters forecast per validation run (exact: the field is per-parameter)
+_WARMUP = 0.05  # fraction of steps of linear learning-rate warm-up
+_MIN_LR = 0.1  # cosine decays the learning rate to this fraction of cfg.lr
+_CLIP = 1.0  # gradient-norm clip
+
+OnEval = Callable[[int, dict[str, float]], bool | None]
+
+
+@dataclass
+class _Batch:
+    """R runs × N parameters × M_max intervals (shorter runs padded and masked)."""
+
+    optimizers: list[str]
+    ctx: torch.Tensor  # (R, N, F_ctx)
+    run: torch.Tensor  # (R, N_RUN + H)
+    w_tau: torch.Tensor  # (R, N, M) ŵ at the random time τ_i in interval i
+    w_theta: torch.Tensor  # (R, N, M) ŵ at the state point θ_i of interval i
+    u: torch.Tensor  # (R, N, M) target normalised velocity of interval i
+    tau: torch.Tensor  # (R, M)
+    theta: torch.Tensor  # (R, M)
+    U: torch.Tensor  # (R, 1, M) position of τ_i in its interval, in [0, 1)
+    lrf_tau: torch.Tensor  # (R, M, N_LR)
+    lrf_theta: torch.Tensor  # (R, M, N_LR)
+    alpha_tau: torch.Tensor  # (R, 1, M)
+    mask: torch.Tensor  # (R, 1, M) 1 on intervals k <= i < M_r (the future of the prefix)
+    cond: Cond  # per parameter (R, N, 1), per run (R, 1, 1)
+
+    def to(self, device: torch.device) -> _Batch:
+        moved = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()
+        }
+        moved["cond"] = self.cond.to(device)
+        return _Batch(**moved)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _check_run(record: RunRecord) -> None:
+    w = record.weights
+    if w.ndim != 2 or w.shape[0] < 3:
+        raise ValueError(
+            f"{record.spec.run_id}: `weights` must be (M+1, D) with M >= 2, got shape {w.shape}"
+        )
+    if record.lr.shape != (w.shape[0],):
+        raise ValueError(
+            f"{record.spec.run_id}: `lr` must have shape ({w.shape[0]},), got {record.lr.shape}"
+        )
+    if len(record.params) != w.shape[1]:
+        raise ValueError(
+            f"{record.spec.run_id}: `params` must describe {w.shape[1]} parameters, "
+            f"got {len(record.params)}"
+        )
+
+
+def _example(
+    record: RunRecord,
+    k: int,
+    n_params: int,
+    history: int,
+    sigma: float,
+    rng: np.random.Generator,
+) -> dict:
+    """One run's share of a batch: N parameters, every interval, normalised by its prefix."""
+    prefix = Prefix.from_record(record, k)
+    norm = Normalizer.from_prefix(prefix)
+    D = prefix.D
+    idx = torch.from_numpy(rng.choice(D, size=n_params, replace=D < n_params))  # (N,)
+    M = prefix.M
+    r = record.spec.record_every
+    W = torch.from_numpy(np.ascontiguousarray(record.weights[:, idx.numpy()])).float()  # (M+1, N)
+    W_hat = (W - norm.center[idx].float()) / norm.scale[idx].float()  # (M+1, N)
+
+    # τ_i = (i + U_i)/M: one flow-matching time per interval (stratified U[0,1) sampling);
+    # θ_i = (i + θ)/M: the mean position of the interval's r optimizer steps, where the
+    # optimizer state is accumulated (the same points the forecast uses on the prefix).
+    U = torch.from_numpy(rng.random(M)).double()  # (M,)
+    grid = torch.arange(M, dtype=torch.float64)
+    tau = (grid + U) / M  # (M,)
+    theta_frac = (r - 1) / (2 * r)
+    theta = (grid + theta_frac) / M  # (M,)
+    path = LinearPath(sigma)
+    w_tau = path.w_at(W_hat, tau.float())  # (M, N)
+    if sigma > 0:
+        w_tau = w_tau + sigma * torch.from_numpy(rng.standard_normal(w_tau.shape)).float()
+    w_theta = path.w_at(W_hat, theta.float())  # (M, N)
+    u = path.velocity(W_hat, tau.float())  # (M, N)
+    mask = torch.zeros(M)
+    mask[k:] = 1.0
+    return {
+        "optimizer": prefix.optimizer,
+        "M": M,
+        "ctx": context(prefix, norm, history=history, index=idx),  # (N, F_ctx)
+        "run": run_context(prefix, norm, history=history),
+        "w_tau": w_tau.T,  # (M, N) -> (N, M)
+        "w_theta": w_theta.T,
+        "u": u.T,
+        "tau": tau.float(),
+        "theta": theta.float(),
+        "U": U.float(),
+        "lrf_tau": lr_features(prefix, tau),  # (M, N_LR)
+        "lrf_theta": lr_features(prefix, theta),
+        "alpha_tau": lr_at(prefix, tau).float(),
+        "mask": mask,
+        "cond": Cond.from_prefix(prefix, norm, index=idx),
+    }
+
+
+def _collate(examples: list[dict]) -> _Batch:
+    """Stack examples, padding every run's interval axis to the longest M (masked out)."""
+    Mx = max(e["M"] for e in examples)
+
+    def pad_last(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, Mx - x.shape[-1]), value=value)
+
+    def pad_first(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:  # (M, F) -> (Mx, F)
+        extra = x[-1:].expand(Mx - x.shape[0], *x.shape[1:]) if value is None else None
+        fill = extra if extra is not None else x.new_full((Mx - x.shape[0], *x.shape[1:]), value)
+        return torch.cat([x, fill], 0)
+
+    def stack(key: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return torch.stack([fn(e[key]) for e in examples])
+
+    return _Batch(
+        optimizers=[e["optimizer"] for e in examples],
+        ctx=stack("ctx", lambda x: x),
+        run=stack("run", lambda x: x),
+        w_tau=stack("w_tau", pad_last),
+        w_theta=stack("w_theta", pad_last),
+        u=stack("u", pad_last),
+        tau=stack("tau", lambda x: pad_last(x, 1.0)),
+        theta=stack("theta", lambda x: pad_last(x, 1.0)),
+        U=stack("U", pad_last).unsqueeze(1),
+        lrf_tau=stack("lrf_tau", lambda x: pad_first(x, None)),
+        lrf_theta=stack("lrf_theta", lambda x: pad_first(x, None)),
+        alpha_tau=stack("alpha_tau", lambda x: pad_last(x, float(x[-1]))).unsqueeze(1),
+        mask=stack("mask", pad_last).unsqueeze(1),
+        cond=Cond.stack([e["cond"] for e in examples]),
+    )
+
+
+def _loss(model: GFM, b: _Batch) -> torch.Tensor:
+    """Flow-matching loss: mean over runs of the masked MSE between field and path velocity.
+
+        L = E_run E_{i >= k} E_param |v_θ(ŵ(τ_i), s(τ_i), τ_i) − û_i|²
+
+    For optimizer-aware fields the optimizer state s(τ) is the one the field itself implies
+    along the observed path: the surrogate ĝ at the state points θ_l of every earlier interval,
+    scanned with the optimizer's exact per-interval decay β^r (``scan_states``), then advanced
+    from the checkpoint t_i to τ_i with decay β^(r·U_i) towards φ(ĝ(τ_i)). The loss thus trains
+    ĝ at all earlier intervals through the state, exactly as the forecast uses it.
+    """
+    net = model.net
+    code = net.encode(b.ctx)  # (R, N, 2, K)
+    g_tau = net.combine(code, net.trunk(b.tau, b.lrf_tau, b.run), b.w_tau)  # (R, N, M)
+    need_state = any(model.field_for(o).n_state for o in b.optimizers)
+    if need_state:
+        g_theta = net.combine(code, net.trunk(b.theta, b.lrf_theta, b.run), b.w_theta)
+    losses = []
+    for opt in sorted(set(b.optimizers)):
+        rows = torch.tensor([i for i, o in enumerate(b.optimizers) if o == opt])
+        field = model.field_for(opt)
+        cond = b.cond.select(rows)
+        w_tau, g = b.w_tau[rows], g_tau[rows]
+        states = []
+        if field.n_state:
+            phis_theta = field.targets(g_theta[rows], b.w_theta[rows], cond)
+            phis_tau = field.targets(g, w_tau, cond)
+            for phi_th, phi_tau, kappa in zip(
+                phis_theta, phis_tau, field.decays(cond), strict=True
+            ):
+                s_ck = scan_states(phi_th, torch.exp(-kappa * cond.record_every))[..., :-1]
+                e = torch.exp(-kappa * cond.record_every * b.U[rows])  # (Rg, 1, M)
+                states.append(e * s_ck + (1 - e) * phi_tau)  # (Rg, N, M)
+        v = field.velocity(w_tau, states, g, b.alpha_tau[rows], b.tau[rows], cond)
+        mask = b.mask[rows]  # (Rg, 1, M)
+        err = (v - b.u[rows]).square() * mask  # (Rg, N, M)
+        losses.append(err.sum((1, 2)) / (mask.sum((1, 2)) * err.shape[1]).clamp_min(1.0))
+    return torch.cat(losses).mean()
+
+
+@torch.no_grad()
+def evaluate(
+    model: GFM,
+    runs: Sequence[RunRecord],
+    *,
+    fraction: float = EVAL_FRACTION,
+    max_runs: int = _EVAL_RUNS,
+    max_params: int = _EVAL_PARAMS,
+    prefix_name: str = "val",
+) -> dict[str, float]:
+    """Forecast the final weights of (a subset of) runs from an observed fraction.
+
+        forecast_mse       = mean_runs mean_j (ŵ_M,j − w_M,j)²
+        rel_mse_persistence = mean_runs Σ_j (ŵ_M,j − w_M,j)² / Σ_j (w_k,j − w_M,j)²
+
+    Runs are evenly spaced over ``runs`` (at most ``max_runs``) and at most ``max_params``
+    parameters per run (a fixed random subset; exact since the field is per-parameter).
+
+    Returns:
+        ``{f"{prefix_name}/forecast_mse": …, f"{prefix_name}/rel_mse_persistence": …}``.
+    """
+    n = min(len(runs), max_runs)
+    picks = np.unique(np.linspace(0, len(runs) - 1, n).round().astype(int)) if n else []
+    rng = np.random.default_rng(0)
+    mse, rel = [], []
+    for i in picks:
+        record = runs[int(i)]
+        M = record.weights.shape[0] - 1
+        prefix = Prefix.from_record(record, observed_index(M, fraction))
+        D = prefix.D
+        idx = None if D <= max_params else torch.from_numpy(np.sort(rng.choice(D, max_params, False)))
+        cfg = model.cfg
+        pred = forecast(
+            model.field_for(prefix.optimizer),
+            prefix,
+            torch.tensor([1.0], dtype=torch.float64),
+            method=cfg.solver,
+            solver_steps=cfg.solver_steps,
+            rtol=cfg.rtol,
+            atol=cfg.atol,
+            chunk_size=cfg.chunk_size,
+            index=idx,
+        )[0].double()  # (N,)
+        cols = slice(None) if idx is None else idx.numpy()
+        target = torch.from_numpy(record.weights[-1, cols]).double()
+        last = torch.from_numpy(record.weights[prefix.k, cols]).double()
+        err = (pred - target).square()
+        mse.append(float(err.mean()))
+        rel.append(float(err.sum() / (last - target).square().sum().clamp_min(1e-30)))
+    return {
+        f"{prefix_name}/forecast_mse": float(np.mean(mse)) if mse else math.nan,
+        f"{prefix_name}/rel_mse_persistence": float(np.mean(rel)) if rel else math.nan,
+    }
+
+
+def _lr(step: int, cfg: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to _MIN_LR · lr (nanoGPT's schedule)."""
+    warmup = max(1, int(_WARMUP * cfg.steps))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (_MIN_LR + (1 - _MIN_LR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def fit(
+    model: GFM,
+    train: Sequence[RunRecord],
+    val: Sequence[RunRecord] | None,
+    cfg: TrainSettings,
+    *,
+    on_eval: OnEval | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model.net`` by flow matching on the checkpoint paths of ``train``.
+
+    Each step draws ``cfg.batch_runs`` runs (indices only: ``train`` may be a lazy view that
+    loads runs on access), for each an observed index k (fraction in ``TRAIN_FRACTIONS``) and
+    ``cfg.batch_params`` parameters; the context comes from the prefix w_0..w_k, and the field
+    is regressed onto the normalised path velocity û_i = M (ŵ_{i+1} − ŵ_i) at one random time
+    τ_i in every interval i >= k (see ``_loss``). AdamW with warm-up and cosine decay; every
+    ``cfg.eval_every`` steps the final weights of validation runs are forecast from
+    ``EVAL_FRACTION`` and the best-scoring network is kept.
+
+    Args:
+        model: the GFM whose network is trained in place.
+        train: training runs.
+        val: validation runs (None: no evaluation, the last network is kept).
+        cfg: training settings.
+        on_eval: called as ``on_eval(step, metrics)`` after each evaluation; returning False
+            stops training (raising, e.g. ``optuna.TrialPruned``, propagates).
+
+    Returns:
+        One metrics dict per evaluation: step, train/loss, lr, seconds, and with ``val``
+        val/forecast_mse and val/rel_mse_persistence.
+
+    Raises:
+        ValueError: ``train`` is empty or a drawn run is malformed (the message names the run).
+    """
+    if len(train) == 0:
+        raise ValueError("`train` must hold at least one run, got 0")
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = model.net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict[str, float]] = []
+    best_score, best_state = math.inf, None
+    running, seen = 0.0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="gfm fit", disable=None, leave=False)
+    for step in bar:
+        lr = _lr(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        # draw runs, observed indices and parameters; runs are loaded only when drawn
+        examples = []
+        for i in rng.integers(len(train), size=cfg.batch_runs):
+            record = train[int(i)]
+            _check_run(record)
+            M = record.weights.shape[0] - 1
+            lo, hi = (observed_index(M, f) for f in TRAIN_FRACTIONS)
+            k = int(rng.integers(lo, hi + 1))
+            examples.append(
+                _example(record, k, cfg.batch_params, model.cfg.history, model.cfg.sigma, rng)
+            )
+        batch = _collate(examples).to(device)
+
+        loss = _loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), _CLIP)  # rare outlier velocities
+        opt.step()
+        running += float(loss.detach())
+        seen += 1
+
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            metrics = {
+                "step": float(step + 1),
+                "train/loss": running / seen,
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+            running, seen = 0.0, 0
+            if val is not None and len(val):
+                net.eval()
+                metrics.update(evaluate(model, val))
+                net.train()
+                score = metrics["val/rel_mse_persistence"]
+                if score < best_score:  # keep the best network (cheap: a few thousand floats)
+                    best_score, best_state = score, copy.deepcopy(net.state_dict())
+            history.append(metrics)
+            log.info(
+                "step %d: %s", step + 1, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            )
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4g}")
+            if on_eval is not None and on_eval(step + 1, metrics) is False:
+                log.info("step %d: stopped by on_eval", step + 1)
+                break
+    bar.close()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return history
