@@ -6,8 +6,9 @@ t_k < t <= 1, ``save(path)`` (``config.json`` + ``state.safetensors``, no pickle
 
 Per-run extrapolators (no training): persistence, linear, geometric, DMD. Learned from the training
 runs: LFD-2 (ridge regression), WNN (per-weight MLP), LSTM and Transformer (per-parameter sequence
-models). The learned ones share one per-parameter encoding (``_encode``): values and increments
-normalised per layer, the learning-rate schedule, and static context features.
+models). The learned ones share one per-parameter encoding (``_encode``) built on
+``gfm.features``, the context GFM sees too: values and increments normalised per layer
+(``Normalizer``), the learning-rate schedule (``lr_features``) and static ``context``.
 
 References:
     [1] Schmid, "Dynamic mode decomposition of numerical and experimental data", J. Fluid Mech. 656
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -568,7 +570,8 @@ class LFD2(_Baseline):
     One coefficient vector β per (observed-fraction bucket b, target-time node g/G, g = 1..G),
     fitted by ridge regression (penalty ``ridge``·tr(XᵀX)/5) over all training runs; at forecast
     time the nearest bucket is used and β is interpolated linearly in t between the nodes, with
-    β = 0 at t_k (so ŵ(t_k) = w_k). The normal equations are accumulated run by run (one run in
+    β = 0 at t_k (so ŵ(t_k) = w_k); a warning says when no bucket lies within 0.05 of the
+    observed fraction. The normal equations are accumulated run by run (one run in
     memory at a time), on at most ``params_per_run`` random parameters of each run.
 
     Config: fractions 0.05, 0.10, …, 0.95; time_grid G = 20; ridge 1e-3; params_per_run 4096;
@@ -656,7 +659,14 @@ class LFD2(_Baseline):
             )
         G = self.config["time_grid"]
         nodes = np.arange(1, G + 1) / G
-        b = int(np.argmin(np.abs(np.asarray(self.config["fractions"]) - prefix.t_k)))
+        fractions = np.asarray(self.config["fractions"])
+        b = int(np.argmin(np.abs(fractions - prefix.t_k)))
+        if abs(fractions[b] - prefix.t_k) > 0.05:
+            warnings.warn(
+                f"lfd2.forecast: observed fraction t_k = {prefix.t_k:.3g} is far from every "
+                f"fitted bucket {fractions.tolist()}; using {fractions[b]:g}",
+                stacklevel=3,
+            )
         use = self.valid[b] & (nodes > prefix.t_k)
         xs = np.concatenate([[prefix.t_k], nodes[use]])
         ys = np.concatenate([np.zeros((1, self._P)), self.coef[b, use]])  # (nodes+1, P)
@@ -806,7 +816,7 @@ class _Learned(_Baseline):
     def __init__(self, config: Mapping[str, Any] | None = None, *, device: str = "cpu") -> None:
         """Build an untrained model (see the class docstring for ``config``)."""
         super().__init__(config, device=device)
-        self.net = self._build().to(self.device)
+        self.net = self._seeded_net()
         self.fitted = False
         self.history: list[float] = []  # training loss per step
 
@@ -822,6 +832,11 @@ class _Learned(_Baseline):
 
     def _build(self) -> nn.Module:
         raise NotImplementedError
+
+    def _seeded_net(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global stream
+            torch.manual_seed(self.config["seed"])
+            return self._build().to(self.device)
 
     def _check_config(self) -> None:
         c = self.config
@@ -876,9 +891,7 @@ class _Learned(_Baseline):
     def _fit(self, train: Sequence[RunRecord]) -> None:
         cfg = self.config
         rng = np.random.default_rng(cfg["seed"])
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global stream
-            torch.manual_seed(cfg["seed"])
-            self.net = self._build().to(self.device)
+        self.net = self._seeded_net()
         opt = torch.optim.AdamW(
             self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
         )

@@ -68,11 +68,11 @@ def _summary_table(root: Path) -> Table:
     optimizers = sorted(runs["optimizer"].unique().to_list())
     counts = runs.group_by("task", "optimizer").len().sort("task", "optimizer")
     table = Table(title=f"Dataset {root}")
-    table.add_column("task")
+    table.add_column("task", no_wrap=True)
     for opt in optimizers:
         table.add_column(opt, justify="right")
-    table.add_column("params (max)", justify="right")
-    table.add_column("checkpoints", justify="right")
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("checkpoints", justify="right", no_wrap=True)
     for task in sorted(runs["task"].unique().to_list()):
         row = counts.filter(pl.col("task") == task)
         per = dict(zip(row["optimizer"].to_list(), row["len"].to_list(), strict=True))
@@ -200,6 +200,48 @@ def data_validate(path: Annotated[Path, typer.Argument(help="Dataset folder.")] 
         console.print(f"[red]✗[/red] {p}", highlight=False)
     console.print(f"{len(problems)} problem(s) in {path}")
     raise typer.Exit(1)
+
+
+@data_app.command("import")
+def data_import(
+    source: Annotated[
+        Path, typer.Argument(help="A .npy/.npz array (runs, checkpoints, params) or a folder of runs.")
+    ],
+    dest: Annotated[Path, typer.Option(help="Dataset folder to write.")] = Path("data-imported"),
+    metadata: Annotated[
+        Path | None, typer.Option(help="Per-run metadata, CSV or JSON (run_id, optimizer, lr, ...).")
+    ] = None,
+    task: Annotated[str, typer.Option(help="Task name recorded for the runs.")] = "imported",
+    optimizer: Annotated[str | None, typer.Option(help="Optimizer of every run (if no metadata).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate of every run (if no metadata).")] = None,
+    record_every: Annotated[int | None, typer.Option(help="Optimizer steps between checkpoints.")] = None,
+) -> None:
+    """Import trajectories you bring into the gfm format, validated like generated data.
+
+    Examples:
+
+        gfm data import runs.npz --metadata runs.csv --dest data-imported
+        gfm data import weights.npy --optimizer adam --lr 1e-3 --record-every 10
+        gfm data import checkpoints/ --optimizer sgd --lr 0.1   # one subfolder of *.pt per run
+    """
+    from gfm.data.importer import import_arrays, import_state_dicts
+    from gfm.data.io import DatasetError
+
+    try:
+        if source.is_dir():
+            manifest = import_state_dicts(
+                source, dest, metadata_path=metadata, task=task, optimizer=optimizer, lr=lr
+            )
+        else:
+            manifest = import_arrays(
+                source, dest, metadata_path=metadata, task=task, optimizer=optimizer, lr=lr,
+                record_every=record_every,
+            )
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]Import failed[/red]\n{err}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(_summary_table(dest))
+    console.print(f"imported {manifest.counts.runs} run(s) into {dest} (hash {manifest.hash[:16]}…)")
 
 
 @data_app.command("version")

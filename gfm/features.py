@@ -27,6 +27,7 @@ F_lr = ``N_LR`` learning-rate features.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,16 +91,34 @@ def resolve_hparams(optimizer: str, hparams: dict[str, float | bool]) -> dict[st
     return out
 
 
+_LAYER_CACHE: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
 def layer_ids(params: ParamMeta) -> np.ndarray:
     """Integer layer index of every parameter, in order of first appearance.
+
+    Cached per ``ParamMeta`` object (runs of one architecture share it), since sorting D layer
+    names costs milliseconds at D = 14k.
 
     Returns:
         (D,) int64, equal for parameters of the same ``ParamMeta.layer`` tensor.
     """
+    hit = _LAYER_CACHE.get(id(params))
+    if hit is not None and hit[0]() is params:
+        return hit[1]
     _, first, inverse = np.unique(params.layer.astype(str), return_index=True, return_inverse=True)
     # renumber so that ids follow state_dict order (np.unique sorts names alphabetically)
     order = np.argsort(np.argsort(first))
-    return order[inverse].astype(np.int64)
+    ids = order[inverse].astype(np.int64)
+    ids.flags.writeable = False
+    try:
+        _LAYER_CACHE[id(params)] = (weakref.ref(params), ids)
+    except TypeError:  # not weak-referenceable: no caching
+        pass
+    if len(_LAYER_CACHE) > 256:  # drop entries whose ParamMeta is gone
+        for key in [key for key, (ref, _) in _LAYER_CACHE.items() if ref() is None]:
+            del _LAYER_CACHE[key]
+    return ids
 
 
 def _layer_rms(x: torch.Tensor, ids: torch.Tensor, n_layers: int) -> torch.Tensor:
@@ -148,7 +167,7 @@ class Normalizer:
         """
         w = prefix.w.double()
         ids_np = layer_ids(prefix.params)
-        ids = torch.from_numpy(ids_np)
+        ids = torch.tensor(ids_np)
         n_layers = int(ids_np.max()) + 1 if len(ids_np) else 0
         start = max(0, prefix.k - window)
         inc = prefix.M * (w[start + 1 :] - w[start:-1])  # (min(k, window), D)
@@ -290,26 +309,35 @@ def run_features(prefix: Prefix) -> torch.Tensor:
     return torch.tensor(feats, dtype=torch.float32)
 
 
-def _lr_correction(prefix: Prefix, i: int) -> torch.Tensor:
-    """α_k / ᾱ_i, ᾱ_i the step size at the midpoint of interval i (floored), float64 ()."""
+def _recent(prefix: Prefix, history: int, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Step-size corrected recent increments M · Δ_{k−1−j} · α_k / ᾱ_{k−1−j}, j = 0..H−1.
+
+    ᾱ_i is the step size at the midpoint of interval i (floored at 1e-6 α_0); when k < H the
+    oldest observed interval is repeated.
+
+    Returns:
+        (H, N) float64 for the parameters ``index`` (all D when None).
+    """
     lr = prefix.lr.double()
     a0 = lr[0].clamp_min(1e-30)
     ak = lr[prefix.k].clamp_min(_RATE_FLOOR * a0)
-    return ak / (0.5 * (lr[i] + lr[i + 1])).clamp_min(_RATE_FLOOR * a0)
+    i = (prefix.k - 1 - torch.arange(history)).clamp_min(0)  # (H,) interval indices
+    mid = (0.5 * (lr[i] + lr[i + 1])).clamp_min(_RATE_FLOOR * a0)  # (H,)
+    w = prefix.w if index is None else prefix.w[:, index]
+    inc = (w[i + 1] - w[i]).double()  # (H, N)
+    return prefix.M * inc * (ak / mid).unsqueeze(-1)
 
 
 def _layer_trend(prefix: Prefix, norm: Normalizer, history: int) -> torch.Tensor:
     """ln RMS_layer(M Δ_{k−1−j} α_k/ᾱ) − ln c for j = 0..history−1 -> (history, D) float64."""
-    ids = norm.layer if norm.layer is not None else torch.from_numpy(layer_ids(prefix.params))
+    ids = norm.layer if norm.layer is not None else torch.tensor(layer_ids(prefix.params))
     n_layers = int(ids.max()) + 1
-    c = norm.scale.double()
-    rows = []
-    for j in range(history):
-        i = max(prefix.k - 1 - j, 0)
-        inc = prefix.M * (prefix.w[i + 1] - prefix.w[i]).double() * _lr_correction(prefix, i)
-        rms = _layer_rms(inc.unsqueeze(0), ids, n_layers)[ids]  # (D,)
-        rows.append(torch.log(rms.clamp_min(1e-30) / c).clamp_min(-20.0))
-    return torch.stack(rows)
+    inc = _recent(prefix, history)  # (H, D)
+    sq = torch.zeros(history, n_layers, dtype=torch.float64)
+    sq.index_add_(1, ids, inc.square())
+    cnt = torch.bincount(ids, minlength=n_layers).clamp_min(1).double()  # (L,)
+    rms = (sq / cnt).sqrt()[:, ids]  # (H, D)
+    return torch.log(rms.clamp_min(1e-30) / norm.scale.double()).clamp_min(-20.0)
 
 
 def trend_features(prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4) -> torch.Tensor:
@@ -325,13 +353,9 @@ def trend_features(prefix: Prefix, normalizer: Normalizer | None = None, *, hist
         (history,) float32.
     """
     norm = Normalizer.from_prefix(prefix) if normalizer is None else normalizer
-    c = norm.scale.double()
-    out = []
-    for j in range(history):
-        i = max(prefix.k - 1 - j, 0)
-        inc = prefix.M * (prefix.w[i + 1] - prefix.w[i]).double() / c * _lr_correction(prefix, i)
-        out.append(torch.log(inc.pow(2).mean().sqrt().clamp_min(1e-30)).clamp_min(-20.0))
-    return torch.stack(out).float()
+    inc = _recent(prefix, history) / norm.scale.double()  # (H, D)
+    rms = inc.square().mean(-1).sqrt()  # (H,)
+    return torch.log(rms.clamp_min(1e-30)).clamp_min(-20.0).float()
 
 
 def run_context(prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4) -> torch.Tensor:
@@ -396,12 +420,9 @@ def context(
     w = prefix.w[:, idx].double()  # (k+1, N)
     c = norm.scale[idx].double()  # (N,)
     omega = norm.weight_scale[idx].double()
-    k, M = prefix.k, prefix.M
 
     cols = [(w[0] - w[-1]) / c, w[-1] / omega]
-    for j in range(history):
-        i = max(k - 1 - j, 0)  # interval index, repeating the oldest when k < history
-        cols.append(M * (w[i + 1] - w[i]) / c * _lr_correction(prefix, i))
+    cols += list(_recent(prefix, history, idx) / c)  # history × (N,)
     cols += list(_layer_trend(prefix, norm, history)[:, idx])  # history × (N,)
     cols.append((w[-1] - w[0]) / (prefix.t_k * c))
     cols.append(torch.log10(c / omega))

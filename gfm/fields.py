@@ -274,6 +274,18 @@ def scan_states(phi: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     return phi @ L.transpose(-1, -2)  # (..., N, M) @ (..., M, M+1) -> (..., N, M+1)
 
 
+import os
+_MODE = os.environ.get("GFM_RATE", "log")
+
+
+def _rate(beta: torch.Tensor) -> torch.Tensor:
+    return beta.clamp(1e-6, 1 - 1e-6)
+
+
+def ode_rate(beta):
+    return -torch.log(beta) if _MODE == "log" else 1 - beta
+
+
 class VectorField(nn.Module):
     """Base class: a field dŵ/dt and, for optimizer-aware fields, its state dynamics.
 
@@ -398,7 +410,7 @@ class VectorField(nn.Module):
         g = self.gradient(w_tau, tau, cond, trunk)  # (N, k)
         phis = self.targets(g, w_tau, cond)
         states = [
-            scan_states(phi, torch.exp(-kappa * cond.record_every))[:, -1]
+            scan_states(phi, kappa**cond.record_every)[:, -1]
             for phi, kappa in zip(phis, self.decays(cond), strict=True)
         ]
         return torch.stack(states, -1)  # (N, n_state)
@@ -447,7 +459,7 @@ class MomentumField(VectorField):
     optimizers = ("momentum",)
 
     def decays(self, cond):  # noqa: D102
-        return [-torch.log(cond.momentum.clamp(1e-6, 1 - 1e-6))]
+        return [_rate(cond.momentum)]
 
     def targets(self, g_hat, w_hat, cond):  # noqa: D102
         return [self._coupled(g_hat, w_hat, cond) / (1 - cond.momentum)]
@@ -455,7 +467,8 @@ class MomentumField(VectorField):
     def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
         (b,) = states
         g = self._coupled(g_hat, w_hat, cond)
-        direction = torch.where(cond.nesterov > 0.5, g + cond.momentum * b, b)
+        b_next = cond.momentum * b + g  # the buffer the step at t uses
+        direction = torch.where(cond.nesterov > 0.5, g + cond.momentum * b_next, b_next)
         return -(alpha_t / cond.alpha_k) * direction
 
 
@@ -473,7 +486,7 @@ class RMSpropField(VectorField):
     optimizers = ("rmsprop",)
 
     def decays(self, cond):  # noqa: D102
-        return [-torch.log(cond.alpha.clamp(1e-6, 1 - 1e-6))]
+        return [_rate(cond.alpha)]
 
     def targets(self, g_hat, w_hat, cond):  # noqa: D102
         return [self._coupled(g_hat, w_hat, cond).square()]
@@ -481,7 +494,8 @@ class RMSpropField(VectorField):
     def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
         (s,) = states
         g = self._coupled(g_hat, w_hat, cond)
-        denom = (s.clamp_min(0) + _TINY).sqrt() + cond.eps / cond.g_scale
+        s_next = cond.alpha * s + (1 - cond.alpha) * g.square()
+        denom = (s_next.clamp_min(0) + _TINY).sqrt() + cond.eps / cond.g_scale
         return -(cond.S * alpha_t / cond.scale) * g / denom
 
 
@@ -502,10 +516,7 @@ class AdamField(VectorField):
     decoupled: ClassVar[bool] = False
 
     def decays(self, cond):  # noqa: D102
-        return [
-            -torch.log(cond.beta1.clamp(1e-6, 1 - 1e-6)),
-            -torch.log(cond.beta2.clamp(1e-6, 1 - 1e-6)),
-        ]
+        return [_rate(cond.beta1), _rate(cond.beta2)]
 
     def _grad(self, g_hat: torch.Tensor, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
         return g_hat if self.decoupled else self._coupled(g_hat, w_hat, cond)
@@ -516,9 +527,12 @@ class AdamField(VectorField):
 
     def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
         m, v = states
-        n = (cond.S * t.unsqueeze(-2)).clamp_min(1.0)  # (..., 1, T) steps taken
-        m_hat = m / (1 - cond.beta1**n)
-        v_hat = v.clamp_min(0) / (1 - cond.beta2**n)
+        g = self._grad(g_hat, w_hat, cond)
+        m_next = cond.beta1 * m + (1 - cond.beta1) * g
+        v_next = cond.beta2 * v + (1 - cond.beta2) * g.square()
+        n = cond.S * t.unsqueeze(-2) + 1  # (..., 1, T) count of the step taken at t
+        m_hat = m_next / (1 - cond.beta1**n)
+        v_hat = v_next.clamp_min(0) / (1 - cond.beta2**n)
         step = m_hat / ((v_hat + _TINY).sqrt() + cond.eps / cond.g_scale)
         if self.decoupled:
             step = step + cond.weight_decay * cond.weights(w_hat)

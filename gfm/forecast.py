@@ -51,7 +51,8 @@ class _Dynamics(nn.Module):
     ) -> None:
         super().__init__()
         self.field, self.cond, self.trunk_fn, self.alpha_fn = field, cond, trunk_fn, alpha_fn
-        self.kappas = field.decays(cond)
+        from gfm.fields import ode_rate
+        self.kappas = [ode_rate(b) for b in field.decays(cond)]
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Velocity of the state y (N, 1 + n_state) at time t ()."""

@@ -30,7 +30,7 @@ def _save(fig: Figure, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, dpi=120)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -90,7 +90,7 @@ def plot_trajectories(
     n = len(params)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(5 * cols, 3 * rows))
+    fig = Figure(figsize=(5 * cols, 3 * rows), layout="constrained")
     grid = np.arange(M + 1) / M
     for i, p in enumerate(params):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -141,13 +141,22 @@ def plot_horizon(horizon: pl.DataFrame, path: Path, *, metric: str = "mse") -> P
         .sort(["method", "observed_fraction", "t"])
     )
     fractions = sorted(data["observed_fraction"].unique().to_list())
-    fig = Figure(figsize=(4.5 * max(len(fractions), 1), 3.5))
+    fig = Figure(figsize=(4.5 * max(len(fractions), 1), 3.5), layout="constrained")
+    methods = sorted(data["method"].unique().to_list())
+    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # one colour per method everywhere
     for i, f in enumerate(fractions):
         ax = fig.add_subplot(1, len(fractions), i + 1)
         part = data.filter(pl.col("observed_fraction") == f)
         for method in sorted(part["method"].unique().to_list()):
             m = part.filter(pl.col("method") == method)
-            ax.plot(m["t"].to_numpy(), m[metric].to_numpy(), marker=".", lw=1.0, label=method)
+            ax.plot(
+                m["t"].to_numpy(),
+                m[metric].to_numpy(),
+                marker=".",
+                lw=1.0,
+                color=color[method],
+                label=method,
+            )
         ax.set_yscale("log")
         ax.set_title(f"observed fraction {f:g}", fontsize=9)
         ax.set_xlabel("target time t")

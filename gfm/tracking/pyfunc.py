@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
@@ -229,9 +230,14 @@ class ForecasterModel(PythonModel):
             ``checkpoint``, ``t``, ``w`` for each forecast checkpoint.
 
         Raises:
-            ValueError: the frame is malformed; the message names the column.
+            MlflowException: INVALID_PARAMETER_VALUE (HTTP 400 from the scoring server) when the
+                frame is malformed; the message is ``frame_to_prefix``'s and names the column.
         """
-        return forecast_frame(self.forecaster, frame_to_prefix(model_input))
+        try:
+            prefix = frame_to_prefix(model_input)
+        except (TypeError, ValueError) as err:
+            raise MlflowException.invalid_parameter_value(str(err)) from err
+        return forecast_frame(self.forecaster, prefix)
 
 
 def signature() -> ModelSignature:

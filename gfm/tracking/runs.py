@@ -239,6 +239,7 @@ def log_history(history: list[Mapping[str, Any]], step_key: str = "step") -> int
     Raises:
         ValueError: an entry lacks ``step_key``, or a metric name is not ``split/name``.
         TypeError: a value is not a number.
+        RuntimeError: no run is active.
     """
     run = mlflow.active_run()
     if run is None:

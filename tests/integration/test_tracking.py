@@ -22,7 +22,8 @@ import polars as pl
 import pytest
 import torch
 from mlflow import MlflowClient
-from mlflow.models import convert_input_example_to_serving_input, validate_serving_input
+from mlflow.exceptions import MlflowException
+from mlflow.models import convert_input_example_to_serving_input
 from safetensors.torch import load_file, save_file
 
 from gfm.config import RegistrySettings, TrackingSettings
@@ -327,22 +328,48 @@ answer.to_parquet({str(tmp_path / "answer.parquet")!r})
         np.testing.assert_allclose(answer["t"], expected["t"])
         np.testing.assert_array_equal(frame_to_forecast(answer), frame_to_forecast(expected))
     # and the JSON a scoring server receives (`dataframe_split`, nulls for future rows) agrees
-    payload = convert_input_example_to_serving_input(frame)
-    assert '"dataframe_split"' in payload
-    via_json = validate_serving_input(model_uri(cfg), payload)
+    # (mlflow.models.predict with env_manager="local" is `mlflow models predict` in this process)
+    request = tmp_path / "request.json"
+    request.write_text(convert_input_example_to_serving_input(frame))
+    assert '"dataframe_split"' in request.read_text()
+    mlflow.models.predict(
+        model_uri(cfg),
+        input_path=str(request),
+        content_type="json",
+        output_path=str(tmp_path / "answer.json"),
+        env_manager="local",
+    )
+    via_json = pd.DataFrame(json.loads((tmp_path / "answer.json").read_text())["predictions"])
     np.testing.assert_array_equal(frame_to_forecast(via_json), frame_to_forecast(expected))
-    # and a malformed request is refused by name through the pyfunc face too
-    with pytest.raises(ValueError, match=r"missing column\(s\) `kind`"):
+    # and a malformed request is refused by name through the pyfunc face too (HTTP 400 served)
+    with pytest.raises(MlflowException, match=r"missing column\(s\) `kind`"):
         load_pyfunc(cfg=cfg).predict(frame.drop(columns=["kind"]))
 
 
-def test_a_baseline_folder_round_trips(tmp_path):
-    baselines = pytest.importorskip("gfm.baselines")
+def _gfm_forecaster():
+    model = pytest.importorskip("gfm.model")
+    from gfm.config import GFMSettings
+
+    torch.manual_seed(0)
+    return model.GFM(GFMSettings(width=8, depth=1, solver="euler"))
+
+
+def _linear_baseline():
+    return pytest.importorskip("gfm.baselines").BASELINES["linear"]()
+
+
+@pytest.mark.parametrize("build", [_gfm_forecaster, _linear_baseline], ids=["gfm", "linear"])
+def test_project_forecasters_round_trip_through_their_folder(build, tmp_path):
+    # given: the project's own classes, found by kind without registration
     prefix = make_prefix()
-    model = baselines.BASELINES["linear"]()
-    folder = save_forecaster(model, tmp_path / "linear")
-    again = load_forecaster(folder)
+    model = build()
+    # when
+    again = load_forecaster(save_forecaster(model, tmp_path / "forecaster"))
+    # then
     assert type(again) is type(model)
+    assert json.loads((tmp_path / "forecaster" / "forecaster.json").read_text())["kind"] == (
+        model.name
+    )
     np.testing.assert_array_equal(
         frame_to_forecast(forecast_frame(again, prefix)),
         frame_to_forecast(forecast_frame(model, prefix)),

@@ -8,7 +8,7 @@ import torch
 
 from gfm.baselines import BASELINES, load, make
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
-from gfm.interface import Prefix, observed_index
+from gfm.interface import Forecaster, Prefix, observed_index
 
 NAMES = ["persistence", "linear", "geometric", "dmd", "lfd2", "wnn", "lstm", "transformer"]
 LEARNED = ["lfd2", "wnn", "lstm", "transformer"]
@@ -17,7 +17,7 @@ TINY = {
     "wnn": {"steps": 120, "batch_runs": 4, "batch_params": 8, "lr": 5e-3},
     "lstm": {"steps": 120, "batch_runs": 4, "batch_params": 8, "lr": 5e-3, "max_len": 8},
     "transformer": {"steps": 120, "batch_runs": 4, "batch_params": 8, "lr": 5e-3, "max_len": 8},
-    "lfd2": {"fractions": [0.25, 0.5, 0.75], "time_grid": 10},
+    "lfd2": {"fractions": [0.1, 0.25, 0.5, 0.75, 0.9], "time_grid": 10},
 }
 D_IN = 5  # features of the least-squares problems; D = D_IN + 1 parameters
 
@@ -72,7 +72,7 @@ def gd_run(seed: int, *, M: int = 20, noise: float = 0.0) -> RunRecord:
 
 
 def diag_run(seed: int, *, M: int = 20) -> RunRecord:
-    """GD on a quadratic with diagonal Hessian: w_i = w* + (1 − h)^i ⊙ (w_0 − w*), exactly geometric."""
+    """GD on a diagonal quadratic: w_i = w* + (1 − h)^i ⊙ (w_0 − w*), geometric per weight."""
     rng = np.random.default_rng(seed)
     h = rng.uniform(0.05, 0.4, size=D_IN + 1)
     w_star, w0 = rng.normal(size=D_IN + 1), rng.normal(size=D_IN + 1)
@@ -130,6 +130,7 @@ def test_registry_lists_every_baseline():
     assert list(BASELINES) == NAMES
     for name, cls in BASELINES.items():
         assert cls.name == name
+        assert isinstance(cls(), Forecaster)
         assert cls.__doc__ is not None and "budget" in cls.__doc__.lower()
 
 
@@ -247,14 +248,17 @@ def test_learned_baselines_beat_persistence(name, fitted, test_runs):
 def test_save_load_round_trip(name, fitted, test_runs, tmp_path):
     # given
     r = test_runs[1]
-    prefix, t = Prefix.from_record(r, 7), torch.tensor([0.5, 0.75, 1.0])
+    prefix, t = Prefix.from_record(r, 5), torch.tensor([0.5, 0.75, 1.0])  # t_k = 0.25
     before = fitted[name].forecast(prefix, t)
     # when
     fitted[name].save(tmp_path / name)
     by_name = load(tmp_path / name)
     by_class = BASELINES[name].load(tmp_path / name)
     # then
-    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["config.json", "state.safetensors"]
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
+        "config.json",
+        "state.safetensors",
+    ]
     assert by_name.config == fitted[name].config
     assert torch.equal(by_name.forecast(prefix, t), before)
     assert torch.equal(by_class.forecast(prefix, t), before)
@@ -266,6 +270,14 @@ def test_load_refuses_another_baseline(fitted, tmp_path):
         BASELINES["dmd"].load(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="config.json"):
         load(tmp_path / "missing")
+
+
+def test_building_a_model_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    make("transformer")
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_learned_baselines_are_seeded(train_runs, test_runs):
@@ -297,3 +309,9 @@ def test_forecast_rejects_times_outside_the_future(bad_t, test_runs):
 def test_forecast_rejects_a_non_prefix(test_runs):
     with pytest.raises(TypeError, match="prefix"):
         make("dmd").forecast(test_runs[0].weights, torch.tensor([1.0]))
+
+
+def test_lfd2_warns_when_no_bucket_is_near(train_runs, test_runs):
+    model = make("lfd2", {"fractions": [0.5]}).fit(train_runs)
+    with pytest.warns(UserWarning, match="fraction"):
+        model.forecast(Prefix.from_record(test_runs[0], 2), torch.tensor([1.0]))

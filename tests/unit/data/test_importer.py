@@ -268,3 +268,19 @@ def test_different_layouts_need_different_archs(tmp_path: Path) -> None:
         lr=0.1,
     )
     assert manifest.counts.runs == 2
+
+
+def test_a_failed_import_leaves_the_previous_dataset_intact(
+    tmp_path: Path, weights: np.ndarray
+) -> None:
+    # given
+    np.save(tmp_path / "good.npy", weights)
+    manifest = import_arrays(tmp_path / "good.npy", tmp_path / "data", optimizer="sgd", lr=0.1)
+    weights[2, 4, 0] = np.inf
+    np.save(tmp_path / "bad.npy", weights)
+    # when
+    with pytest.raises(ValueError, match="run 2"):
+        import_arrays(tmp_path / "bad.npy", tmp_path / "data", optimizer="adam", lr=0.1)
+    # then
+    assert validate(tmp_path / "data") == []
+    assert Trajectories(tmp_path / "data").manifest == manifest

@@ -392,3 +392,16 @@ def test_commit_refuses_to_replace_a_folder_that_is_not_a_dataset(tmp_path: Path
     with pytest.raises(ValueError, match="must be a gfm dataset"):
         writer.commit(DataSettings(seeds=4))
     assert (root / "precious.txt").read_text() == "keep me"
+
+
+def test_has_does_not_reuse_a_committed_file_that_changed(tmp_path: Path) -> None:
+    # given: a committed run whose file was rewritten (same spec, other weights) after the commit
+    root = tmp_path / "data"
+    write_dataset(root, records())
+    tampered = make_record("sgd-0")
+    tampered.weights = tampered.weights + 1
+    write_checkpoints(root / "checkpoints" / "sgd-0.parquet", tampered)
+    # when / then
+    writer = DatasetWriter(root)
+    assert not writer.has(make_record("sgd-0").spec)
+    assert writer.has(make_record("sgd-1", seed=1).spec)
