@@ -79,9 +79,20 @@ def main() -> None:
     rows = []
     for task in load_settings(args.params).data.tasks:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.generation", "--params", args.params,
-             "--runs", str(args.runs), "--task", task],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.generation",
+                "--params",
+                args.params,
+                "--runs",
+                str(args.runs),
+                "--task",
+                task,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()

@@ -72,7 +72,7 @@ def _summary_table(root: Path) -> Table:
     for opt in optimizers:
         table.add_column(opt, justify="right")
     table.add_column("params", justify="right", no_wrap=True)
-    table.add_column("checkpoints", justify="right", no_wrap=True)
+    table.add_column("ckpts", justify="right", no_wrap=True)
     for task in sorted(runs["task"].unique().to_list()):
         row = counts.filter(pl.col("task") == task)
         per = dict(zip(row["optimizer"].to_list(), row["len"].to_list(), strict=True))
@@ -96,9 +96,12 @@ def _summary_table(root: Path) -> Table:
 def generate(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel processes (default data.workers).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Parallel processes (default data.workers).")
+    ] = None,
     version: Annotated[
-        bool, typer.Option("--dvc/--no-dvc", help="Version the dataset with `dvc add` + `dvc push`.")
+        bool,
+        typer.Option("--dvc/--no-dvc", help="Version the dataset with `dvc add` + `dvc push`."),
     ] = True,
     summary: Annotated[
         Path | None, typer.Option(help="Also write the dataset summary as JSON here (DVC metrics).")
@@ -132,7 +135,9 @@ def generate(
         _write_summary(summary, cfg.data.root, report)
     if version and not versioning.inside_dvc_stage() and versioning.find_repo(cfg.data.root):
         md5 = versioning.add_and_push(cfg.data.root, cfg.data.remote)
-        console.print(f"dataset version (data.dvc md5): [bold]{md5}[/bold], pushed to {cfg.data.remote}")
+        console.print(
+            f"dataset version (data.dvc md5): [bold]{md5}[/bold], pushed to {cfg.data.remote}"
+        )
 
 
 def _write_summary(path: Path, root: Path, report: object) -> None:
@@ -178,17 +183,23 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     versioning.dvc("repro", repo=repo, stream=True)
     md5 = versioning.add_and_push(cfg.data.root, cfg.data.remote)
     console.print(_summary_table(cfg.data.root))
-    console.print(f"dataset version (data.dvc md5): [bold]{md5}[/bold], pushed to {cfg.data.remote}")
+    console.print(
+        f"dataset version (data.dvc md5): [bold]{md5}[/bold], pushed to {cfg.data.remote}"
+    )
 
 
 @data_app.command("summary")
-def data_summary(path: Annotated[Path, typer.Argument(help="Dataset folder.")] = Path("data")) -> None:
+def data_summary(
+    path: Annotated[Path, typer.Argument(help="Dataset folder.")] = Path("data"),
+) -> None:
     """Print runs per task × optimizer, diverged runs, size on disk and the dataset hash."""
     console.print(_summary_table(path))
 
 
 @data_app.command("validate")
-def data_validate(path: Annotated[Path, typer.Argument(help="Dataset folder.")] = Path("data")) -> None:
+def data_validate(
+    path: Annotated[Path, typer.Argument(help="Dataset folder.")] = Path("data"),
+) -> None:
     """Check schema, shapes, dtypes, steps, finite values and hashes; list every problem found."""
     from gfm.data.validate import validate
 
@@ -205,21 +216,28 @@ def data_validate(path: Annotated[Path, typer.Argument(help="Dataset folder.")] 
 @data_app.command("import")
 def data_import(
     source: Annotated[
-        Path, typer.Argument(help="A .npy/.npz array (runs, checkpoints, params) or a folder of runs.")
+        Path,
+        typer.Argument(help="A .npy/.npz array (runs, checkpoints, params) or a folder of runs."),
     ],
     dest: Annotated[Path, typer.Option(help="Dataset folder to write.")] = Path("data-imported"),
     metadata: Annotated[
-        Path | None, typer.Option(help="Per-run metadata, CSV or JSON (run_id, optimizer, lr, ...).")
+        Path | None,
+        typer.Option(help="Per-run metadata, CSV or JSON (run_id, optimizer, lr, ...)."),
     ] = None,
     task: Annotated[str, typer.Option(help="Task name recorded for the runs.")] = "imported",
-    optimizer: Annotated[str | None, typer.Option(help="Optimizer of every run (if no metadata).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Base learning rate of every run (if no metadata).")] = None,
-    record_every: Annotated[int | None, typer.Option(help="Optimizer steps between checkpoints.")] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="Optimizer of every run (if no metadata).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Base learning rate of every run (if no metadata).")
+    ] = None,
+    record_every: Annotated[
+        int | None, typer.Option(help="Optimizer steps between checkpoints.")
+    ] = None,
 ) -> None:
     """Import trajectories you bring into the gfm format, validated like generated data.
 
     Examples:
-
         gfm data import runs.npz --metadata runs.csv --dest data-imported
         gfm data import weights.npy --optimizer adam --lr 1e-3 --record-every 10
         gfm data import checkpoints/ --optimizer sgd --lr 0.1   # one subfolder of *.pt per run
@@ -234,14 +252,21 @@ def data_import(
             )
         else:
             manifest = import_arrays(
-                source, dest, metadata_path=metadata, task=task, optimizer=optimizer, lr=lr,
+                source,
+                dest,
+                metadata_path=metadata,
+                task=task,
+                optimizer=optimizer,
+                lr=lr,
                 record_every=record_every,
             )
     except (DatasetError, ValueError, FileNotFoundError) as err:
         console.print(f"[red]Import failed[/red]\n{err}", highlight=False)
         raise typer.Exit(1) from None
     console.print(_summary_table(dest))
-    console.print(f"imported {manifest.counts.runs} run(s) into {dest} (hash {manifest.hash[:16]}…)")
+    console.print(
+        f"imported {manifest.counts.runs} run(s) into {dest} (hash {manifest.hash[:16]}…)"
+    )
 
 
 @data_app.command("version")
@@ -255,4 +280,5 @@ def data_version(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """Run the ``gfm`` command line."""
     app()

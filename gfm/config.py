@@ -154,7 +154,11 @@ class SplitSettings(_Frozen):
     val_seeds: int = Field(1, ge=0)
     test_seeds: int = Field(1, ge=1)
     holdout_archs: dict[str, str] = Field(
-        default_factory=lambda: {"mlp_regression": "8-8", "digits_mlp": "32-32", "mnist_cnn": "8-16-16"}
+        default_factory=lambda: {
+            "mlp_regression": "8-8",
+            "digits_mlp": "32-32",
+            "mnist_cnn": "8-16-16",
+        }
     )
     holdout_optimizer: str = "rmsprop"
 
@@ -189,7 +193,9 @@ class DataSettings(_Frozen):
         if unknown:
             raise ValueError(f"unknown optimizer(s) {unknown}; expected some of {list(OPTIMIZERS)}")
         if not opts:
-            raise ValueError(f"at least one optimizer is needed; expected some of {list(OPTIMIZERS)}")
+            raise ValueError(
+                f"at least one optimizer is needed; expected some of {list(OPTIMIZERS)}"
+            )
         return opts
 
     @field_validator("schedules")
@@ -210,7 +216,9 @@ class DataSettings(_Frozen):
             )
         for task in s.holdout_archs:
             if task not in TASKS:
-                raise ValueError(f"splits.holdout_archs: unknown task {task!r}; expected {list(TASKS)}")
+                raise ValueError(
+                    f"splits.holdout_archs: unknown task {task!r}; expected {list(TASKS)}"
+                )
         if s.holdout_optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"splits.holdout_optimizer must be one of {list(OPTIMIZERS)}, got {s.holdout_optimizer!r}"
@@ -269,7 +277,16 @@ class EvaluateSettings(_Frozen):
         default_factory=lambda: ["seed", "architecture", "optimizer"], min_length=1
     )
     baselines: list[str] = Field(
-        default_factory=lambda: ["persistence", "linear", "geometric", "dmd", "lfd2", "wnn", "lstm", "transformer"]
+        default_factory=lambda: [
+            "persistence",
+            "linear",
+            "geometric",
+            "dmd",
+            "lfd2",
+            "wnn",
+            "lstm",
+            "transformer",
+        ]
     )
     linear_window: int = Field(3, ge=2)
     output_dir: Path = Path("reports")
@@ -348,7 +365,7 @@ def parse_overrides(pairs: Sequence[str], source: str = "--set") -> dict[str, An
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Overrides from ``GFM_<SECTION>__<KEY>`` variables, e.g. ``GFM_TRACKING__URI``."""
     pairs = [
-        f"{name[len(ENV_PREFIX):].lower().replace('__', '.')}={value}"
+        f"{name[len(ENV_PREFIX) :].lower().replace('__', '.')}={value}"
         for name, value in sorted(environ.items())
         if name.startswith(ENV_PREFIX) and "__" in name
     ]
@@ -400,7 +417,9 @@ def load_settings(
             except yaml.YAMLError as err:
                 raise SettingsError(f"{source}: not valid YAML: {err}") from err
             if loaded is not None and not isinstance(loaded, dict):
-                raise SettingsError(f"{source}: must be a mapping of sections, got {type(loaded).__name__}")
+                raise SettingsError(
+                    f"{source}: must be a mapping of sections, got {type(loaded).__name__}"
+                )
             tree = loaded or {}
             base = p.resolve().parent
         elif str(path) != "params.yaml":
@@ -432,7 +451,9 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
     return s.model_copy(
         update={
             "data": s.data.model_copy(update={"root": absolute(s.data.root)}),
-            "evaluate": s.evaluate.model_copy(update={"output_dir": absolute(s.evaluate.output_dir)}),
+            "evaluate": s.evaluate.model_copy(
+                update={"output_dir": absolute(s.evaluate.output_dir)}
+            ),
             "tracking": s.tracking.model_copy(update={"uri": _abs_sqlite(s.tracking.uri, base)}),
             "tune": s.tune.model_copy(update={"storage": _abs_sqlite(s.tune.storage, base)}),
         }

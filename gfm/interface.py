@@ -55,10 +55,12 @@ class Prefix:
 
     @property
     def t_k(self) -> float:
+        """Time of the last observed checkpoint, k / M."""
         return self.k / self.M
 
     @property
-    def D(self) -> int:
+    def D(self) -> int:  # noqa: N802 - the paper's name for the parameter count
+        """Number of parameters."""
         return self.w.shape[1]
 
     @staticmethod
@@ -99,10 +101,19 @@ class Forecaster(Protocol):
 
     name: str
 
-    def fit(
-        self, train: Sequence[RunRecord], val: Sequence[RunRecord] | None = None
-    ) -> Forecaster: ...
+    def fit(self, train: Sequence[RunRecord], val: Sequence[RunRecord] | None = None) -> Forecaster:
+        """Learn from training trajectories (read lazily, by index); return self."""
+        ...
 
-    def forecast(self, prefix: Prefix, t: torch.Tensor) -> torch.Tensor: ...
+    def forecast(self, prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
+        """Weights (T, D) at target times t (T,), t_k < t <= 1."""
+        ...
 
-    def save(self, path: Path) -> None: ...
+    def save(self, path: Path) -> None:
+        """Write config and weights to the folder ``path`` (no pickled code)."""
+        ...
+
+    @classmethod
+    def load(cls, path: Path) -> Forecaster:
+        """Rebuild a forecaster saved by ``save`` (everything read into memory)."""
+        ...

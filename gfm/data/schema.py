@@ -48,10 +48,12 @@ class RunSpec:
 
     @property
     def arch(self) -> str:
+        """The architecture's name, e.g. ``"32-32"``."""
         return arch_name(self.hidden)
 
     @property
     def n_checkpoints(self) -> int:
+        """M+1: step 0 and every ``record_every`` steps up to ``steps``."""
         return self.steps // self.record_every + 1
 
 
@@ -122,4 +124,5 @@ class RunRecord:
 
     @property
     def diverged(self) -> bool:
+        """Whether the run hit a non-finite loss or weight (and is kept out of the dataset)."""
         return self.diverged_at is not None

@@ -49,7 +49,9 @@ def test_unknown_solver_lists_allowed_values():
 
 
 def test_set_overrides_parse_yaml_values():
-    s = load_settings(None, ["data.seeds=8", "data.schedules=[cosine]", "train.lr=3e-4"], environ={})
+    s = load_settings(
+        None, ["data.seeds=8", "data.schedules=[cosine]", "train.lr=3e-4"], environ={}
+    )
     assert s.data.seeds == 8
     assert s.data.schedules == ["cosine"]
     assert s.train.lr == pytest.approx(3e-4)
@@ -83,7 +85,11 @@ def test_splits_must_leave_training_runs():
 
 def test_record_every_must_divide_steps():
     with pytest.raises(SettingsError, match="multiple of record_every"):
-        load_settings(None, {"data.tasks": {"least_squares": {"archs": [[]], "steps": 10, "record_every": 3}}}, environ={})
+        load_settings(
+            None,
+            {"data.tasks": {"least_squares": {"archs": [[]], "steps": 10, "record_every": 3}}},
+            environ={},
+        )
 
 
 def test_settings_are_frozen():
