@@ -74,9 +74,9 @@ class Prefix:
         if not 1 <= k < M:
             raise ValueError(f"`k` must be in [1, {M - 1}] for a run with M={M}, got {k}")
         return Prefix(
-            w=torch.from_numpy(np.ascontiguousarray(record.weights[: k + 1])),
+            w=torch.from_numpy(np.array(record.weights[: k + 1], dtype=np.float32)),  # a copy
             M=M,
-            lr=torch.from_numpy(np.asarray(record.lr, dtype=np.float64)),
+            lr=torch.from_numpy(np.array(record.lr, dtype=np.float64)),
             optimizer=record.spec.optimizer,
             hparams=dict(record.spec.hparams),
             record_every=record.spec.record_every,
