@@ -1,0 +1,96 @@
+"""What a forecast costs against what it replaces: GFM forecast time vs the remaining training steps.
+
+For a 14k-parameter network (mnist_cnn 16-32-32) and a ~1M-parameter network (digits MLP with
+hidden 1024-896), record a real training run, then time (a) the remaining optimizer steps from
+the observed fraction to the end and (b) a GFM forecast from the same point to t = 1. The GFM is
+fitted briefly on the default dataset (forecast speed does not depend on how well it was
+trained). Writes `benchmarks/results/forecast_cost.csv`.
+
+    python -m benchmarks.forecast_cost [--params params.yaml] [--fraction 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from gfm.config import TaskSettings, load_settings
+from gfm.data.generate import train_run
+from gfm.data.schema import RunSpec
+from gfm.data.trajectories import Trajectories
+from gfm.interface import Prefix, observed_index
+from gfm.model import GFM
+
+RESULTS = Path(__file__).parent / "results"
+NETWORKS = {
+    "mnist_cnn 16-32-32": ("mnist_cnn", (16, 32, 32)),
+    "digits_mlp 1024-896": ("digits_mlp", (1024, 896)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--fraction", type=float, default=0.25)
+    parser.add_argument("--fit-steps", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one core for both sides: a like-for-like comparison
+
+    settings = load_settings(args.params, [f"train.steps={args.fit_steps}"])
+    ds = Trajectories(settings.data.root)
+    model = GFM(settings.gfm, settings.train).fit(ds.select("seed", "train"))
+
+    rows = []
+    for label, (task, hidden) in NETWORKS.items():
+        task_cfg: TaskSettings = settings.data.tasks[task]
+        spec = RunSpec(
+            run_id=f"cost-{task}",
+            task=task,
+            hidden=hidden,
+            optimizer="adam",
+            hparams={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999},
+            schedule="constant",
+            batch_size=task_cfg.batch_sizes[0],
+            seed=0,
+            init_seed=1234,
+            steps=task_cfg.steps,
+            record_every=task_cfg.record_every,
+        )
+        start = time.perf_counter()
+        record = train_run(spec, task_cfg)
+        train_seconds = time.perf_counter() - start  # includes recording every checkpoint
+        M = record.weights.shape[0] - 1
+        k = observed_index(M, args.fraction)
+        prefix = Prefix.from_record(record, k)
+        t = torch.tensor([1.0], dtype=torch.float64)
+        model.forecast(prefix, t)  # warm-up
+        start = time.perf_counter()
+        model.forecast(prefix, t)
+        forecast_seconds = time.perf_counter() - start
+        remaining = train_seconds * (M - k) / M
+        rows.append(
+            {
+                "network": label,
+                "params": record.weights.shape[1],
+                "steps_total": spec.steps,
+                "observed_fraction": args.fraction,
+                "remaining_steps": (M - k) * spec.record_every,
+                "remaining_train_seconds": round(remaining, 3),
+                "gfm_forecast_seconds": round(forecast_seconds, 3),
+                "speed_ratio": round(remaining / forecast_seconds, 2),
+                "solver": settings.gfm.solver,
+                "threads": 1,
+            }
+        )
+        print(rows[-1])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows).write_csv(RESULTS / "forecast_cost.csv")
+    print(f"wrote {RESULTS / 'forecast_cost.csv'}")
+
+
+if __name__ == "__main__":
+    main()
