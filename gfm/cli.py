@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -46,11 +47,15 @@ def _settings(params: Path, overrides: list[str] | None) -> Settings:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    # no telemetry and no artifact progress bars from MLflow in a terminal's log
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING,  # other libraries: warnings only (Prefect logs on its own)
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    logging.getLogger("gfm").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _size(path: Path) -> int:
@@ -155,39 +160,6 @@ def _write_summary(path: Path, root: Path, report: object) -> None:
     atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
-@app.command()
-def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Run the main job on the settings in params.yaml: the dataset, reproduced and versioned.
-
-    In a DVC repository this is `dvc repro` (each stage a `gfm` command, skipped when its params and
-    code are unchanged), then `dvc add data` and `dvc push`, so `dvc status` ends clean; elsewhere it
-    generates directly. Example:
-
-        gfm run
-    """
-    from gfm import versioning
-
-    cfg = _settings(params, set_)
-    repo = versioning.find_repo(cfg.data.root)
-    if repo is None or set_ or params.resolve() != (repo / "params.yaml").resolve():
-        # `dvc repro` reads the repository's params.yaml only: other settings generate directly.
-        generate(params=params, set_=set_, workers=None, version=repo is not None, summary=None)
-        return
-    dvc_file = cfg.data.root.with_suffix(".dvc")
-    if not cfg.data.root.exists() and dvc_file.exists():
-        # The stage may be up to date while its data folder is gone: fetch it from the remote,
-        # and regenerate it only when the remote does not have it.
-        versioning.ensure_remote(repo, cfg.data.remote)
-        if versioning.dvc("pull", dvc_file.name, repo=repo, check=False).returncode != 0:
-            versioning.dvc("repro", "--force", "generate", repo=repo, stream=True)
-    versioning.dvc("repro", repo=repo, stream=True)
-    md5 = versioning.add_and_push(cfg.data.root, cfg.data.remote)
-    console.print(_summary_table(cfg.data.root))
-    console.print(
-        f"dataset version (data.dvc md5): [bold]{md5}[/bold], pushed to {cfg.data.remote}"
-    )
-
-
 @data_app.command("summary")
 def data_summary(
     path: Annotated[Path, typer.Argument(help="Dataset folder.")] = Path("data"),
@@ -277,6 +249,506 @@ def data_version(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
     cfg = _settings(params, set_)
     md5 = versioning.add_and_push(cfg.data.root, cfg.data.remote)
     console.print(f"dataset version (md5): {md5}")
+
+
+# ----------------------------------------------------------------------------- the workflow
+
+StepErrors = (FileNotFoundError, ValueError, RuntimeError)
+
+
+def _fail(what: str, err: BaseException, code: int = 1) -> typer.Exit:
+    console.print(f"[red]{what} failed[/red]\n{err}", highlight=False)
+    return typer.Exit(code)
+
+
+def _produced(title: str, rows: list[tuple[str, object]], cfg: Settings) -> None:
+    """End of a command: what it produced and where, and how to look at it in MLflow."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("where / value", overflow="fold")
+    for what, value in rows:
+        if value not in (None, "", {}):
+            table.add_row(what, str(value))
+    table.add_row("MLflow UI", f"mlflow ui --backend-store-uri {cfg.tracking.uri}")
+    console.print(table)
+
+
+def _tuned_rows(doc: dict) -> list[tuple[str, object]]:
+    best = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in doc.get("best_params", {}).items()
+    )
+    return [
+        ("study", f"{doc.get('study')} in {doc.get('storage')}"),
+        (
+            "trials",
+            f"{doc.get('n_complete')} complete, {doc.get('n_pruned')} pruned, {doc.get('n_failed')} failed ({doc.get('n_new')} new)",
+        ),
+        ("best trial", f"#{doc.get('best_trial')}: {doc.get('metric')}={doc.get('best_value')}"),
+        ("best params", best),
+        ("tune run", doc.get("run_id")),
+    ]
+
+
+@app.command()
+def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Run the whole workflow (the Prefect `retrain` flow): generate, tune, train, evaluate, promote.
+
+    The data is generated (or updated), validated and versioned with DVC (`dvc add` + `dvc push`);
+    Optuna tunes GFM (resuming an interrupted study), GFM trains with the best trial's params,
+    it and the baselines are evaluated on the test split, and the model is registered in MLflow
+    as `champion` (better than the current champion) or `challenger`. In the project's DVC
+    repository (its own params.yaml, no `--set`) the first four steps are `dvc repro <stage>`,
+    so `dvc repro` afterwards has nothing to do. Examples:
+
+        gfm run
+        gfm run --set tune.n_trials=0 --set train.steps=300    # quick: no tuning, short training
+    """
+    cfg = _settings(params, set_)
+    from flows.retrain import retrain
+    from gfm import pipeline
+
+    try:
+        summary = retrain(params=str(params), overrides=list(set_ or []))
+    except StepErrors as err:
+        raise _fail("gfm run", err) from None
+    out = pipeline.layout(cfg)
+    tuned = (
+        pipeline.read_json(Path(summary["tune"]), "tune") if Path(summary["tune"]).is_file() else {}
+    )
+    trained = pipeline.read_json(Path(summary["train"]), "train")
+    scores = pipeline.read_json(Path(summary["metrics"]), "evaluate")
+    d = summary["decision"]
+    _produced(
+        "gfm run",
+        [
+            ("dataset version", f"{summary['dataset_version']} ({cfg.data.root})"),
+            *(_tuned_rows(tuned) if tuned.get("study") else [("tuning", "off (tune.n_trials=0)")]),
+            ("train run", f"{trained['run_id']} (experiment {cfg.tracking.experiment})"),
+            ("model", f"{cfg.train.model_dir} and {trained['model_uri']}"),
+            ("test metrics", ", ".join(f"{k}={v:.4g}" for k, v in scores["metrics"].items())),
+            (
+                "registry",
+                f"{d['model_name']} version {d['version']} -> @{d['alias']} ({d['model_uri']})",
+            ),
+            ("decision", d["reason"]),
+            ("reports", out.reports),
+        ],
+        cfg,
+    )
+
+
+@app.command()
+def tune(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Search GFM hyperparameters with Optuna (`tune` in params.yaml); write reports/tune.json.
+
+    A seeded TPE sampler draws from `tune.space`; a median pruner stops trials whose validation
+    forecast loss (`tune.metric`) lags. The study lives in `tune.storage` (sqlite beside the
+    MLflow store by default) and resumes where an interrupted run stopped. Each trial is a
+    nested MLflow run under a `tune` run. Examples:
+
+        gfm tune
+        gfm tune --set tune.n_trials=20 --set tune.trial_steps=600
+        gfm tune --set 'tune.space.gfm.width={choices: [64, 128, 256]}'
+    """
+    cfg = _settings(params, set_)
+    from gfm import pipeline
+
+    try:
+        doc = pipeline.tune_step(cfg, repo=params.resolve().parent)
+    except StepErrors as err:
+        raise _fail("gfm tune", err) from None
+    _produced("gfm tune", [*_tuned_rows(doc), ("file", pipeline.layout(cfg).tune_json)], cfg)
+
+
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    tuned: Annotated[
+        Path | None,
+        typer.Option(
+            help="tune.json whose best params to train with (default: reports/tune.json when present)."
+        ),
+    ] = None,
+    use_tuned: Annotated[
+        bool, typer.Option("--use-tuned/--no-tuned", help="Apply the tuned params at all.")
+    ] = True,
+) -> None:
+    """Train GFM on the train part of `train.split`, log it to MLflow, write the model folder.
+
+    The best trial's params (reports/tune.json) override `gfm`/`train`; `train.device: auto`
+    trains on CUDA when present. Writes `train.model_dir`, reports/train.json and
+    reports/train_history.csv; logs params, losses, the dataset version and the model (pyfunc).
+    For example:
+
+        gfm train
+        gfm train --no-tuned --set gfm.width=128      # exactly the settings given
+    """
+    cfg = _settings(params, set_)
+    from gfm import pipeline
+
+    out = pipeline.layout(cfg)
+    try:
+        doc = pipeline.train_step(
+            cfg, tuned=(tuned or out.tune_json) if use_tuned else None, repo=params.resolve().parent
+        )
+    except StepErrors as err:
+        raise _fail("gfm train", err) from None
+    _produced(
+        "gfm train",
+        [
+            ("train run", doc["run_id"]),
+            ("tuned params", doc["params"] or "none (settings as given)"),
+            (
+                "val metrics",
+                ", ".join(
+                    f"{k}={v:.4g}" for k, v in doc["metrics"].items() if k.startswith("val/")
+                ),
+            ),
+            ("model folder", doc["model_dir"]),
+            ("logged model", doc["model_uri"]),
+            ("files", f"{out.train_json}, {out.history_csv}"),
+        ],
+        cfg,
+    )
+
+
+@app.command()
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Forecaster folder (default: train.model_dir).")
+    ] = None,
+    train_info: Annotated[
+        Path | None,
+        typer.Option(help="train.json naming the MLflow run to add the results to."),
+    ] = None,
+) -> None:
+    """Evaluate the trained model and `evaluate.workflow_baselines` on the test split.
+
+    Forecasts every test run of `train.split` from each `evaluate.observed_fractions`; writes
+    reports/metrics.json, results.csv/.md, horizon.csv/.png and trajectories.png, and logs
+    the metrics, table and plots to the training run. Examples:
+
+        gfm evaluate
+        gfm evaluate --set 'evaluate.workflow_baselines=[persistence, linear, dmd]'
+    """
+    cfg = _settings(params, set_)
+    from gfm import pipeline
+
+    out = pipeline.layout(cfg)
+    try:
+        doc = pipeline.evaluate_step(
+            cfg, model_dir=model, train_info=train_info, repo=params.resolve().parent
+        )
+    except StepErrors as err:
+        raise _fail("gfm evaluate", err) from None
+    console.print(out.results_md.read_text().split("\n## ")[0], highlight=False)
+    _produced(
+        "gfm evaluate",
+        [
+            ("run", doc["run_id"]),
+            ("test metrics", ", ".join(f"{k}={v:.4g}" for k, v in doc["metrics"].items())),
+            ("files", f"{out.metrics_json}, {out.results_md}, {out.horizon_png}"),
+        ],
+        cfg,
+    )
+
+
+@app.command()
+def promote(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    train_info: Annotated[Path | None, typer.Option(help="train.json (default: reports/).")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="metrics.json (default: reports/).")] = None,
+) -> None:
+    """Register the trained model; make it `champion` if it beats the champion, else `challenger`.
+
+    The champion is re-scored on the same test split; the new version must be better on
+    `registry.metric` by the relative `registry.margin`. Versions are tagged with the dataset
+    version, git commit, params and metrics. Examples:
+
+        gfm promote
+        gfm promote --set registry.margin=0.02
+    """
+    cfg = _settings(params, set_)
+    from gfm import pipeline
+
+    try:
+        d = pipeline.promote_step(cfg, train_info=train_info, metrics=metrics)
+    except StepErrors as err:
+        raise _fail("gfm promote", err) from None
+    _produced(
+        "gfm promote",
+        [
+            ("version", f"{d['model_name']} version {d['version']}"),
+            ("alias", f"@{d['alias']} ({d['model_uri']})"),
+            ("decision", d["reason"]),
+            ("file", pipeline.layout(cfg).promotion_json),
+        ],
+        cfg,
+    )
+
+
+@app.command()
+def forecast(
+    input_: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Observed checkpoints: a .npy (k+1, D) or a folder of state_dict files.",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the forecast (.npy).")
+    ] = Path("forecast.npy"),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A model URI (models:/gfm@champion, models:/gfm/3, runs:/<id>/model) or a forecaster folder. Default: the champion."
+        ),
+    ] = None,
+    meta: Annotated[
+        Path | None, typer.Option(help="JSON metadata (default: the input's name with .json).")
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="sgd, momentum, rmsprop, adam or adamw.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate.")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="constant, cosine or step (applied to --lr).")
+    ] = None,
+    record_every: Annotated[
+        int | None, typer.Option(help="Optimizer steps between checkpoints.")
+    ] = None,
+    total_checkpoints: Annotated[
+        int | None, typer.Option(help="Checkpoints the whole run will have (w_0..w_M, so M+1).")
+    ] = None,
+    hparam: Annotated[
+        list[str] | None,
+        typer.Option(help="Optimizer hyperparameter KEY=VALUE (beta1=0.9; repeatable)."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Forecast the rest of a training run (to its final weights) with a registered model.
+
+    The input holds the observed checkpoints w_0..w_k; the metadata the weights cannot tell
+    comes from options or a JSON sidecar (`prefix.npy` -> `prefix.json`, options win): the
+    optimizer, its learning rate (a number, with --schedule, or a list with one entry per
+    checkpoint in the sidecar), record-every, total checkpoints, hyperparameters, and for a
+    .npy the state_dict layout `[[name, shape], ...]` (a folder of checkpoints gives it). The
+    output is (M - k, D) float32: checkpoints k+1..M, the last row the final weights. Examples:
+
+        gfm forecast --input prefix.npy --output forecast.npy      # metadata in prefix.json
+        gfm forecast --model models:/gfm@challenger --input ckpts/ --optimizer adam --lr 1e-3 \
+            --total-checkpoints 51 --hparam beta1=0.9
+        gfm forecast --model models/gfm --input prefix.npy           # a local forecaster folder
+    """
+    import numpy as np
+
+    from gfm.data.prefix import read_prefix, read_sidecar, sidecar
+
+    cfg = _settings(params, set_)
+    try:
+        doc = read_sidecar(meta or sidecar(input_))
+        if meta is not None and not meta.is_file():
+            raise FileNotFoundError(f"{meta}: metadata file not found")
+        hparams = dict(doc.get("hparams") or {})
+        for key, value in config_pairs(hparam or [], "--hparam").items():
+            hparams[key] = value
+        options = {
+            "optimizer": optimizer,
+            "lr": lr,
+            "schedule": schedule,
+            "record_every": record_every,
+            "total_checkpoints": total_checkpoints,
+        }
+        doc |= {k: v for k, v in options.items() if v is not None}
+        if hparams:
+            doc["hparams"] = hparams
+        prefix = read_prefix(input_, doc)
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]Bad input[/red]\n{err}", highlight=False)
+        raise typer.Exit(2) from None
+    from gfm import tracking
+
+    target = model or tracking.model_uri(cfg.registry)
+    try:
+        if Path(target).is_dir():
+            forecaster = tracking.load_forecaster(Path(target))
+            t = torch_times(prefix)
+            w = forecaster.forecast(prefix, t).detach().cpu().numpy().astype(np.float32)
+        else:
+            tracking.use_store(cfg.tracking)
+            w = tracking.predict(target, prefix)
+    except Exception as err:  # MLflow raises several types for a missing model or alias
+        raise _fail(f"forecast with {target}", err) from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, w)
+    console.print(
+        f"forecast {w.shape[0]} checkpoints (k+1={prefix.k + 1}..M={prefix.M}) of "
+        f"{w.shape[1]} parameters with {target} -> [bold]{output}[/bold] (shape {w.shape})"
+    )
+
+
+def torch_times(prefix: object) -> object:
+    """t_{k+1}..t_M = (k+1..M)/M as a float64 tensor."""
+    import torch
+
+    k, M = prefix.k, prefix.M  # type: ignore[attr-defined]
+    return torch.arange(k + 1, M + 1, dtype=torch.float64) / M
+
+
+def config_pairs(pairs: list[str], source: str) -> dict[str, object]:
+    """``["beta1=0.9"]`` -> ``{"beta1": 0.9}`` (values parsed as YAML)."""
+    from gfm.config import parse_overrides
+
+    try:
+        return parse_overrides(pairs, source=source)
+    except SettingsError as err:
+        raise ValueError(str(err)) from None
+
+
+@app.command()
+def compare(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    sort: Annotated[
+        str | None, typer.Option(help="Metric (or column) to sort by; default: newest first.")
+    ] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Largest first.")] = False,
+    experiment: Annotated[
+        list[str] | None, typer.Option(help="Experiment name (repeatable; default: all).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Only runs of this user.")] = None,
+    dataset_version: Annotated[
+        str | None, typer.Option(help="Only runs on this dataset version (prefix).")
+    ] = None,
+    commit: Annotated[
+        str | None, typer.Option(help="Only runs on this git commit (prefix).")
+    ] = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option("--filter", help="MLflow filter, e.g. \"params.`gfm.width` = '128'\"."),
+    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="Metric column (repeatable).")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Param column, e.g. gfm.width (repeatable).")
+    ] = None,
+    trials: Annotated[
+        bool, typer.Option("--trials", help="Include tuning trials (nested runs).")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="Most runs to read.")] = 1000,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the table: .csv or .md.")
+    ] = None,
+) -> None:
+    """List runs across experiments and people, sorted by any metric, as a table (CSV/markdown).
+
+    Each row: run id, experiment, run name, user, git commit, dataset version, step, status,
+    start time, then metrics and params. Examples:
+
+        gfm compare --sort test/rel_mse_persistence
+        gfm compare --user alice --dataset-version 5ff06b47 --param gfm.width --output runs.md
+        gfm compare --experiment gfm --experiment gfm-bob --filter "metrics.`test/mse_final` < 0.01"
+    """
+    cfg = _settings(params, set_)
+    from gfm import tracking
+
+    if output is not None and output.suffix not in (".csv", ".md"):
+        console.print(f"[red]--output must end in .csv or .md, got {output.name}[/red]")
+        raise typer.Exit(2)
+    metrics = list(metric) if metric else list(tracking.search.DEFAULT_METRICS)
+    try:
+        tracking.use_store(cfg.tracking)
+        frame = tracking.runs_table(
+            experiments=experiment,
+            filter_string=filter_ or "",
+            user=user,
+            dataset_version=dataset_version,
+            commit=commit,
+            metrics=metrics,
+            params=param or (),
+            sort=sort,
+            descending=desc,
+            trials=trials,
+            max_results=limit,
+        )
+    except Exception as err:  # a malformed filter surfaces as MlflowException
+        raise _fail("gfm compare", err, code=2 if isinstance(err, ValueError) else 1) from None
+    table = Table(title=f"{len(frame)} run(s) in {cfg.tracking.uri}")
+    shown = [c for c in frame.columns if c != "start_time"]
+    for c in shown:
+        table.add_column(c, overflow="fold")
+    for row in frame.iter_rows(named=True):
+        table.add_row(*[_cell(row[c], c) for c in shown])
+    console.print(table)
+    if output is not None:
+        from gfm.evaluation import to_markdown
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.suffix == ".csv":
+            frame.write_csv(output)
+        else:
+            output.write_text(to_markdown(frame))
+        console.print(f"wrote {len(frame)} run(s) to [bold]{output}[/bold]")
+
+
+def _cell(value: object, column: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4g}"
+    text = str(value)
+    return text[:8] if column == "run_id" else text[:14] if column == "dataset_version" else text
+
+
+@app.command()
+def schedule(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    cron: Annotated[
+        str | None, typer.Option(help="Cron expression (default: schedule.cron).")
+    ] = None,
+) -> None:
+    """Serve the `retrain` flow on the cron of `schedule.cron` until stopped (Ctrl-C).
+
+    Needs a Prefect server (the temporary local API cannot run schedules):
+
+        prefect server start                                  # in another terminal
+        export PREFECT_API_URL=http://127.0.0.1:4200/api
+        gfm schedule                                          # every Monday 03:00 UTC by default
+        prefect deployment run 'retrain/gfm-retrain'          # a run now, besides the schedule
+    """
+    cfg = _settings(params, set_)
+    if set_:
+        console.print(
+            "[red]gfm schedule serves a params file: put the settings in it instead of --set[/red]"
+        )
+        raise typer.Exit(2)
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        console.print(
+            "[red]No Prefect server: PREFECT_API_URL is not set.[/red]\n"
+            "Start one with `prefect server start` and "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`; the temporary local API "
+            "cannot run schedules.",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    from flows.retrain import serve
+
+    when = cron or cfg.schedule.cron
+    console.print(
+        f"serving retrain as deployment [bold]retrain/{cfg.schedule.deployment}[/bold] on "
+        f"cron '{when}' ({cfg.schedule.timezone}) against {PREFECT_API_URL.value()}"
+    )
+    serve(str(params), cron=when, timezone=cfg.schedule.timezone, name=cfg.schedule.deployment)
 
 
 def main() -> None:  # pragma: no cover - console entry point

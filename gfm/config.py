@@ -1,7 +1,7 @@
 """Typed settings for every part of gfm, loaded once from ``params.yaml``.
 
 The YAML file's top-level sections map one-to-one onto the classes below
-(``data``, ``gfm``, ``train``, ``tune``, ``evaluate``, ``registry``, ``tracking``).
+(``data``, ``gfm``, ``train``, ``tune``, ``evaluate``, ``registry``, ``tracking``, ``schedule``).
 Every model is frozen and rejects unknown keys, so a typo in ``params.yaml``
 fails at load time with the key's dotted path instead of being ignored.
 
@@ -244,7 +244,7 @@ class GFMSettings(_Frozen):
 
 
 class TrainSettings(_Frozen):
-    """The direct flow-matching training loop."""
+    """The direct flow-matching training loop, and what the workflow trains on and writes."""
 
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -254,12 +254,101 @@ class TrainSettings(_Frozen):
     eval_every: int = Field(250, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    split: Literal["seed", "architecture", "optimizer"] = Field(
+        "seed",
+        description="the workflow trains on this split's train part, tunes and selects on its "
+        "val part, and evaluates and promotes on its test part",
+    )
+    model_dir: Path = Field(Path("models/gfm"), description="where `gfm train` writes the model")
+
+
+class SearchParam(_Frozen):
+    """One dimension of the search: ``choices`` (categorical) or a range ``[low, high]``.
+
+    A range is searched as integers when the setting it names is an integer (``gfm.depth``),
+    else as floats; ``log`` searches it on a log scale, ``step`` on a grid.
+    """
+
+    choices: list[bool | int | float | str] | None = Field(None, min_length=1)
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchParam:
+        has_range = self.low is not None or self.high is not None
+        if (self.choices is None) == (not has_range):
+            raise ValueError("give either `choices` or both `low` and `high`")
+        if has_range:
+            if self.low is None or self.high is None:
+                raise ValueError("a range needs both `low` and `high`")
+            if self.high < self.low:
+                raise ValueError(f"high must be >= low, got low={self.low}, high={self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0, got low={self.low}")
+            if self.log and self.step is not None:
+                raise ValueError("`log` and `step` cannot be combined")
+        return self
+
+
+_UNTUNABLE = {"train.device", "train.split", "train.model_dir", "train.seed", "train.eval_every"}
+
+
+def _check_dims(section: str, model: type[BaseModel], dims: dict[str, SearchParam]) -> None:
+    valid = [f for f in model.model_fields if f"{section}.{f}" not in _UNTUNABLE]
+    for name, dim in dims.items():
+        if name not in valid:
+            raise ValueError(f"unknown key {section}.{name!r}; expected some of {valid}")
+        for choice in dim.choices or []:
+            try:
+                model.model_validate({name: choice})
+            except ValidationError as err:
+                msg = err.errors()[0]["msg"]
+                raise ValueError(f"{name}: choice {choice!r} is not valid: {msg}") from None
+
+
+class SearchSpace(_Frozen):
+    """The dimensions searched, by section and key as in params.yaml (``gfm.width``, ``train.lr``).
+
+    Optuna, MLflow and the tuned-params file name each dimension by its dotted key.
+    """
+
+    gfm: dict[str, SearchParam] = Field(default_factory=dict)
+    train: dict[str, SearchParam] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> SearchSpace:
+        _check_dims("gfm", GFMSettings, self.gfm)
+        _check_dims("train", TrainSettings, self.train)
+        return self
+
+    def flat(self) -> dict[str, SearchParam]:
+        """``{"gfm.width": dim, "train.lr": dim, ...}`` in params.yaml order."""
+        return {
+            **{f"gfm.{k}": v for k, v in self.gfm.items()},
+            **{f"train.{k}": v for k, v in self.train.items()},
+        }
+
+
+def _default_space() -> SearchSpace:
+    return SearchSpace(
+        gfm={
+            "variant": SearchParam(choices=["optimizer", "free"]),
+            "width": SearchParam(choices=[32, 64, 128]),
+            "depth": SearchParam(low=2, high=4),
+            "time_embedding": SearchParam(choices=[0, 8, 16]),
+            "sigma": SearchParam(low=0.0, high=0.05),
+            "solver": SearchParam(choices=["euler", "rk4"]),
+        },
+        train={"lr": SearchParam(low=3e-4, high=3e-3, log=True)},
+    )
 
 
 class TuneSettings(_Frozen):
-    """Optuna search over GFM hyperparameters."""
+    """Optuna search over GFM hyperparameters (``space``: dotted settings key -> dimension)."""
 
-    n_trials: int = Field(8, ge=1)
+    n_trials: int = Field(8, ge=0, description="finished trials to reach; 0 = no tuning")
     timeout_s: float | None = Field(None, gt=0)
     study_name: str = "gfm"
     storage: str = "sqlite:///optuna.db"
@@ -267,6 +356,19 @@ class TuneSettings(_Frozen):
     trial_steps: int = Field(400, gt=0, description="training steps per trial")
     pruner_warmup_steps: int = Field(100, ge=0)
     workers: int = Field(1, ge=1)
+    eval_every: int = Field(100, gt=0, description="steps between two reports to the pruner")
+    pruner_startup_trials: int = Field(2, ge=0, description="trials never pruned, first")
+    metric: Literal["val/rel_mse_persistence", "val/forecast_mse"] = "val/rel_mse_persistence"
+    heartbeat_s: int = Field(10, gt=0, description="a trial silent for 2x this is failed, retried")
+    space: SearchSpace = Field(default_factory=_default_space)
+
+
+class ScheduleSettings(_Frozen):
+    """When ``gfm schedule`` runs the retrain flow (against a Prefect server)."""
+
+    cron: str = Field("0 3 * * 1", description="cron expression, e.g. every Monday at 03:00")
+    timezone: str = "UTC"
+    deployment: str = "gfm-retrain"
 
 
 class EvaluateSettings(_Frozen):
@@ -290,6 +392,11 @@ class EvaluateSettings(_Frozen):
     )
     linear_window: int = Field(3, ge=2)
     output_dir: Path = Path("reports")
+    workflow_baselines: list[str] = Field(
+        default_factory=lambda: ["persistence", "linear", "geometric"],
+        description="baselines `gfm evaluate` (the workflow) compares with; the benchmark runs all",
+    )
+    downstream: bool = Field(True, description="score forecast weights on held-out task data")
 
     @field_validator("observed_fractions")
     @classmethod
@@ -329,6 +436,7 @@ class Settings(_Frozen):
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
 
 class SettingsError(ValueError):
@@ -398,7 +506,8 @@ def load_settings(
         environ: environment to read ``GFM_*__*`` overrides from (default ``os.environ``).
 
     Returns:
-        Frozen, validated settings; relative paths in ``data.root``, ``evaluate.output_dir`` and a
+        Frozen, validated settings; relative paths in ``data.root``, ``evaluate.output_dir``,
+        ``train.model_dir`` and a
         relative sqlite ``tracking.uri``/``tune.storage`` are made absolute against the params file's
         folder (so DVC's temp-dir experiments and other working directories agree).
 
@@ -436,6 +545,38 @@ def load_settings(
     return _resolve_paths(settings, base)
 
 
+def apply_params(settings: Settings, params: Mapping[str, Any]) -> Settings:
+    """Settings with dotted ``params`` applied and validated, e.g. a tuning trial's choices.
+
+    Args:
+        settings: loaded settings (paths already absolute).
+        params: ``{"gfm.width": 128, "train.lr": 3e-4}``: ``section.key`` of a top-level section.
+
+    Returns:
+        New frozen settings.
+
+    Raises:
+        SettingsError: a key is not ``section.key`` of a known section, or a value is invalid.
+    """
+    updates: dict[str, dict[str, Any]] = {}
+    for dotted, value in params.items():
+        section, _, key = dotted.partition(".")
+        if section not in Settings.model_fields or not key or "." in key:
+            raise SettingsError(
+                f"params: key must be `section.key` of {list(Settings.model_fields)}, "
+                f"got {dotted!r}"
+            )
+        updates.setdefault(section, {})[key] = value
+    changed = {}
+    for section, values in updates.items():
+        current = getattr(settings, section)
+        try:
+            changed[section] = type(current).model_validate({**current.model_dump(), **values})
+        except ValidationError as err:
+            raise SettingsError(_format_error(err, f"params ({section})")) from None
+    return settings.model_copy(update=changed)
+
+
 def _abs_sqlite(uri: str, base: Path) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
@@ -454,6 +595,7 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
             "evaluate": s.evaluate.model_copy(
                 update={"output_dir": absolute(s.evaluate.output_dir)}
             ),
+            "train": s.train.model_copy(update={"model_dir": absolute(s.train.model_dir)}),
             "tracking": s.tracking.model_copy(update={"uri": _abs_sqlite(s.tracking.uri, base)}),
             "tune": s.tune.model_copy(update={"storage": _abs_sqlite(s.tune.storage, base)}),
         }

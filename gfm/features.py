@@ -207,7 +207,13 @@ class Normalizer:
 
 
 def lr_at(prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
-    """Step size α(t), linear between the recorded values α_i = ``prefix.lr[i]`` at t_i = i/M.
+    """Step size α(t) in effect at time t: the recorded value of the interval's start.
+
+        α(t) = α_i = ``prefix.lr[i]``  for t in [i/M, (i+1)/M)   (α(1) = α_M)
+
+    ``lr[i]`` is the step size of the update from w_i; holding it over the interval is exact for
+    constant and step schedules that change at recorded steps, and lags a smooth schedule by at
+    most one interval.
 
     Args:
         prefix: the run (only ``lr`` and ``M`` are used; the schedule is known in advance).
@@ -217,25 +223,22 @@ def lr_at(prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
         (T,) float64 α(t).
     """
     lr = prefix.lr.double()
-    x = t.double().clamp(0.0, 1.0) * prefix.M
-    i = x.floor().long().clamp(max=prefix.M - 1)
-    s = x - i
-    return (1 - s) * lr[i] + s * lr[i + 1]
+    i = (t.double().clamp(0.0, 1.0) * prefix.M).floor().long().clamp(max=prefix.M)
+    return lr[i]
 
 
 def _lr_integral(prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
-    """∫_t^1 α(s) ds of the piecewise-linear schedule, (T,) float64."""
+    """∫_t^1 α(s) ds of the piecewise-constant schedule of ``lr_at``, (T,) float64."""
     lr = prefix.lr.double()
     M = prefix.M
-    cum = torch.cat([lr.new_zeros(1), torch.cumsum((lr[1:] + lr[:-1]) / (2 * M), 0)])  # (M+1,)
+    cum = torch.cat([lr.new_zeros(1), torch.cumsum(lr[:-1] / M, 0)])  # (M+1,) ∫_0^{t_i} α
     x = t.double().clamp(0.0, 1.0) * M
     i = x.floor().long().clamp(max=M - 1)
-    s = x - i
-    part = (lr[i] * s + 0.5 * (lr[i + 1] - lr[i]) * s * s) / M  # ∫_{t_i}^{t} α
-    return cum[-1] - (cum[i] + part)
+    return cum[-1] - (cum[i] + (x - i) * lr[i] / M)
 
 
 N_LR = 3
+_WINDOWS = (2, 4, 8)  # intervals over which ``context`` averages the recent velocity
 
 
 def lr_features(prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
@@ -312,7 +315,7 @@ def run_features(prefix: Prefix) -> torch.Tensor:
 def _recent(prefix: Prefix, history: int, index: torch.Tensor | None = None) -> torch.Tensor:
     """Step-size corrected recent increments M · Δ_{k−1−j} · α_k / ᾱ_{k−1−j}, j = 0..H−1.
 
-    ᾱ_i is the step size at the midpoint of interval i (floored at 1e-6 α_0); when k < H the
+    ᾱ_i = lr[i] is the step size of interval i (floored at 1e-6 α_0); when k < H the
     oldest observed interval is repeated.
 
     Returns:
@@ -322,7 +325,7 @@ def _recent(prefix: Prefix, history: int, index: torch.Tensor | None = None) -> 
     a0 = lr[0].clamp_min(1e-30)
     ak = lr[prefix.k].clamp_min(_RATE_FLOOR * a0)
     i = (prefix.k - 1 - torch.arange(history)).clamp_min(0)  # (H,) interval indices
-    mid = (0.5 * (lr[i] + lr[i + 1])).clamp_min(_RATE_FLOOR * a0)  # (H,)
+    mid = lr[i].clamp_min(_RATE_FLOOR * a0)  # (H,) step size of each interval
     w = prefix.w if index is None else prefix.w[:, index]
     inc = (w[i + 1] - w[i]).double()  # (H, N)
     return prefix.M * inc * (ak / mid).unsqueeze(-1)
@@ -376,6 +379,7 @@ def context_names(history: int) -> list[str]:
     """Names of the columns of ``context``, in order."""
     per_param = ["w0", "wk", *(f"inc_{j}" for j in range(history))]
     per_param += [f"layer_trend_{j}" for j in range(history)]
+    per_param += [f"vel_{m}" for m in _WINDOWS]
     per_param += ["mean_velocity", "log10_speed", "is_bias", "log_fan_in"]
     return per_param + RUN_NAMES
 
@@ -394,12 +398,15 @@ def context(
         w0            (w_0 − w_k) / c                 where the run started, in velocity units
         wk            w_k / ω                          current weight relative to its layer
         inc_j         M · Δ_{k−1−j} / c · α_k / ᾱ_{k−1−j}  j = 0..history−1, newest first: the
-                      recent normalised velocities divided by their step-size ratio (ᾱ_i is the
-                      step size at the interval's midpoint); when k < history the oldest observed
+                      recent normalised velocities divided by their step-size ratio (ᾱ_i = lr[i],
+                      the step size of interval i); when k < history the oldest observed
                       increment is repeated
         layer_trend_j ln RMS_layer(M · Δ_{k−1−j} · α_k / ᾱ_{k−1−j}) − ln c   j = 0..history−1: how
                       the whole layer's (step-size corrected) speed changed over the recent
                       intervals, i.e. its contraction rate
+        vel_m         M · (w_k − w_{k−m}) / (m · c) · α_k / mean(ᾱ_{k−m..k−1})   m = 2, 4, 8
+                      (clamped to k): the recent velocity averaged over m intervals, less noisy
+                      than single increments under minibatch noise
         mean_velocity (w_k − w_0) / (t_k · c)          average velocity over the prefix
         log10_speed   log10(c / ω)                     how fast the layer moves relative to its size
         is_bias       1 for biases, 0 for weights
@@ -424,6 +431,14 @@ def context(
     cols = [(w[0] - w[-1]) / c, w[-1] / omega]
     cols += list(_recent(prefix, history, idx) / c)  # history × (N,)
     cols += list(_layer_trend(prefix, norm, history)[:, idx])  # history × (N,)
+    lr = prefix.lr.double()
+    a0 = lr[0].clamp_min(1e-30)
+    mid = lr[:-1].clamp_min(_RATE_FLOOR * a0)  # (M,) step size of each interval
+    ak = lr[prefix.k].clamp_min(_RATE_FLOOR * a0)
+    for m in _WINDOWS:
+        m = min(m, prefix.k)
+        corr = ak / mid[prefix.k - m : prefix.k].mean()
+        cols.append(prefix.M * (w[-1] - w[-1 - m]) / (m * c) * corr)
     cols.append((w[-1] - w[0]) / (prefix.t_k * c))
     cols.append(torch.log10(c / omega))
     kind = prefix.params.kind[idx.numpy()]

@@ -13,13 +13,17 @@ g(w, t) in original units (the true gradient, for tests). In the fields it appea
 
 so that for SGD dŵ/dt = −(α(t)/α_k) · ĝ and ĝ is O(1) for every layer.
 
-Optimizer states s follow exponential moving averages with the per-step decay of the discrete
-optimizer made exact: one step of m ← β m + (1 − β) φ(g) is, for constant g,
-m − φ = β (m − φ), so in continuous time
+Optimizer states are exponential moving averages; one optimizer step is s ← β s + (1 − β) φ(g)
+(φ = g, g², or g/(1 − μ) for a momentum buffer). Its continuous form, with the step taken at t
+using the updated state s⁺ as the discrete optimizer does,
 
-    ds/dt = S · κ · (φ(ĝ) − s),   κ = −ln β            (exact decay β per step, β^r per interval)
+    ds/dt = S · (1 − β) · (φ(ĝ) − s),     s⁺ = β s + (1 − β) φ(ĝ),     dŵ/dt = velocity(ŵ, s⁺, ĝ)
 
-which agrees with the first-order form S·(1 − β)·(φ − s) up to O((1 − β)²).
+makes an Euler step of size 1/S exactly one optimizer step (as for SGD), so with the true
+gradient the fields reproduce torch's optimizers step by step, and coarser rk4/dopri5 steps
+integrate the optimizer's gradient-flow limit. Along the observed path, where the states are
+accumulated from one ĝ per recorded interval (``scan_states``), the exact per-interval decay β^r
+of r discrete steps is used.
 
 References:
     Shou, Ding, Gao, "Gradient Flow Matching for Learning Update Dynamics in Neural Network
@@ -34,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -49,6 +53,7 @@ __all__ = [
     "AdamWField",
     "Cond",
     "FreeField",
+    "Grad",
     "GradFn",
     "MomentumField",
     "RMSpropField",
@@ -62,18 +67,37 @@ GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """g = grad_fn(w, t): w (D,) weights in original units, t () time -> g (D,) gradient."""
 
 _TINY = 1e-20  # keeps sqrt differentiable at 0 in the second-moment fields
+_SLOPE_MAX = float(__import__("os").environ.get("GFM_SLOPE", "2.0"))  # largest relaxation rate of ŵ, per recorded interval (rk4 is stable below 2.78)
+_SLOPE_SHIFT = 4.0  # initial slope ≈ sigmoid(−4) · 2 ≈ 0.04 per interval: start nearly linear
+
+
+class Grad(NamedTuple):
+    """Normalised gradient surrogate on a grid (..., N, T).
+
+    Attributes:
+        mean: ĝ, the expected (minibatch) gradient in units g_s.
+        var: σ̂² >= 0, the minibatch gradient noise variance in units g_s² (0 for an injected
+            gradient). Only the second moments of RMSprop and Adam see it: with noise, their
+            update m/√v is smaller than sign(ĝ), which a deterministic ĝ alone cannot express.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
 
 
 class Surrogate(nn.Module):
     """The one network of GFM, shared by all parameters, runs and optimizers.
 
-        f_θ(ŵ, t; ctx, run) = ⟨a(ctx), τ(t, run)⟩ + ŵ · ⟨b(ctx), τ(t, run)⟩
+        f(ŵ, t) = ⟨a, τ⟩ + ŵ · 2M · σ(⟨b, τ⟩ − 4),   σ̂²(t) = softplus(⟨n, τ⟩)
+        (a, b, n) = branch(ctx) (3 × K),   τ = trunk(t, lr features, run context) (K)
 
-    a, b = branch(ctx) (K each) depend only on the parameter's context and are computed once per
-    forecast; τ = trunk(t, lr features, run features) (K) is shared by all parameters of a run.
-    Evaluating the field then costs O(K) per parameter, so an ODE step over 14k parameters is a
-    matrix-vector product. Affine in ŵ: locally every loss is quadratic around the path, and
-    the branch sees the recent increments that fix the slope (Lu et al. 2021 for branch/trunk).
+    The branch depends only on a parameter's context and is computed once per forecast; the
+    trunk is shared by all parameters of a run. Evaluating the field then costs O(K) per
+    parameter, so an ODE step over 14k parameters is one small matrix product (DeepONet's
+    branch/trunk factorisation, Lu et al. 2021). f is affine in ŵ with a slope in
+    [0, 2 per recorded interval]: locally a loss is quadratic along the path, a non-negative
+    slope makes every field relax instead of blow up, and bounding it keeps a fixed-step rk4
+    step per interval stable.
 
     Args:
         n_context: F_ctx, columns of ``gfm.features.context``.
@@ -84,7 +108,12 @@ class Surrogate(nn.Module):
     """
 
     def __init__(
-        self, n_context: int, *, width: int = 64, depth: int = 3, time_embedding: int = 16,
+        self,
+        n_context: int,
+        *,
+        width: int = 64,
+        depth: int = 3,
+        time_embedding: int = 16,
         history: int = 4,
     ) -> None:
         super().__init__()
@@ -92,14 +121,14 @@ class Surrogate(nn.Module):
         self.time_embedding, self.history = time_embedding, history
         n_freq = time_embedding // 2
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float32))
-        self.branch = _mlp(n_context, width, 2 * width, depth)
-        self.branch_skip = nn.Linear(n_context, 2 * width)  # linear path for near-linear maps
+        self.branch = _mlp(n_context, width, 3 * width, depth)
+        self.branch_skip = nn.Linear(n_context, 3 * width)  # linear path for near-linear maps
         self.trunk_net = _mlp(1 + 2 * n_freq + N_LR + N_RUN + history, width, width, depth)
 
     def encode(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Branch code of each parameter: (..., F_ctx) -> (..., 2, K)."""
-        code = self.branch(ctx) + self.branch_skip(ctx)  # (..., 2K)
-        return code.unflatten(-1, (2, self.width))  # (..., 2, K)
+        """Branch code of each parameter: (..., F_ctx) -> (..., 3, K)."""
+        code = self.branch(ctx) + self.branch_skip(ctx)  # (..., 3K)
+        return code.unflatten(-1, (3, self.width))  # (..., 3, K)
 
     def trunk(self, t: torch.Tensor, lr_feat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
         """Trunk features of times t.
@@ -113,24 +142,28 @@ class Surrogate(nn.Module):
             (..., T, K).
         """
         x = t.unsqueeze(-1) * self.freqs  # (..., T, n_freq)
-        run = run.unsqueeze(-2).expand(*t.shape, run.shape[-1])  # (..., T, N_RUN)
+        run = run.unsqueeze(-2).expand(*t.shape, run.shape[-1])  # (..., T, F_run)
         inp = torch.cat([t.unsqueeze(-1), x.sin(), x.cos(), lr_feat, run], -1)
         return self.trunk_net(inp) / math.sqrt(self.width)
 
     @staticmethod
-    def combine(code: torch.Tensor, trunk: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
-        """f = ⟨a, τ⟩ + ŵ ⟨b, τ⟩ on a grid of parameters × times.
+    def combine(
+        code: torch.Tensor, trunk: torch.Tensor, w_hat: torch.Tensor, M: torch.Tensor
+    ) -> Grad:
+        """Surrogate on a grid of parameters × times.
 
         Args:
-            code: (..., N, 2, K) branch codes.
+            code: (..., N, 3, K) branch codes.
             trunk: (..., T, K) trunk features.
             w_hat: (..., N, T) normalised weights.
+            M: recorded intervals of the run, 0-d or (..., 1, 1).
 
         Returns:
-            (..., N, T).
+            ``Grad`` of (..., N, T) tensors.
         """
-        ab = torch.einsum("...npk,...tk->...npt", code, trunk)  # (..., N, 2, T)
-        return ab[..., 0, :] + w_hat * ab[..., 1, :]
+        abn = torch.einsum("...npk,...tk->...npt", code, trunk)  # (..., N, 3, T)
+        slope = _SLOPE_MAX * M * torch.sigmoid(abn[..., 1, :] - _SLOPE_SHIFT)
+        return Grad(abn[..., 0, :] + slope * w_hat, nn.functional.softplus(abn[..., 2, :]))
 
 
 def _mlp(n_in: int, width: int, n_out: int, depth: int) -> nn.Sequential:
@@ -274,29 +307,17 @@ def scan_states(phi: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     return phi @ L.transpose(-1, -2)  # (..., N, M) @ (..., M, M+1) -> (..., N, M+1)
 
 
-import os
-_MODE = os.environ.get("GFM_RATE", "log")
-
-
-def _rate(beta: torch.Tensor) -> torch.Tensor:
-    return beta.clamp(1e-6, 1 - 1e-6)
-
-
-def ode_rate(beta):
-    return -torch.log(beta) if _MODE == "log" else 1 - beta
-
-
 class VectorField(nn.Module):
     """Base class: a field dŵ/dt and, for optimizer-aware fields, its state dynamics.
 
         dŵ/dt = velocity(ŵ, s, ĝ, α(t), t)
-        ds_j/dt = S · κ_j · (φ_j(ĝ, ŵ) − s_j)            j = 1..n_state
+        ds_j/dt = S · (1 − β_j) · (φ_j(ĝ, ŵ) − s_j)       j = 1..n_state
 
-    Subclasses override ``velocity`` and, with state, ``decays`` (κ_j per optimizer step) and
+    Subclasses override ``velocity`` and, with state, ``decays`` (β_j, the per-step decay) and
     ``targets`` (φ_j). All methods broadcast over a grid (..., N, T) of parameters × times.
 
     Args:
-        net: the shared gradient-surrogate network (its output is ĝ, or the velocity for
+        net: the shared surrogate network (its output is ĝ, or minus the velocity for
             ``FreeField``).
         grad_fn: instead of ``net``, the gradient g(w, t) in original units (see ``GradFn``);
             then the field is not per-parameter (g couples all weights) and forecasts in one
@@ -327,32 +348,33 @@ class VectorField(nn.Module):
 
     def gradient(
         self, w_hat: torch.Tensor, t: torch.Tensor, cond: Cond, trunk: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Normalised surrogate ĝ on a grid.
+    ) -> Grad:
+        """Normalised surrogate on a grid.
 
-            ĝ = f_θ(ŵ, t; ctx)                      (network)
-            ĝ = g(w_k + c · ŵ, t) / g_s              (injected gradient)
+            ĝ, σ̂² = Surrogate(ŵ, t; ctx)                 (network)
+            ĝ = g(w_k + c · ŵ, t) / g_s,  σ̂² = 0          (injected gradient)
 
         Args:
             w_hat: (..., N, T) normalised weights.
             t: (..., T) times.
-            cond: conditioning with ``code`` (network) of shape (..., N, 2, K).
+            cond: conditioning with ``code`` (network) of shape (..., N, 3, K).
             trunk: (..., T, K) ``Surrogate.trunk`` at t (network only).
 
         Returns:
-            (..., N, T) ĝ.
+            ``Grad`` of (..., N, T) tensors.
         """
         if self.grad_fn is None:
-            return self.net.combine(cond.code, trunk, w_hat)
+            return self.net.combine(cond.code, trunk, w_hat, cond.S / cond.record_every)
         w = cond.weights(w_hat)  # (N, T)
         cols = [self.grad_fn(w[:, j], t.reshape(-1)[j]) for j in range(w.shape[-1])]
-        return torch.stack(cols, -1).to(w_hat.dtype) / cond.g_scale
+        g = torch.stack(cols, -1).to(w_hat.dtype) / cond.g_scale  # (N, T)
+        return Grad(g, torch.zeros_like(g))
 
     def decays(self, cond: Cond) -> list[torch.Tensor]:
-        """κ_j = −ln β_j per optimizer step of each state."""
+        """β_j, the per-optimizer-step decay of each state (0-d or per run)."""
         return []
 
-    def targets(self, g_hat: torch.Tensor, w_hat: torch.Tensor, cond: Cond) -> list[torch.Tensor]:
+    def targets(self, g: Grad, w_hat: torch.Tensor, cond: Cond) -> list[torch.Tensor]:
         """φ_j(ĝ, ŵ), the value each state relaxes to."""
         return []
 
@@ -360,17 +382,17 @@ class VectorField(nn.Module):
         self,
         w_hat: torch.Tensor,
         states: list[torch.Tensor],
-        g_hat: torch.Tensor,
+        g: Grad,
         alpha_t: torch.Tensor,
         t: torch.Tensor,
         cond: Cond,
     ) -> torch.Tensor:
-        """dŵ/dt on the grid (..., N, T); ``alpha_t`` (..., 1, T) is α(t)."""
+        """dŵ/dt on the grid (..., N, T); ``alpha_t`` (..., 1, T) is α(t), t (..., T)."""
         raise NotImplementedError
 
-    def _coupled(self, g_hat: torch.Tensor, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
+    def _coupled(self, g: Grad, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
         """Gradient with L2 weight decay, ĝ + λ w / g_s (torch's coupled ``weight_decay``)."""
-        return g_hat + cond.weight_decay * cond.weights(w_hat) / cond.g_scale
+        return g.mean + cond.weight_decay * cond.weights(w_hat) / cond.g_scale
 
     def initial_state(
         self,
@@ -378,16 +400,16 @@ class VectorField(nn.Module):
         cond: Cond,
         trunk_fn: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> torch.Tensor:
-        """Optimizer state at t_k, estimated along the observed prefix.
+        """Optimizer state at t_k, accumulated along the observed prefix.
 
             τ_i = (i + θ)/M,  θ = (r − 1)/(2r)   (mean position of the r steps of interval i)
             φ_i = φ(ĝ(ŵ(τ_i), τ_i))              on the linear path through the prefix
-            s_k = Σ_{i<k} (1 − β^r) β^{r(k−1−i)} φ_i  (``scan_states``)
+            s_k = Σ_{i<k} (1 − β^r) β^{r(k−1−i)} φ_i  (``scan_states``, s_0 = 0 as in torch)
 
-        The same recurrence (with exact per-interval decay β^r, the surrogate's own ĝ and zero
-        initial state as in torch) gives the states the training loop regresses with, so the
-        forecast starts from the state the field was trained on. With record_every = 1 and the
-        true gradient, θ = 0 and this is the discrete optimizer's state exactly.
+        The training loop gives the field the states of the same recurrence (the surrogate's own
+        ĝ, exact per-interval decay β^r), so a forecast starts from the kind of state the field
+        was trained with. With record_every = 1 and the true gradient, θ = 0 and s_k is the
+        discrete optimizer's state exactly.
 
         Args:
             w_hat: (N, k+1) normalised observed weights.
@@ -400,18 +422,17 @@ class VectorField(nn.Module):
         N, k1 = w_hat.shape
         if self.n_state == 0:
             return w_hat.new_zeros(N, 0)
-        k = k1 - 1
         M = float(cond.S / cond.record_every)
         r = float(cond.record_every)
         theta = (r - 1.0) / (2.0 * r)
-        tau = (torch.arange(k, dtype=w_hat.dtype) + theta) / M  # (k,)
+        tau = (torch.arange(k1 - 1, dtype=w_hat.dtype, device=w_hat.device) + theta) / M  # (k,)
         w_tau = (1 - theta) * w_hat[:, :-1] + theta * w_hat[:, 1:]  # (N, k)
         trunk = trunk_fn(tau) if trunk_fn is not None else None
         g = self.gradient(w_tau, tau, cond, trunk)  # (N, k)
         phis = self.targets(g, w_tau, cond)
         states = [
-            scan_states(phi, kappa**cond.record_every)[:, -1]
-            for phi, kappa in zip(phis, self.decays(cond), strict=True)
+            scan_states(phi, beta**cond.record_every)[:, -1]
+            for phi, beta in zip(phis, self.decays(cond), strict=True)
         ]
         return torch.stack(states, -1)  # (N, n_state)
 
@@ -419,13 +440,14 @@ class VectorField(nn.Module):
 class FreeField(VectorField):
     """Free-form velocity: the network is the field.
 
-        dw/dt = c · f_θ(ŵ, t; ctx),   i.e.  dŵ/dt = f_θ
+        dw/dt = −c · f_θ(ŵ, t; ctx),   i.e.  dŵ/dt = −f_θ
 
+    (the sign makes the surrogate's non-negative slope a relaxation, as in ``SGDField``).
     Source: Shou et al. 2025, Sec. 3 (conditional flow matching of the checkpoint path).
     """
 
-    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
-        return g_hat
+    def velocity(self, w_hat, states, g, alpha_t, t, cond):  # noqa: D102
+        return -g.mean
 
 
 class SGDField(VectorField):
@@ -440,75 +462,78 @@ class SGDField(VectorField):
 
     optimizers = ("sgd",)
 
-    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
-        return -(alpha_t / cond.alpha_k) * self._coupled(g_hat, w_hat, cond)
+    def velocity(self, w_hat, states, g, alpha_t, t, cond):  # noqa: D102
+        return -(alpha_t / cond.alpha_k) * self._coupled(g, w_hat, cond)
 
 
 class MomentumField(VectorField):
     """Heavy-ball / Nesterov SGD in continuous time, buffer b as ODE state.
 
-        b ← μ b + g,   w ← w − α b   (Nesterov: w ← w − α (g + μ b))   per step (torch.optim.SGD)
-        db/dt = S · κ · (g/(1 − μ) − b),   κ = −ln μ
-        dw/dt = −S · α(t) · b            (Nesterov: −S · α(t) · (g + μ b))
+        b⁺ = μ b + g,  w ← w − α b⁺  (Nesterov: w ← w − α (g + μ b⁺))  per step (torch.optim.SGD)
+        db/dt = S · ((μ − 1) · b + g) = S · (1 − μ) · (g/(1 − μ) − b)
+        dw/dt = −S · α(t) · b⁺          (Nesterov: −S · α(t) · (g + μ b⁺))
 
-    In ĝ units (b̂ = b / g_s): dŵ/dt = −(α(t)/α_k) · b̂. The buffer relaxes to g/(1 − μ) with the
-    exact decay μ per step. Source: torch.optim.SGD docs; Shou et al. 2025, Sec. 3.
+    with g including coupled weight decay λw. In ĝ units (b̂ = b / g_s):
+    dŵ/dt = −(α(t)/α_k) · b̂⁺. Source: torch.optim.SGD docs; Shou et al. 2025, Sec. 3.
     """
 
     n_state = 1
     optimizers = ("momentum",)
 
     def decays(self, cond):  # noqa: D102
-        return [_rate(cond.momentum)]
+        return [cond.momentum]
 
-    def targets(self, g_hat, w_hat, cond):  # noqa: D102
-        return [self._coupled(g_hat, w_hat, cond) / (1 - cond.momentum)]
+    def targets(self, g, w_hat, cond):  # noqa: D102
+        return [self._coupled(g, w_hat, cond) / (1 - cond.momentum)]
 
-    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+    def velocity(self, w_hat, states, g, alpha_t, t, cond):  # noqa: D102
         (b,) = states
-        g = self._coupled(g_hat, w_hat, cond)
-        b_next = cond.momentum * b + g  # the buffer the step at t uses
-        direction = torch.where(cond.nesterov > 0.5, g + cond.momentum * b_next, b_next)
+        grad = self._coupled(g, w_hat, cond)
+        b_next = cond.momentum * b + grad  # the buffer the step at t uses
+        direction = torch.where(cond.nesterov > 0.5, grad + cond.momentum * b_next, b_next)
         return -(alpha_t / cond.alpha_k) * direction
 
 
 class RMSpropField(VectorField):
     """RMSprop in continuous time, squared-gradient average s as ODE state.
 
-        s ← ρ s + (1 − ρ) g²,   w ← w − α g / (√s + ε)     per step (torch.optim.RMSprop)
-        ds/dt = S · κ · (g² − s),   κ = −ln ρ
-        dw/dt = −S · α(t) · g / (√s + ε)
+        s⁺ = ρ s + (1 − ρ) g²,   w ← w − α g / (√s⁺ + ε)     per step (torch.optim.RMSprop)
+        ds/dt = S · (1 − ρ) · (E[g²] − s),   E[g²] = ĝ² + σ̂²  (minibatch noise included)
+        dw/dt = −S · α(t) · ĝ / (√s⁺ + ε)
 
-    In ĝ units: dŵ/dt = −(S α(t)/c) · ĝ / (√ŝ + ε/g_s). Source: torch.optim.RMSprop docs.
+    In ĝ units: dŵ/dt = −(S α(t)/c) · ĝ / (√ŝ⁺ + ε/g_s); s is clamped at 0 inside s⁺ (a solver
+    stage may overshoot), so |ĝ|/√ŝ⁺ <= 1/√(1 − ρ) bounds the velocity.
+    Source: torch.optim.RMSprop docs.
     """
 
     n_state = 1
     optimizers = ("rmsprop",)
 
     def decays(self, cond):  # noqa: D102
-        return [_rate(cond.alpha)]
+        return [cond.alpha]
 
-    def targets(self, g_hat, w_hat, cond):  # noqa: D102
-        return [self._coupled(g_hat, w_hat, cond).square()]
+    def targets(self, g, w_hat, cond):  # noqa: D102
+        return [self._coupled(g, w_hat, cond).square() + g.var]
 
-    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+    def velocity(self, w_hat, states, g, alpha_t, t, cond):  # noqa: D102
         (s,) = states
-        g = self._coupled(g_hat, w_hat, cond)
-        s_next = cond.alpha * s + (1 - cond.alpha) * g.square()
-        denom = (s_next.clamp_min(0) + _TINY).sqrt() + cond.eps / cond.g_scale
-        return -(cond.S * alpha_t / cond.scale) * g / denom
+        grad = self._coupled(g, w_hat, cond)
+        s_next = cond.alpha * s.clamp_min(0) + (1 - cond.alpha) * (grad.square() + g.var)
+        denom = (s_next + _TINY).sqrt() + cond.eps / cond.g_scale
+        return -(cond.S * alpha_t / cond.scale) * grad / denom
 
 
 class AdamField(VectorField):
     """Adam in continuous time, first and second moments as ODE state.
 
-        m ← β1 m + (1 − β1) g,  v ← β2 v + (1 − β2) g²       per step (torch.optim.Adam)
-        m̂ = m / (1 − β1^n),  v̂ = v / (1 − β2^n),  w ← w − α m̂ / (√v̂ + ε)
-        dm/dt = S · κ1 · (g − m),   dv/dt = S · κ2 · (g² − v),   κ_j = −ln β_j
-        n(t) = S · t  (steps taken, floored at 1),   dw/dt = −S · α(t) · m̂ / (√v̂ + ε)
+        m⁺ = β1 m + (1 − β1) g,  v⁺ = β2 v + (1 − β2) g²        per step (torch.optim.Adam)
+        m̂ = m⁺ / (1 − β1^n),  v̂ = v⁺ / (1 − β2^n),  w ← w − α m̂ / (√v̂ + ε)
+        dm/dt = S · (1 − β1) · (ĝ − m),   dv/dt = S · (1 − β2) · (ĝ² + σ̂² − v)
+        n(t) = S · t + 1  (count of the step taken at t),   dw/dt = −S · α(t) · m̂ / (√v̂ + ε)
 
     Coupled L2 decay (Adam's ``weight_decay``) adds λw to g; ``AdamWField`` decouples it.
-    In ĝ units: dŵ/dt = −(S α(t)/c) · m̂ / (√v̂ + ε/g_s). Source: torch.optim.Adam docs.
+    In ĝ units: dŵ/dt = −(S α(t)/c) · m̂ / (√v̂ + ε/g_s); v is clamped at 0 inside v⁺.
+    Source: torch.optim.Adam docs.
     """
 
     n_state = 2
@@ -516,23 +541,23 @@ class AdamField(VectorField):
     decoupled: ClassVar[bool] = False
 
     def decays(self, cond):  # noqa: D102
-        return [_rate(cond.beta1), _rate(cond.beta2)]
+        return [cond.beta1, cond.beta2]
 
-    def _grad(self, g_hat: torch.Tensor, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return g_hat if self.decoupled else self._coupled(g_hat, w_hat, cond)
+    def _grad(self, g: Grad, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return g.mean if self.decoupled else self._coupled(g, w_hat, cond)
 
-    def targets(self, g_hat, w_hat, cond):  # noqa: D102
-        g = self._grad(g_hat, w_hat, cond)
-        return [g, g.square()]
+    def targets(self, g, w_hat, cond):  # noqa: D102
+        grad = self._grad(g, w_hat, cond)
+        return [grad, grad.square() + g.var]
 
-    def velocity(self, w_hat, states, g_hat, alpha_t, t, cond):  # noqa: D102
+    def velocity(self, w_hat, states, g, alpha_t, t, cond):  # noqa: D102
         m, v = states
-        g = self._grad(g_hat, w_hat, cond)
-        m_next = cond.beta1 * m + (1 - cond.beta1) * g
-        v_next = cond.beta2 * v + (1 - cond.beta2) * g.square()
+        grad = self._grad(g, w_hat, cond)
+        m_next = cond.beta1 * m + (1 - cond.beta1) * grad
+        v_next = cond.beta2 * v.clamp_min(0) + (1 - cond.beta2) * (grad.square() + g.var)
         n = cond.S * t.unsqueeze(-2) + 1  # (..., 1, T) count of the step taken at t
         m_hat = m_next / (1 - cond.beta1**n)
-        v_hat = v_next.clamp_min(0) / (1 - cond.beta2**n)
+        v_hat = v_next / (1 - cond.beta2**n)
         step = m_hat / ((v_hat + _TINY).sqrt() + cond.eps / cond.g_scale)
         if self.decoupled:
             step = step + cond.weight_decay * cond.weights(w_hat)
@@ -542,7 +567,7 @@ class AdamField(VectorField):
 class AdamWField(AdamField):
     """AdamW: Adam with decoupled weight decay.
 
-        w ← w − α (m̂ / (√v̂ + ε) + λ w)                per step (torch.optim.AdamW)
+        w ← (1 − αλ) w − α m̂ / (√v̂ + ε)              per step (torch.optim.AdamW)
         dw/dt = −S · α(t) · (m̂ / (√v̂ + ε) + λ w)
 
     Source: torch.optim.AdamW docs (Loshchilov & Hutter 2019).

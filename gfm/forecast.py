@@ -51,8 +51,7 @@ class _Dynamics(nn.Module):
     ) -> None:
         super().__init__()
         self.field, self.cond, self.trunk_fn, self.alpha_fn = field, cond, trunk_fn, alpha_fn
-        from gfm.fields import ode_rate
-        self.kappas = [ode_rate(b) for b in field.decays(cond)]
+        self.rates = [1 - beta for beta in field.decays(cond)]  # κ_j = 1 − β_j per step
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Velocity of the state y (N, 1 + n_state) at time t ()."""
@@ -66,7 +65,7 @@ class _Dynamics(nn.Module):
         phis = self.field.targets(g, w_hat, self.cond)
         ds = [
             self.cond.S * kappa * (phi - s)
-            for kappa, phi, s in zip(self.kappas, phis, states, strict=True)
+            for kappa, phi, s in zip(self.rates, phis, states, strict=True)
         ]
         return torch.cat([dw, *ds], -1)  # (N, 1 + n_state)
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from gfm.config import TrainSettings
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
-from gfm.fields import Cond, scan_states
+from gfm.fields import Cond, Grad, scan_states
 from gfm.forecast import forecast
 from gfm.interface import Prefix, observed_index
 from gfm.paths import LinearPath
@@ -43,6 +43,8 @@ _EVAL_PARAMS = 4096  # parameters forecast per validation run (exact: the field 
 _WARMUP = 0.05  # fraction of steps of linear learning-rate warm-up
 _MIN_LR = 0.1  # cosine decays the learning rate to this fraction of cfg.lr
 _CLIP = 1.0  # gradient-norm clip
+import os
+_WEIGHTING = os.environ.get("GFM_W", "relative")
 
 OnEval = Callable[[int, dict[str, float]], bool | None]
 
@@ -64,6 +66,8 @@ class _Batch:
     lrf_theta: torch.Tensor  # (R, M, N_LR)
     alpha_tau: torch.Tensor  # (R, 1, M)
     mask: torch.Tensor  # (R, 1, M) 1 on intervals k <= i < M_r (the future of the prefix)
+    persist: torch.Tensor  # (R,) Σ_n c_n² y_n², y = (w_M − w_k)/c: persistence's squared error
+    c2: torch.Tensor  # (R, N) c_n²
     cond: Cond  # per parameter (R, N, 1), per run (R, 1, 1)
 
     def to(self, device: torch.device) -> _Batch:
@@ -146,6 +150,9 @@ def _example(
         "lrf_theta": lr_features(prefix, theta),
         "alpha_tau": lr_at(prefix, tau).float(),
         "mask": mask,
+        # persistence's squared error of the sampled parameters, raw units: Σ_n (w_M − w_k)²
+        "persist": (norm.scale[idx].double() ** 2 * W_hat[-1].double() ** 2).sum().float(),
+        "c2": norm.scale[idx].float() ** 2,
         "cond": Cond.from_prefix(prefix, norm, index=idx),
     }
 
@@ -179,6 +186,8 @@ def _collate(examples: list[dict]) -> _Batch:
         lrf_theta=stack("lrf_theta", lambda x: pad_first(x, None)),
         alpha_tau=stack("alpha_tau", lambda x: pad_last(x, float(x[-1]))).unsqueeze(1),
         mask=stack("mask", pad_last).unsqueeze(1),
+        persist=stack("persist", lambda x: x),
+        c2=stack("c2", lambda x: x),
         cond=Cond.stack([e["cond"] for e in examples]),
     )
 
@@ -195,31 +204,37 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
     ĝ at all earlier intervals through the state, exactly as the forecast uses it.
     """
     net = model.net
-    code = net.encode(b.ctx)  # (R, N, 2, K)
-    g_tau = net.combine(code, net.trunk(b.tau, b.lrf_tau, b.run), b.w_tau)  # (R, N, M)
+    code = net.encode(b.ctx)  # (R, N, 3, K)
+    M = b.cond.S / b.cond.record_every  # (R, 1, 1)
+    g_tau = net.combine(code, net.trunk(b.tau, b.lrf_tau, b.run), b.w_tau, M)  # (R, N, M)
     need_state = any(model.field_for(o).n_state for o in b.optimizers)
     if need_state:
-        g_theta = net.combine(code, net.trunk(b.theta, b.lrf_theta, b.run), b.w_theta)
+        g_theta = net.combine(code, net.trunk(b.theta, b.lrf_theta, b.run), b.w_theta, M)
     losses = []
     for opt in sorted(set(b.optimizers)):
         rows = torch.tensor([i for i, o in enumerate(b.optimizers) if o == opt])
         field = model.field_for(opt)
         cond = b.cond.select(rows)
-        w_tau, g = b.w_tau[rows], g_tau[rows]
+        w_tau, g = b.w_tau[rows], Grad(g_tau.mean[rows], g_tau.var[rows])
         states = []
         if field.n_state:
-            phis_theta = field.targets(g_theta[rows], b.w_theta[rows], cond)
+            g_th = Grad(g_theta.mean[rows], g_theta.var[rows])
+            phis_theta = field.targets(g_th, b.w_theta[rows], cond)
             phis_tau = field.targets(g, w_tau, cond)
-            for phi_th, phi_tau, kappa in zip(
-                phis_theta, phis_tau, field.decays(cond), strict=True
-            ):
-                s_ck = scan_states(phi_th, torch.exp(-kappa * cond.record_every))[..., :-1]
-                e = torch.exp(-kappa * cond.record_every * b.U[rows])  # (Rg, 1, M)
+            for phi_th, phi_tau, beta in zip(phis_theta, phis_tau, field.decays(cond), strict=True):
+                s_ck = scan_states(phi_th, beta**cond.record_every)[..., :-1]  # (Rg, N, M)
+                e = beta ** (cond.record_every * b.U[rows])  # (Rg, 1, M) decay from t_i to τ_i
                 states.append(e * s_ck + (1 - e) * phi_tau)  # (Rg, N, M)
         v = field.velocity(w_tau, states, g, b.alpha_tau[rows], b.tau[rows], cond)
         mask = b.mask[rows]  # (Rg, 1, M)
         err = (v - b.u[rows]).square() * mask  # (Rg, N, M)
-        losses.append(err.sum((1, 2)) / (mask.sum((1, 2)) * err.shape[1]).clamp_min(1.0))
+        if _WEIGHTING == "relative":
+            n_future = mask.sum((1, 2)).clamp_min(1.0)  # (Rg,)
+            num = (b.c2[rows].unsqueeze(-1) * err).sum((1, 2)) / n_future**2
+            den = b.persist[rows] + 1e-6 * b.c2[rows].sum(1)
+            losses.append(num / den)
+        else:
+            losses.append(err.sum((1, 2)) / (mask.sum((1, 2)) * err.shape[1]).clamp_min(1.0))
     return torch.cat(losses).mean()
 
 

@@ -104,6 +104,81 @@ def version(dvc_file: Path) -> str:
     return str(outs[0]["md5"])
 
 
+def current_version(data_dir: Path) -> str | None:
+    """The md5 in ``<data_dir>.dvc`` if that file still describes the folder, else None.
+
+    "Still describes" is checked cheaply, without hashing: the file count and total size that
+    ``dvc add`` recorded must match the folder now. A dataset regenerated since the last
+    ``dvc add`` (e.g. by ``dvc repro`` before ``gfm run`` versions it) has a stale md5.
+    """
+    dvc_file = data_dir.with_suffix(".dvc")
+    if not dvc_file.is_file() or not data_dir.is_dir():
+        return None
+    doc = yaml.safe_load(dvc_file.read_text()) or {}
+    outs = doc.get("outs") or [{}]
+    md5, nfiles, size = outs[0].get("md5"), outs[0].get("nfiles"), outs[0].get("size")
+    files = [p for p in data_dir.rglob("*") if p.is_file()]
+    if md5 is None or nfiles != len(files) or size != sum(p.stat().st_size for p in files):
+        return None
+    return str(md5)
+
+
+def push(data_dir: Path, remote: str) -> None:
+    """``dvc push`` the dataset folder's ``.dvc`` file to ``remote`` (made the default remote).
+
+    Raises:
+        VersioningError: not inside a DVC repository, or the push failed.
+    """
+    repo = find_repo(data_dir)
+    if repo is None:
+        raise VersioningError(f"{data_dir}: not inside a DVC repository (no .dvc/ folder above it)")
+    ensure_remote(repo, remote)
+    dvc("push", f"{os.path.relpath(data_dir.resolve(), repo)}.dvc", repo=repo)
+
+
+def stages(repo: Path) -> list[str]:
+    """The stage names declared in ``repo/dvc.yaml`` (empty when there is none)."""
+    path = repo / "dvc.yaml"
+    if not path.is_file():
+        return []
+    return list((yaml.safe_load(path.read_text()) or {}).get("stages") or {})
+
+
+def reproduce(stage: str, repo: Path, *, force: bool = False) -> None:
+    """``dvc repro <stage>``: run it (and stale stages above it) unless it is up to date.
+
+    Args:
+        stage: a stage of ``repo/dvc.yaml``.
+        repo: the DVC repository.
+        force: run the stage even when DVC finds it up to date (``--force``).
+
+    Raises:
+        VersioningError: the stage is not in dvc.yaml, or DVC failed.
+    """
+    if stage not in stages(repo):
+        raise VersioningError(
+            f"{repo / 'dvc.yaml'}: stage `{stage}` must be declared, got {stages(repo)}"
+        )
+    dvc("repro", *(["--force"] if force else []), stage, repo=repo, stream=True)
+
+
+def restore(data_dir: Path, remote: str) -> bool:
+    """Pull a missing dataset folder from the remote when ``<data_dir>.dvc`` pins one.
+
+    Returns:
+        True when the folder is present afterwards (it was, or the pull succeeded).
+    """
+    if data_dir.exists():
+        return True
+    repo = find_repo(data_dir)
+    dvc_file = data_dir.with_suffix(".dvc")
+    if repo is None or not dvc_file.exists():
+        return False
+    ensure_remote(repo, remote)
+    rel = os.path.relpath(dvc_file.resolve(), repo)
+    return dvc("pull", rel, repo=repo, check=False).returncode == 0 and data_dir.exists()
+
+
 def add_and_push(data_dir: Path, remote: str, *, push: bool = True) -> str:
     """Version ``data_dir`` with ``dvc add`` and push it to the default remote.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,16 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Prefect keeps its profile, database and results under PREFECT_HOME: never the user's, and no
+# flow reaches a server of theirs (set before prefect is imported; subprocesses inherit it).
+_PREFECT_HOME = tempfile.mkdtemp(prefix="gfm-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.pop("PREFECT_API_URL", None)
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+# Deployment overrides (GFM_<SECTION>__<KEY>) of the person running the tests do not apply.
+for _name in [n for n in os.environ if n.startswith("GFM_")]:
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session")

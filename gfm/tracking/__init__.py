@@ -6,6 +6,7 @@ The only package of gfm that imports mlflow (and it never imports prefect or typ
     info = log_forecaster(model, input_example=prefix)
     promote(register(info.model_uri, cfg.registry), metrics, cfg.registry)
     load(cfg=cfg.registry) / load_pyfunc(cfg=cfg.registry)   # models:/gfm@champion
+    runs_table(sort="test/rel_mse_persistence")             # gfm compare
 """
 
 from gfm.tracking.frames import (
@@ -19,12 +20,14 @@ from gfm.tracking.pyfunc import (
     forecaster_kinds,
     load_forecaster,
     log_forecaster,
+    predict,
     register_forecaster,
     save_forecaster,
 )
 from gfm.tracking.registry import (
     Decision,
     PromotionError,
+    find_version,
     load,
     load_pyfunc,
     model_uri,
@@ -37,16 +40,22 @@ from gfm.tracking.runs import (
     git_commit,
     log_dataset,
     log_history,
+    log_metrics,
     log_params_flat,
     log_table_and_plots,
+    resume_run,
+    set_tags,
     start_run,
+    use_store,
 )
+from gfm.tracking.search import runs_table
 
 __all__ = [
     "Decision",
     "ForecasterModel",
     "PromotionError",
     "configure",
+    "find_version",
     "flatten_params",
     "forecast_frame",
     "forecaster_kinds",
@@ -59,13 +68,19 @@ __all__ = [
     "log_dataset",
     "log_forecaster",
     "log_history",
+    "log_metrics",
     "log_params_flat",
     "log_table_and_plots",
     "model_uri",
+    "predict",
     "prefix_to_frame",
     "promote",
     "register",
     "register_forecaster",
+    "resume_run",
+    "runs_table",
     "save_forecaster",
+    "set_tags",
     "start_run",
+    "use_store",
 ]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -42,6 +43,7 @@ from gfm.tracking.frames import (
     HPARAM_KEYS,
     HPARAM_PREFIX,
     forecast_frame,
+    frame_to_forecast,
     frame_to_prefix,
     prefix_to_frame,
 )
@@ -322,3 +324,17 @@ def log_forecaster(
             registered_model_name=registered_model_name,
             tags=dict(tags) if tags else None,
         )
+
+
+def predict(model_uri: str, prefix: Prefix) -> np.ndarray:
+    """Forecast with a logged or registered model through its pyfunc face.
+
+    Args:
+        model_uri: ``models:/gfm@champion``, ``models:/gfm/3``, ``runs:/<id>/model``, ...
+        prefix: the observed start of one run.
+
+    Returns:
+        Forecast weights of checkpoints k+1..M, (M - k, D) float32.
+    """
+    model = mlflow.pyfunc.load_model(model_uri)
+    return frame_to_forecast(model.predict(prefix_to_frame(prefix)))

@@ -279,20 +279,41 @@ def _text(value: Any) -> str:
     return repr(float(value)) if isinstance(value, int | float) else str(value)
 
 
-def load(alias: str | None = None, cfg: RegistrySettings | None = None) -> Forecaster:
-    """Load the forecaster behind an alias natively (torch), without the pyfunc wrapper.
+def find_version(run_id: str, cfg: RegistrySettings) -> str | None:
+    """The version of ``cfg.model_name`` already registered from run ``run_id``, if any.
+
+    Registering is then skipped, so a retried or repeated promotion judges the same version
+    instead of adding a duplicate.
+    """
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{cfg.model_name}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    mine = [mv for mv in versions if mv.run_id == run_id or mv.tags.get(TAG_RUN) == run_id]
+    return str(max(int(mv.version) for mv in mine)) if mine else None
+
+
+def load(
+    alias: str | None = None, cfg: RegistrySettings | None = None, *, version: str | None = None
+) -> Forecaster:
+    """Load the forecaster behind an alias (or a version) natively, without the pyfunc wrapper.
 
     Args:
         alias: the alias (default: ``cfg.champion_alias``).
         cfg: registry settings (default: ``RegistrySettings()``).
+        version: a version number instead of an alias.
 
     Returns:
         The forecaster, rebuilt by ``load_forecaster`` from its config and weights.
     """
     cfg = cfg or RegistrySettings()
+    uri = f"models:/{cfg.model_name}/{version}" if version else model_uri(cfg, alias)
     with tempfile.TemporaryDirectory(prefix="gfm-load-") as tmp:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{model_uri(cfg, alias)}/artifacts/{ARTIFACT_KEY}", dst_path=tmp
+            artifact_uri=f"{uri}/artifacts/{ARTIFACT_KEY}", dst_path=tmp
         )
         return load_forecaster(Path(local))
 

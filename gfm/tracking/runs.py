@@ -81,6 +81,18 @@ def configure(cfg: TrackingSettings) -> str:
     return experiment_id
 
 
+def use_store(cfg: TrackingSettings) -> None:
+    """Point MLflow (tracking and registry) at ``cfg.uri`` without creating any experiment."""
+    db = _sqlite_path(cfg.uri)
+    if db is not None and not db.exists():
+        raise FileNotFoundError(
+            f"tracking.uri: no MLflow store at {db}; run `gfm run` (or `gfm train`) first, or "
+            f"set tracking.uri / GFM_TRACKING__URI to the store to read"
+        )
+    mlflow.set_tracking_uri(cfg.uri)
+    mlflow.set_registry_uri(cfg.uri)
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:"):
         return None
@@ -143,6 +155,16 @@ def start_run(
         all_tags[TAG_DATASET_VERSION] = dataset_version
     all_tags.update(tags or {})
     with mlflow.start_run(run_name=run_name, nested=nested, tags=all_tags) as run:
+        yield run
+
+
+@contextmanager
+def resume_run(run_id: str) -> Iterator[mlflow.ActiveRun]:
+    """Reopen a finished run to add metrics, tags and artifacts (e.g. test results to a train run).
+
+    The run ends FINISHED again, or FAILED when the block raises.
+    """
+    with mlflow.start_run(run_id=run_id) as run:
         yield run
 
 
@@ -217,9 +239,31 @@ def log_dataset(
     with warnings.catch_warnings():
         # MLflow registers the local artifact source twice and warns that a file URI is ambiguous.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        # ... and hints that integer columns cannot hold missing values (the runs table has none)
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=version)
     mlflow.log_input(dataset, context=context)
     mlflow.set_tag(TAG_DATASET_VERSION, version)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Set tags on the active run; values as text, None values skipped."""
+    mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log final metrics named ``split/name`` (``test/rel_mse_persistence``) on the active run.
+
+    Raises:
+        ValueError: a name is not ``split/name``.
+        TypeError: a value is not a number.
+    """
+    for name, value in metrics.items():
+        if "/" not in name.strip("/"):
+            raise ValueError(f"metric `{name}` must be named `split/name` like `test/mse_final`")
+        if isinstance(value, bool) or not isinstance(_scalar(value), int | float):
+            raise TypeError(f"metric `{name}` must be a number, got {type(value).__name__}")
+    mlflow.log_metrics({k: float(_scalar(v)) for k, v in metrics.items()}, step=step)
 
 
 def log_history(history: list[Mapping[str, Any]], step_key: str = "step") -> int:

@@ -12,8 +12,21 @@ def test_params_yaml_matches_the_built_in_defaults():
     loaded = load_settings(ROOT / "params.yaml", environ={})
     defaults = load_settings(None, environ={})
     # then they describe the same settings (paths resolve against different folders)
-    for section in ("gfm", "train", "registry"):
+    for section in ("gfm", "registry", "schedule"):
         assert getattr(loaded, section) == getattr(defaults, section)
+    # paths resolve against different folders; everything else must agree
+    assert loaded.train.model_copy(update={"model_dir": None}) == defaults.train.model_copy(
+        update={"model_dir": None}
+    )
+    assert loaded.tune.model_copy(update={"storage": ""}) == defaults.tune.model_copy(
+        update={"storage": ""}
+    )
+    assert loaded.evaluate.model_copy(update={"output_dir": None}) == (
+        defaults.evaluate.model_copy(update={"output_dir": None})
+    )
+    assert loaded.tracking.model_copy(update={"uri": ""}) == defaults.tracking.model_copy(
+        update={"uri": ""}
+    )
     assert loaded.data.tasks == defaults.data.tasks
     assert loaded.data.optimizers == defaults.data.optimizers
     assert loaded.data.root == ROOT / "data"

@@ -1,0 +1,32 @@
+"""What every flow shares: settings at the entry, and running a DVC stage as a task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefect import task
+
+from gfm import pipeline, versioning
+from gfm.config import Settings, load_settings
+
+
+def settings(params: str, overrides: Sequence[str] | None) -> Settings:
+    """Load the settings once, at the flow's entry (``SettingsError`` names the bad key)."""
+    return load_settings(params, list(overrides or []))
+
+
+def dvc_repo(params: str, overrides: Sequence[str] | None) -> Path | None:
+    """The DVC repository whose stages run these settings (``gfm.pipeline.dvc_repo``)."""
+    return pipeline.dvc_repo(Path(params), list(overrides or []))
+
+
+def git_root(params: str) -> Path:
+    """The folder whose git commit runs record: the params file's."""
+    return Path(params).resolve().parent
+
+
+@task(name="dvc-repro", task_run_name="dvc repro {stage}")
+def repro(stage: str, repo: Path, force: bool = False) -> None:
+    """``dvc repro <stage>``: the stage's ``gfm`` command, skipped when it is up to date."""
+    versioning.reproduce(stage, repo, force=force)

@@ -1,0 +1,47 @@
+"""Register the trained model and move the champion or challenger alias."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import settings
+from gfm import pipeline
+from gfm.config import Settings
+
+
+@task(name="register-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register_model(cfg: Settings, train_info: Path) -> str:
+    """A registry version for the trained model (reused when the run is already registered)."""
+    return pipeline.register_step(cfg, train_info=train_info)
+
+
+@task(name="promote-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def promote_version(cfg: Settings, version: str, train_info: Path, metrics: Path) -> dict:
+    """Champion if better than the re-scored champion by the margin, else challenger."""
+    return pipeline.promote_step(cfg, train_info=train_info, metrics=metrics, version=version)
+
+
+@flow(name="promote")
+def promote(
+    params: str = "params.yaml",
+    overrides: Sequence[str] | None = None,
+    train_info: str | None = None,
+    metrics: str | None = None,
+) -> dict:
+    """Register the model of train.json and judge it on metrics.json; returns the decision.
+
+    Args:
+        params: the settings file.
+        overrides: ``section.key=value`` overrides.
+        train_info: train.json (default: the layout's).
+        metrics: metrics.json (default: the layout's).
+    """
+    cfg = settings(params, overrides)
+    out = pipeline.layout(cfg)
+    info = Path(train_info or out.train_json)
+    version = register_model(cfg, info)
+    return promote_version(cfg, version, info, Path(metrics or out.metrics_json))

@@ -1,0 +1,253 @@
+"""Read a forecast request from files: the observed checkpoints of one run plus its metadata.
+
+The checkpoints come as a ``.npy`` array (k+1, D) of flat weights, or as a folder of PyTorch
+``state_dict`` files (``step_0.pt``, ``step_10.pt``, ...; read as ``gfm data import`` reads a
+run). What the weights cannot tell comes as metadata (a JSON sidecar and/or CLI options):
+
+    key                 type                 meaning
+    optimizer           str                  one of sgd, momentum, rmsprop, adam, adamw
+    lr                  float | list[float]  base learning rate, or the rate at each of the
+                                             total_checkpoints checkpoints (then no schedule)
+    schedule            str                  constant (default) | cosine | step, applied to lr
+    record_every        int                  optimizer steps between two checkpoints (a folder's
+                                             step numbers give it)
+    total_checkpoints   int                  checkpoints the full run will have, w_0..w_M (M + 1)
+    hparams             {str: float|bool}    momentum, nesterov, alpha, beta1, beta2,
+                                             weight_decay (absent: torch's defaults)
+    layout              [[name, shape], ...] the state_dict's tensors in order (a folder gives
+                                             it); D = the sum of their sizes
+    task                str                  context only
+
+Shapes: k+1 observed checkpoints, M+1 in the whole run, D parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gfm.config import OPTIMIZERS, SCHEDULES
+from gfm.data.importer import _flatten_run
+from gfm.data.optim import lr_at
+from gfm.data.schema import ParamMeta
+from gfm.interface import Prefix
+
+__all__ = ["METADATA_KEYS", "read_prefix", "sidecar"]
+
+METADATA_KEYS = (
+    "optimizer",
+    "lr",
+    "schedule",
+    "record_every",
+    "total_checkpoints",
+    "hparams",
+    "layout",
+    "task",
+)
+HPARAM_KEYS = ("momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
+
+
+def sidecar(source: Path) -> Path:
+    """The default metadata file of an input: ``a.npy`` -> ``a.json``, ``ckpts/`` -> ``ckpts.json``."""
+    source = Path(source)
+    return source.with_suffix(".json") if source.suffix else source.with_name(source.name + ".json")
+
+
+def _load_weights(source: Path) -> tuple[np.ndarray, ParamMeta | None, int | None]:
+    """(w (k+1, D) float32, layout from the files or None, record_every from steps or None)."""
+    if source.is_dir():
+        steps, w, params = _flatten_run(source)
+        diffs = np.diff(steps)
+        if steps[0] != 0 or np.any(diffs != diffs[0]) or diffs[0] <= 0:
+            raise ValueError(
+                f"{source}: checkpoint steps must be 0, r, 2r, ... (evenly spaced from 0), "
+                f"got {steps[:6].tolist()}"
+            )
+        return w.astype(np.float32), params, int(diffs[0])
+    if source.suffix != ".npy":
+        raise ValueError(
+            f"{source}: input must be a .npy array (checkpoints, params) or a folder of "
+            f"state_dict checkpoints, got suffix {source.suffix!r}"
+        )
+    try:
+        w = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{source}: must be a readable .npy array, got {err}") from None
+    if w.ndim != 2:
+        raise ValueError(
+            f"{source}: array must be 2-D (observed checkpoints, parameters), got shape {w.shape}"
+        )
+    if not np.issubdtype(w.dtype, np.floating):
+        raise ValueError(f"{source}: array must hold floats, got dtype {w.dtype}")
+    bad = ~np.isfinite(w)
+    if bad.any():
+        i, j = (int(x) for x in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{source}: weights must be finite, got {w[i, j]} at checkpoint {i}, parameter {j}"
+        )
+    return w.astype(np.float32), None, None
+
+
+def _layout(value: Any, where: str) -> ParamMeta:
+    try:
+        named = [(str(name), tuple(int(s) for s in shape)) for name, shape in value]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: `layout` must be a list of [tensor name, shape], e.g. "
+            f'[["net.0.weight", [8, 4]], ["net.0.bias", [8]]], got {value!r:.120}'
+        ) from None
+    if not named:
+        raise ValueError(f"{where}: `layout` must name at least one tensor")
+    return ParamMeta.from_named_shapes(named)
+
+
+def _required(meta: Mapping[str, Any], key: str, where: str, hint: str) -> Any:
+    if meta.get(key) is None:
+        raise ValueError(f"{where}: metadata `{key}` is missing: {hint}")
+    return meta[key]
+
+
+def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
+    """Build the ``Prefix`` of a forecast request (module docstring for the metadata).
+
+    Args:
+        source: a ``.npy`` array (k+1, D) or a folder of state_dict checkpoints.
+        meta: the metadata; ``None`` values count as missing.
+
+    Returns:
+        The prefix: w (k+1, D) float32, lr (M+1,), with M = total_checkpoints − 1.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: the weights or a metadata field are missing or malformed; the message names
+            the file or field, what was expected and what was given.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: input not found")
+    unknown = sorted(k for k in meta if k not in METADATA_KEYS and meta[k] is not None)
+    if unknown:
+        raise ValueError(
+            f"metadata: unknown key(s) {unknown}; expected some of {list(METADATA_KEYS)}"
+        )
+    where = "metadata"
+    w, params, spacing = _load_weights(source)
+    opt_hint = f"one of {list(OPTIMIZERS)} (--optimizer or the JSON sidecar)"
+    optimizer = _required(meta, "optimizer", where, opt_hint)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{where}: `optimizer` must be {opt_hint}, got {optimizer!r}")
+    record_every = meta.get("record_every") if meta.get("record_every") is not None else spacing
+    if record_every is None:
+        raise ValueError(
+            f"{where}: metadata `record_every` is missing: optimizer steps between two "
+            f"checkpoints (--record-every or the JSON sidecar)"
+        )
+    if spacing is not None and int(record_every) != spacing:
+        raise ValueError(
+            f"{where}: `record_every` must match the checkpoints' step spacing {spacing}, "
+            f"got {record_every}"
+        )
+    record_every = int(record_every)
+    if record_every < 1:
+        raise ValueError(f"{where}: `record_every` must be >= 1, got {record_every}")
+    n_total = int(
+        _required(
+            meta,
+            "total_checkpoints",
+            where,
+            "checkpoints the whole run will have, w_0..w_M (--total-checkpoints)",
+        )
+    )
+    k = w.shape[0] - 1
+    if k < 1:
+        raise ValueError(
+            f"{source}: needs at least 2 observed checkpoints, got {w.shape[0]} (shape {w.shape})"
+        )
+    if n_total <= k + 1:
+        raise ValueError(
+            f"{where}: `total_checkpoints` ({n_total}) must exceed the observed checkpoints "
+            f"({k + 1}): there must be something to forecast"
+        )
+    M = n_total - 1
+    if params is None:
+        layout = _required(
+            meta,
+            "layout",
+            where,
+            "the state_dict's tensors as [[name, shape], ...] (JSON sidecar), needed for a "
+            ".npy input",
+        )
+        params = _layout(layout, where)
+    elif meta.get("layout") is not None and len(_layout(meta["layout"], where)) != len(params):
+        raise ValueError(f"{where}: `layout` disagrees with the checkpoint files in {source}")
+    if len(params) != w.shape[1]:
+        raise ValueError(
+            f"{source}: weights must have D={len(params)} columns (the sum of the layout's "
+            f"tensor sizes), got shape {w.shape}"
+        )
+    lr_value = _required(meta, "lr", where, "base learning rate (--lr) or one per checkpoint")
+    schedule = meta.get("schedule") or "constant"
+    if schedule not in SCHEDULES:
+        raise ValueError(f"{where}: `schedule` must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if isinstance(lr_value, list | tuple):
+        lr = np.asarray(lr_value, dtype=np.float64)
+        if lr.shape != (n_total,):
+            raise ValueError(
+                f"{where}: `lr` as a list must have total_checkpoints={n_total} entries, "
+                f"got {lr.shape[0] if lr.ndim == 1 else lr.shape}"
+            )
+        base = float(lr.max())
+    else:
+        try:
+            base = float(lr_value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}: `lr` must be a number or a list, got {lr_value!r}"
+            ) from None
+        if not base > 0 or not np.isfinite(base):
+            raise ValueError(f"{where}: `lr` must be finite and positive, got {lr_value!r}")
+        total_steps = M * record_every
+        lr = np.asarray(
+            [lr_at(schedule, base, i * record_every, total_steps) for i in range(n_total)]
+        )
+    if not np.isfinite(lr).all() or (lr < 0).any() or base <= 0:
+        raise ValueError(f"{where}: `lr` must be finite and positive, got {lr_value!r:.80}")
+    hparams: dict[str, float | bool] = {"lr": base}
+    for key, value in dict(meta.get("hparams") or {}).items():
+        if key not in HPARAM_KEYS and key != "lr":
+            raise ValueError(
+                f"{where}: `hparams` key {key!r} is unknown; expected some of {list(HPARAM_KEYS)}"
+            )
+        hparams[key] = bool(value) if key == "nesterov" else float(value)
+    return Prefix(
+        w=torch.from_numpy(np.ascontiguousarray(w)),
+        M=M,
+        lr=torch.from_numpy(lr),
+        optimizer=str(optimizer),
+        hparams=hparams,
+        record_every=record_every,
+        params=params,
+        task=str(meta.get("task") or ""),
+    )
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a request ({} when the file does not exist).
+
+    Raises:
+        ValueError: the file is not a JSON object.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: metadata must be valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: metadata must be a JSON object, got {type(doc).__name__}")
+    return doc

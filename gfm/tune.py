@@ -1,0 +1,386 @@
+"""Hyperparameter search for GFM with Optuna: the space from ``cfg.tune``, a pruned objective.
+
+The only module of gfm that imports optuna (it never imports mlflow: the caller logs each trial
+through ``on_trial``). One trial trains a GFM for ``tune.trial_steps`` steps on the train part of
+``train.split`` and reports the validation forecast loss (``tune.metric``) to the pruner every
+``tune.eval_every`` steps; its value is the best reported one (``fit`` keeps that network).
+
+The study is resumable: its name is ``tune.study_name`` plus a fingerprint of what the trials
+depend on (dataset version, search space, the fixed settings), ``load_if_exists`` reopens it and
+only the missing trials run (``tune.n_trials`` counts finished trials: complete or pruned). A
+trial whose process died is failed once its heartbeat is older than ``2 · tune.heartbeat_s`` and
+run again with the same parameters. The first trial of a new study is the configured settings
+themselves (when they lie in the space), so tuning never returns worse than the default on val.
+
+Reference: Akiba et al., "Optuna: A Next-generation Hyperparameter Optimization Framework",
+KDD 2019.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from gfm.config import GFMSettings, SearchParam, Settings, TrainSettings, apply_params
+from gfm.data.schema import RunRecord
+
+__all__ = ["TrialResult", "TuneResult", "open_study", "study_name", "suggest", "tune"]
+
+log = logging.getLogger("gfm.tune")
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One finished trial, as handed to ``on_trial``.
+
+    Attributes:
+        number: the trial's number in the study.
+        state: ``COMPLETE``, ``PRUNED`` or ``FAIL``.
+        params: the searched settings, by dotted key (``gfm.width``).
+        value: the objective (best reported ``tune.metric``); None when pruned before a report.
+        history: the training loop's evaluations (``step``, ``train/loss``, ``val/...``).
+        seconds: wall time of the trial.
+    """
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a (possibly resumed) study holds after ``tune``.
+
+    Attributes:
+        study: the full study name (``tune.study_name`` plus the fingerprint).
+        storage: the storage URL.
+        best_params: the best trial's searched settings, by dotted key ({} without trials).
+        best_value: its objective value.
+        best_trial: its number.
+        n_complete, n_pruned, n_failed: trials per state in the whole study.
+        n_new: trials finished by this call (0 when the study was already done).
+        metric: the objective's name.
+        seconds: wall time of this call.
+        trials: every trial of the study: number, state, value, params.
+    """
+
+    study: str
+    storage: str
+    best_params: dict[str, Any]
+    best_value: float | None
+    best_trial: int | None
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    n_new: int
+    metric: str
+    seconds: float
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        return dict(vars(self))
+
+
+OnTrial = Callable[[TrialResult], None]
+
+
+def _field_type(key: str) -> type:
+    section, _, name = key.partition(".")
+    model = {"gfm": GFMSettings, "train": TrainSettings}[section]
+    return model.model_fields[name].annotation  # type: ignore[return-value]
+
+
+def _contains(dim: SearchParam, value: Any) -> bool:
+    if dim.choices is not None:
+        return value in dim.choices
+    assert dim.low is not None and dim.high is not None  # internal: checked by SearchParam
+    return isinstance(value, int | float) and dim.low <= value <= dim.high
+
+
+def suggest(trial: Trial, space: dict[str, SearchParam]) -> dict[str, Any]:
+    """Draw one value per dimension; names are the dotted settings keys.
+
+    A range over an integer setting (``gfm.depth``) is drawn with ``suggest_int``.
+
+    Returns:
+        ``{"gfm.width": 64, "train.lr": 0.0012, ...}``.
+    """
+    params: dict[str, Any] = {}
+    for key, dim in space.items():
+        if dim.choices is not None:
+            params[key] = trial.suggest_categorical(key, dim.choices)
+        elif _field_type(key) is int:
+            step = int(dim.step) if dim.step else 1
+            params[key] = trial.suggest_int(
+                key, int(dim.low), int(dim.high), step=step, log=dim.log
+            )
+        else:
+            params[key] = trial.suggest_float(
+                key, float(dim.low), float(dim.high), step=dim.step, log=dim.log
+            )
+    return params
+
+
+def study_name(settings: Settings, dataset_version: str) -> str:
+    """``tune.study_name`` plus an 8-hex fingerprint of what the trials' values depend on.
+
+    The fingerprint covers the dataset version, the search space, the objective and the fixed
+    ``gfm``/``train`` settings, so a changed dataset or space starts a new study while an
+    interrupted one with the same inputs is resumed.
+    """
+    t = settings.tune
+    basis = {
+        "dataset": dataset_version,
+        "space": t.space.model_dump(mode="json"),
+        "metric": t.metric,
+        "trial_steps": t.trial_steps,
+        "eval_every": t.eval_every,
+        "seed": t.seed,
+        "gfm": settings.gfm.model_dump(mode="json"),
+        "train": settings.train.model_dump(mode="json", exclude={"model_dir", "device"}),
+        "fractions": settings.evaluate.observed_fractions,
+    }
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{t.study_name}-{digest}"
+
+
+def open_study(settings: Settings, dataset_version: str) -> optuna.Study:
+    """Create or reopen the study (seeded TPE, median pruner, heartbeat) in ``tune.storage``.
+
+    A new study gets the configured settings enqueued as its first trial when they lie inside
+    the search space.
+    """
+    t = settings.tune
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(
+            t.storage,
+            heartbeat_interval=t.heartbeat_s,
+            grace_period=2 * t.heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+        sampler = optuna.samplers.TPESampler(
+            seed=t.seed, n_startup_trials=max(1, min(10, t.n_trials // 2))
+        )
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_steps
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name(settings, dataset_version),
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
+    if not study.trials:
+        anchor = _anchor(settings)
+        if anchor is not None:
+            study.enqueue_trial(anchor, user_attrs={"gfm.anchor": True})
+    return study
+
+
+def _anchor(settings: Settings) -> dict[str, Any] | None:
+    """The configured values of the searched keys, if every one lies in its dimension."""
+    anchor = {}
+    for key, dim in settings.tune.space.flat().items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(settings, section), name)
+        if not _contains(dim, value):
+            log.info("not trying the configured %s=%r first: outside the search space", key, value)
+            return None
+        anchor[key] = value
+    return anchor
+
+
+def _objective(
+    settings: Settings, train: Sequence[RunRecord], val: Sequence[RunRecord]
+) -> Callable[[Trial], float]:
+    from gfm.model import GFM
+    from gfm.training import fit
+
+    t = settings.tune
+
+    def objective(trial: Trial) -> float:
+        params = suggest(trial, t.space.flat())
+        trial_settings = apply_params(
+            settings,
+            {**params, "train.steps": t.trial_steps, "train.eval_every": t.eval_every},
+        )
+        model = GFM(trial_settings.gfm, trial_settings.train)
+        history: list[dict[str, float]] = []
+        start = time.perf_counter()
+
+        def on_eval(step: int, metrics: dict[str, float]) -> None:
+            history.append({k: float(v) for k, v in metrics.items()})
+            trial.set_user_attr("history", history)
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            value = metrics.get(t.metric, math.nan)
+            if not math.isfinite(value):  # a diverged field: nothing to learn from continuing
+                raise optuna.TrialPruned(f"{t.metric} is {value} at step {step}")
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{t.metric}={value:.4g} at step {step}")
+
+        fit(model, train, val, trial_settings.train, on_eval=on_eval)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        values = [h[t.metric] for h in history if math.isfinite(h.get(t.metric, math.nan))]
+        return min(values) if values else math.inf
+
+    return objective
+
+
+def _result(trial: FrozenTrial) -> TrialResult:
+    value = trial.value
+    if value is None and trial.intermediate_values:
+        value = min(trial.intermediate_values.values())
+    return TrialResult(
+        number=trial.number,
+        state=trial.state.name,
+        params=dict(trial.params),
+        value=value,
+        history=list(trial.user_attrs.get("history", [])),
+        seconds=trial.user_attrs.get("seconds"),
+    )
+
+
+def _count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def tune(
+    settings: Settings,
+    train: Sequence[RunRecord],
+    val: Sequence[RunRecord],
+    *,
+    dataset_version: str,
+    on_trial: OnTrial | None = None,
+) -> TuneResult:
+    """Run (or resume) the study until it holds ``tune.n_trials`` finished trials.
+
+    Args:
+        settings: all settings; ``tune`` drives the search, ``gfm``/``train`` are the fixed part.
+        train: runs to fit each trial on (the train part of ``train.split``).
+        val: runs the pruner and the objective are scored on (its val part).
+        dataset_version: the data's version; part of the study's fingerprint.
+        on_trial: called with each trial this call finishes (complete, pruned or failed), after
+            the storage recorded it; an exception there stops the search, keeping every
+            finished trial.
+
+    Returns:
+        The study's state (best params by dotted key, counts).
+
+    Raises:
+        ValueError: ``val`` is empty (the objective needs validation runs) or ``train`` is empty.
+    """
+    t = settings.tune
+    start = time.perf_counter()
+    if t.n_trials == 0:
+        return TuneResult(
+            study="",
+            storage=t.storage,
+            best_params={},
+            best_value=None,
+            best_trial=None,
+            n_complete=0,
+            n_pruned=0,
+            n_failed=0,
+            n_new=0,
+            metric=t.metric,
+            seconds=0.0,
+        )
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"tune: split `{settings.train.split}` must have train and val runs, got "
+            f"{len(train)} train and {len(val)} val (see data.splits in params.yaml)"
+        )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    try:
+        return _run(settings, train, val, dataset_version, on_trial, start)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _run(
+    settings: Settings,
+    train: Sequence[RunRecord],
+    val: Sequence[RunRecord],
+    dataset_version: str,
+    on_trial: OnTrial | None,
+    start: float,
+) -> TuneResult:
+    t = settings.tune
+    study = open_study(settings, dataset_version)
+    done = _count(study, *_FINISHED)
+    new = 0
+    if done < t.n_trials:
+        log.info(
+            "study %s: %d of %d trials finished, running the rest",
+            study.study_name,
+            done,
+            t.n_trials,
+        )
+
+        def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+            nonlocal new
+            new += trial.state in _FINISHED
+            result = _result(trial)
+            log.info(
+                "trial %d %s: %s=%s %s",
+                result.number,
+                result.state,
+                t.metric,
+                "n/a" if result.value is None else f"{result.value:.4g}",
+                result.params,
+            )
+            if on_trial is not None:
+                on_trial(result)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(
+                _objective(settings, train, val),
+                n_trials=t.n_trials - done,
+                timeout=t.timeout_s,
+                n_jobs=t.workers,
+                callbacks=[
+                    optuna.study.MaxTrialsCallback(t.n_trials, states=_FINISHED),
+                    callback,
+                ],
+            )
+    completed = _count(study, TrialState.COMPLETE)
+    best = study.best_trial if completed else None
+    return TuneResult(
+        study=study.study_name,
+        storage=t.storage,
+        best_params=dict(best.params) if best else {},
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        n_complete=completed,
+        n_pruned=_count(study, TrialState.PRUNED),
+        n_failed=_count(study, TrialState.FAIL),
+        n_new=new,
+        metric=t.metric,
+        seconds=time.perf_counter() - start,
+        trials=[
+            {"number": r.number, "state": r.state, "value": r.value, **r.params}
+            for r in map(_result, study.get_trials(deepcopy=False))
+        ],
+    )

@@ -1,0 +1,113 @@
+"""Shared, session-wide real services for the workflow tests: one tiny dataset, one migrated
+MLflow store to copy, one Prefect test server; and per test a params file pointing at copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from gfm.config import load_settings
+from gfm.data.generate import generate
+
+CONFS = Path(__file__).resolve().parents[1] / "confs"
+
+# The workflow at its smallest: tiny GFM, a few steps, two short trials, cheap evaluation.
+WORKFLOW = {
+    "gfm": {"width": 8, "depth": 1, "time_embedding": 4, "history": 2},
+    "train": {"steps": 6, "eval_every": 3, "batch_runs": 4, "batch_params": 64},
+    "tune": {
+        "n_trials": 2,
+        "trial_steps": 4,
+        "eval_every": 2,
+        "pruner_warmup_steps": 0,
+        "heartbeat_s": 1,
+        "space": {
+            "gfm": {"width": {"choices": [8, 12]}},
+            "train": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+        },
+    },
+    "evaluate": {
+        "observed_fractions": [0.5],
+        "workflow_baselines": ["persistence", "linear"],
+        "downstream": False,
+    },
+}
+
+
+def tiny_params(folder: Path, data_root: Path | None = None, **sections: dict) -> dict:
+    """The tiny settings tree (tests/confs/valid/tiny.yaml + WORKFLOW + ``sections``)."""
+    tree = yaml.safe_load((CONFS / "valid" / "tiny.yaml").read_text())
+    for name, values in {**WORKFLOW, **sections}.items():
+        tree.setdefault(name, {}).update(values)
+    if data_root is not None:
+        tree["data"]["root"] = str(data_root)
+    tree["data"]["remote"] = str(folder / "dvc-remote")
+    return tree
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset, generated once per session (read-only for tests: copy to change it)."""
+    root = tmp_path_factory.mktemp("tiny-data") / "data"
+    settings = load_settings(CONFS / "valid" / "tiny.yaml", {"data.root": str(root)}, environ={})
+    generate(settings.data, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty MLflow sqlite store, made once per session."""
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def workflow(tmp_path: Path, tiny_data: Path, template_store: Path) -> Path:
+    """A params file in a fresh project folder: its own copy of the data and the MLflow store.
+
+    Every path (data, reports, models, mlflow.db, optuna.db) resolves inside ``tmp_path``.
+    """
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(tiny_data, project / "data")
+    shutil.copy(template_store, project / "mlflow.db")
+    params = project / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(tmp_path)))
+    (project / ".gitignore").write_text("*\n!params.yaml\n!.gitignore\n")
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "tiny workflow")
+    return params
+
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@localhost",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@localhost",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` with a test identity; returns stdout."""
+    proc = subprocess.run(
+        ["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (flows run against it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
