@@ -12,6 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Stage commands in dvc.yaml call `gfm`: resolve it (and dvc) from the project environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 

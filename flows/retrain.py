@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import prefect
 from prefect import flow
+from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.evaluate import evaluate
@@ -38,14 +40,20 @@ def retrain(params: str = "params.yaml", overrides: Sequence[str] | None = None)
     }
 
 
-def serve(params: str, *, cron: str, timezone: str, name: str) -> None:
-    """Serve ``retrain`` on a cron schedule until interrupted (needs a Prefect server).
-
-    Runs in this process: each scheduled run executes here with ``params`` (absolute path).
-    """
-    retrain.serve(
+def deployment(params: str, *, cron: str, timezone: str, name: str) -> RunnerDeployment:
+    """The ``retrain`` deployment on a cron schedule, with ``params`` as an absolute path."""
+    path = str(Path(params).resolve())
+    return retrain.to_deployment(
         name=name,
         schedules=[Cron(cron, timezone=timezone)],
-        parameters={"params": str(Path(params).resolve()), "overrides": []},
-        description=f"gfm retrain on {Path(params).resolve()}",
+        parameters={"params": path, "overrides": []},
+        description=f"gfm retrain on {path}",
     )
+
+
+def serve(params: str, *, cron: str, timezone: str, name: str) -> None:
+    """Serve ``retrain`` on its schedule until interrupted; runs execute in this process.
+
+    Needs a Prefect server (``PREFECT_API_URL``): the temporary local API cannot run schedules.
+    """
+    prefect.serve(deployment(params, cron=cron, timezone=timezone, name=name))

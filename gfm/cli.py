@@ -508,7 +508,7 @@ def forecast(
     model: Annotated[
         str | None,
         typer.Option(
-            help="A model URI (models:/gfm@champion, models:/gfm/3, runs:/<id>/model) or a forecaster folder. Default: the champion."
+            help="A model URI (models:/gfm@champion, models:/gfm/3, runs:/RUN_ID/model) or a forecaster folder. Default: the champion."
         ),
     ] = None,
     meta: Annotated[
@@ -544,8 +544,7 @@ def forecast(
     output is (M - k, D) float32: checkpoints k+1..M, the last row the final weights. Examples:
 
         gfm forecast --input prefix.npy --output forecast.npy      # metadata in prefix.json
-        gfm forecast --model models:/gfm@challenger --input ckpts/ --optimizer adam --lr 1e-3 \
-            --total-checkpoints 51 --hparam beta1=0.9
+        gfm forecast --model models:/gfm/3 --input ckpts/ --optimizer adam --lr 1e-3 --total-checkpoints 51
         gfm forecast --model models/gfm --input prefix.npy           # a local forecaster folder
     """
     import numpy as np

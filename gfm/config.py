@@ -348,15 +348,17 @@ def _default_space() -> SearchSpace:
 class TuneSettings(_Frozen):
     """Optuna search over GFM hyperparameters (``space``: dotted settings key -> dimension)."""
 
-    n_trials: int = Field(8, ge=0, description="finished trials to reach; 0 = no tuning")
+    n_trials: int = Field(4, ge=0, description="finished trials to reach; 0 = no tuning")
     timeout_s: float | None = Field(None, gt=0)
     study_name: str = "gfm"
-    storage: str = "sqlite:///optuna.db"
+    storage: str | None = Field(
+        None, description="Optuna storage URL; None: optuna.db beside the MLflow sqlite store"
+    )
     seed: int = 0
-    trial_steps: int = Field(400, gt=0, description="training steps per trial")
-    pruner_warmup_steps: int = Field(100, ge=0)
+    trial_steps: int = Field(150, gt=0, description="training steps per trial")
+    pruner_warmup_steps: int = Field(50, ge=0)
     workers: int = Field(1, ge=1)
-    eval_every: int = Field(100, gt=0, description="steps between two reports to the pruner")
+    eval_every: int = Field(50, gt=0, description="steps between two reports to the pruner")
     pruner_startup_trials: int = Field(2, ge=0, description="trials never pruned, first")
     metric: Literal["val/rel_mse_persistence", "val/forecast_mse"] = "val/rel_mse_persistence"
     heartbeat_s: int = Field(10, gt=0, description="a trial silent for 2x this is failed, retried")
@@ -507,9 +509,10 @@ def load_settings(
 
     Returns:
         Frozen, validated settings; relative paths in ``data.root``, ``evaluate.output_dir``,
-        ``train.model_dir`` and a
-        relative sqlite ``tracking.uri``/``tune.storage`` are made absolute against the params file's
-        folder (so DVC's temp-dir experiments and other working directories agree).
+        ``train.model_dir`` and a relative sqlite ``tracking.uri``/``tune.storage`` are made
+        absolute against the params file's folder (so DVC's temp-dir experiments and other
+        working directories agree); an unset ``tune.storage`` becomes ``optuna.db`` beside the
+        MLflow sqlite store.
 
     Raises:
         SettingsError: the file is unreadable or not a mapping, or a key or value is invalid;
@@ -584,6 +587,17 @@ def _abs_sqlite(uri: str, base: Path) -> str:
     return uri
 
 
+def _tune_storage(s: Settings, base: Path) -> str:
+    """``tune.storage`` made absolute; when unset, ``optuna.db`` beside the MLflow sqlite store."""
+    if s.tune.storage is not None:
+        return _abs_sqlite(s.tune.storage, base)
+    tracking = _abs_sqlite(s.tracking.uri, base)
+    prefix = "sqlite:///"
+    if tracking.startswith(prefix) and ":memory:" not in tracking:
+        return prefix + str(Path(tracking[len(prefix) :]).parent / "optuna.db")
+    return prefix + str((base / "optuna.db").resolve())
+
+
 def _resolve_paths(s: Settings, base: Path) -> Settings:
     def absolute(p: Path) -> Path:
         p = p.expanduser()
@@ -597,6 +611,6 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
             ),
             "train": s.train.model_copy(update={"model_dir": absolute(s.train.model_dir)}),
             "tracking": s.tracking.model_copy(update={"uri": _abs_sqlite(s.tracking.uri, base)}),
-            "tune": s.tune.model_copy(update={"storage": _abs_sqlite(s.tune.storage, base)}),
+            "tune": s.tune.model_copy(update={"storage": _tune_storage(s, base)}),
         }
     )

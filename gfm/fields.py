@@ -9,9 +9,9 @@ continuous time, with the optimizer's state as extra ODE state and a gradient su
 The surrogate is either the shared network ``Surrogate`` or an injected gradient function
 g(w, t) in original units (the true gradient, for tests). In the fields it appears normalised:
 
-    ĝ = g / g_s,   g_s = c / (S · α_k)      (α_k = α(t_k))
+    ĝ = g / g_s,   g_s = c / (S · α_k)      (α_k = α(t_k); times 1 − μ for SGD with momentum)
 
-so that for SGD dŵ/dt = −(α(t)/α_k) · ĝ and ĝ is O(1) for every layer.
+so that for SGD dŵ/dt = −(α(t)/α_k) · ĝ and ĝ is O(1) for every layer and optimizer.
 
 Optimizer states are exponential moving averages; one optimizer step is s ← β s + (1 − β) φ(g)
 (φ = g, g², or g/(1 − μ) for a momentum buffer). Its continuous form, with the step taken at t
@@ -67,7 +67,7 @@ GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """g = grad_fn(w, t): w (D,) weights in original units, t () time -> g (D,) gradient."""
 
 _TINY = 1e-20  # keeps sqrt differentiable at 0 in the second-moment fields
-_SLOPE_MAX = float(__import__("os").environ.get("GFM_SLOPE", "2.0"))  # largest relaxation rate of ŵ, per recorded interval (rk4 is stable below 2.78)
+_SLOPE_MAX = 2.0  # largest relaxation rate of ŵ, per recorded interval (rk4 is stable below 2.78)
 _SLOPE_SHIFT = 4.0  # initial slope ≈ sigmoid(−4) · 2 ≈ 0.04 per interval: start nearly linear
 
 
@@ -185,7 +185,8 @@ class Cond:
     Attributes:
         center: w_k.
         scale: c, the layer's velocity scale.
-        g_scale: g_s = c / (S · α_k), the unit of the normalised gradient ĝ.
+        g_scale: g_s = c / (S · α_k) (times 1 − μ for SGD with momentum), the unit of the
+            normalised gradient ĝ, chosen so that ĝ = O(1) moves ŵ by O(1) per unit t.
         S: optimizer steps in the whole run (M · record_every).
         record_every: r, optimizer steps per recorded interval.
         alpha_k: α(t_k).
@@ -230,10 +231,13 @@ class Cond:
         def run(x: float) -> torch.Tensor:
             return torch.tensor(x, dtype=dtype)
 
+        # the buffer of SGD with momentum settles at g/(1 − μ): measuring g in units
+        # c (1 − μ)/(S α_k) keeps the network's output O(1) in velocity terms for every optimizer
+        unit = 1.0 - hp["momentum"] if prefix.optimizer == "momentum" else 1.0
         return Cond(
             center=norm.center[idx].to(dtype).unsqueeze(-1),
             scale=scale,
-            g_scale=scale / (S * max(alpha_k, 1e-30)),
+            g_scale=scale * max(unit, 1e-6) / (S * max(alpha_k, 1e-30)),
             S=run(S),
             record_every=run(prefix.record_every),
             alpha_k=run(alpha_k),
@@ -463,7 +467,7 @@ class SGDField(VectorField):
     optimizers = ("sgd",)
 
     def velocity(self, w_hat, states, g, alpha_t, t, cond):  # noqa: D102
-        return -(alpha_t / cond.alpha_k) * self._coupled(g, w_hat, cond)
+        return -(cond.S * alpha_t / cond.scale) * cond.g_scale * self._coupled(g, w_hat, cond)
 
 
 class MomentumField(VectorField):
@@ -473,8 +477,8 @@ class MomentumField(VectorField):
         db/dt = S · ((μ − 1) · b + g) = S · (1 − μ) · (g/(1 − μ) − b)
         dw/dt = −S · α(t) · b⁺          (Nesterov: −S · α(t) · (g + μ b⁺))
 
-    with g including coupled weight decay λw. In ĝ units (b̂ = b / g_s):
-    dŵ/dt = −(α(t)/α_k) · b̂⁺. Source: torch.optim.SGD docs; Shou et al. 2025, Sec. 3.
+    with g including coupled weight decay λw. In ĝ units (b̂ = b / g_s, g_s = c(1 − μ)/(S α_k)):
+    dŵ/dt = −(α(t)/α_k) · (1 − μ) · b̂⁺. Source: torch.optim.SGD docs; Shou et al. 2025, Sec. 3.
     """
 
     n_state = 1
@@ -491,7 +495,7 @@ class MomentumField(VectorField):
         grad = self._coupled(g, w_hat, cond)
         b_next = cond.momentum * b + grad  # the buffer the step at t uses
         direction = torch.where(cond.nesterov > 0.5, grad + cond.momentum * b_next, b_next)
-        return -(alpha_t / cond.alpha_k) * direction
+        return -(cond.S * alpha_t / cond.scale) * cond.g_scale * direction
 
 
 class RMSpropField(VectorField):

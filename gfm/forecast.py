@@ -254,7 +254,7 @@ def forecast(
         run = run_context(prefix, norm, history=net.history).to(device)
 
         def trunk_fn(tt: torch.Tensor) -> torch.Tensor:
-            key = float(tt[0]) if tt.numel() == 1 else None
+            key = float(tt.detach()[0]) if tt.numel() == 1 else None
             if key is not None and key in lr_cache:
                 return lr_cache[key]
             tt_cpu = tt.detach().double().cpu()
@@ -287,17 +287,21 @@ def forecast(
 
 
 def _grid(h: float) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Fixed-step grid t_0 + j·h, with every requested time added as a grid point."""
+    """Fixed-step grid t_0 ± j·h (either direction: the adjoint runs backwards), with every
+    requested time added as a grid point."""
 
     def construct(func: nn.Module, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         start, end = float(t[0]), float(t[-1])
-        n = max(1, math.ceil((end - start) / h - 1e-9))
-        uniform = start + h * torch.arange(n + 1, dtype=torch.float64)
+        sign = 1.0 if end >= start else -1.0
+        n = max(1, math.ceil(abs(end - start) / h - 1e-9))
+        uniform = start + sign * h * torch.arange(n + 1, dtype=torch.float64)
         uniform[-1] = end
-        grid = torch.unique(torch.cat([uniform, t.double()]))  # sorted, deduplicated
+        grid = torch.unique(torch.cat([uniform, t.double()]))  # sorted ascending, deduplicated
         keep = torch.cat([torch.tensor([True]), grid[1:] - grid[:-1] > 1e-9 * h])
         grid = grid[keep]  # drop near-duplicates that would make zero-length steps
-        grid[-1] = end
+        if sign < 0:
+            grid = grid.flip(0)
+        grid[0], grid[-1] = start, end
         return grid.to(t.dtype)
 
     return construct

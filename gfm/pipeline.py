@@ -192,6 +192,16 @@ def _history(history: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
     ]
 
 
+def redact(url: str) -> str:
+    """A URL without its password: ``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
 # ----------------------------------------------------------------------------- tune
 
 
@@ -227,7 +237,8 @@ def tune_step(settings: Settings, *, repo: Path | None = None) -> dict[str, Any]
     with tracking.start_run(
         "tune", dataset_version=version, repo=repo, tags={"gfm.step": "tune"}
     ) as run:
-        tracking.log_params_flat(settings.tune, "tune")
+        # not the storage URL: a team database's may hold a password
+        tracking.log_params_flat(settings.tune.model_dump(mode="json", exclude={"storage"}), "tune")
         tracking.log_dataset(version, ds.root, ds.runs, context="tuning")
 
         def on_trial(trial: TrialResult) -> None:
@@ -268,6 +279,7 @@ def tune_step(settings: Settings, *, repo: Path | None = None) -> dict[str, Any]
                 pl.DataFrame(result.trials, infer_schema_length=None), "trials"
             )
         doc = {**result.to_dict(), "run_id": run.info.run_id, "dataset_version": version}
+        doc["storage"] = redact(result.storage)  # tune.json is committed: no passwords
         _write_json(out, doc)
     log.info("tuned: %s -> %s", result.best_params, out)
     return doc
@@ -368,9 +380,9 @@ def train_step(
         tracking.log_history(history)
         final = {k: v for k, v in history[-1].items() if k.startswith(("val/", "train/"))}
         best_val = [h["val/rel_mse_persistence"] for h in history if "val/rel_mse_persistence" in h]
-        if best_val:
+        if best_val:  # the network kept is the one with the best validation score
             final["val/best_rel_mse_persistence"] = min(best_val)
-        tracking.log_metrics(final)
+            tracking.log_metrics({"val/best_rel_mse_persistence": min(best_val)})
         frame = pl.DataFrame(history)
         fig = _history_figure(history)
         tracking.log_table_and_plots(frame, "train_history", plots={"loss": fig})

@@ -167,6 +167,8 @@ def open_study(settings: Settings, dataset_version: str) -> optuna.Study:
     the search space.
     """
     t = settings.tune
+    if t.storage is None:
+        raise ValueError("`settings.tune.storage` must be set (load_settings fills it in)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = RDBStorage(

@@ -57,9 +57,10 @@ def dvc(
     log.info("$ dvc %s", " ".join(args))
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=not stream, text=True)
     if check and proc.returncode != 0:
+        detail = (proc.stderr or "").strip() or (proc.stdout or "").strip()
         raise VersioningError(
             f"`dvc {' '.join(args)}` failed in {repo} (exit {proc.returncode}):\n"
-            f"{(proc.stderr or '').strip() or (proc.stdout or '').strip()}"
+            f"{detail or 'see the output of DVC above'}"
         )
     return proc
 

@@ -40,15 +40,25 @@ WORKFLOW = {
 }
 
 
-def tiny_params(folder: Path, data_root: Path | None = None, **sections: dict) -> dict:
-    """The tiny settings tree (tests/confs/valid/tiny.yaml + WORKFLOW + ``sections``)."""
-    tree = yaml.safe_load((CONFS / "valid" / "tiny.yaml").read_text())
-    for name, values in {**WORKFLOW, **sections}.items():
-        tree.setdefault(name, {}).update(values)
+def _tiny_params(folder: Path, data_root: Path | None = None, **sections: dict) -> dict:
+    """The settings tree: params.yaml, then tests/confs/valid/tiny.yaml, WORKFLOW and
+    ``sections`` replacing keys of each section."""
+    # every key of the project's params.yaml (DVC stages name them), then the tiny values
+    tree = yaml.safe_load((CONFS.parent.parent / "params.yaml").read_text())
+    tiny = yaml.safe_load((CONFS / "valid" / "tiny.yaml").read_text())
+    for layer in (tiny, WORKFLOW, sections):
+        for name, values in layer.items():
+            tree.setdefault(name, {}).update(values)
     if data_root is not None:
         tree["data"]["root"] = str(data_root)
     tree["data"]["remote"] = str(folder / "dvc-remote")
     return tree
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    """``tiny_params(folder, data_root=None, **sections)``: the tiny settings tree to write."""
+    return _tiny_params
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +89,7 @@ def workflow(tmp_path: Path, tiny_data: Path, template_store: Path) -> Path:
     shutil.copytree(tiny_data, project / "data")
     shutil.copy(template_store, project / "mlflow.db")
     params = project / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params(tmp_path)))
+    params.write_text(yaml.safe_dump(_tiny_params(tmp_path)))
     (project / ".gitignore").write_text("*\n!params.yaml\n!.gitignore\n")
     git(project, "init", "-q")
     git(project, "add", "-A")

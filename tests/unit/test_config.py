@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from gfm.config import Settings, SettingsError, env_overrides, load_settings
+from gfm.config import Settings, SettingsError, apply_params, env_overrides, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,3 +114,47 @@ def test_settings_are_frozen():
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(SettingsError, match="file not found"):
         load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_search_space_is_keyed_like_params_yaml_and_checked():
+    # given / when
+    s = load_settings(
+        ROOT / "params.yaml", ["tune.space.gfm.width={choices: [16, 32]}"], environ={}
+    )
+    # then the override replaced one dimension of the file's space and the others stay
+    assert s.tune.space.flat()["gfm.width"].choices == [16, 32]
+    assert "train.lr" in s.tune.space.flat()
+    # unknown keys, invalid choices and half ranges are named
+    with pytest.raises(SettingsError, match="tune.space.*unknown key gfm.'widht'"):
+        load_settings(None, ["tune.space.gfm.widht={choices: [8]}"], environ={})
+    with pytest.raises(SettingsError, match="solver: choice 'midpoint' is not valid"):
+        load_settings(None, ["tune.space.gfm.solver={choices: [euler, midpoint]}"], environ={})
+    with pytest.raises(SettingsError, match="both `low` and `high`"):
+        load_settings(None, ["tune.space.train.lr={low: 0.001}"], environ={})
+    with pytest.raises(SettingsError, match="unknown key train.'device'"):
+        load_settings(None, ["tune.space.train.device={choices: [cpu]}"], environ={})
+
+
+def test_apply_params_validates_dotted_keys():
+    s = load_settings(None, environ={})
+    t = apply_params(s, {"gfm.width": 128, "train.lr": 3e-4})
+    assert (t.gfm.width, t.train.lr, t.train.model_dir) == (128, 3e-4, s.train.model_dir)
+    with pytest.raises(SettingsError, match="gfm.*width"):
+        apply_params(s, {"gfm.width": -1})
+    with pytest.raises(SettingsError, match="section.key"):
+        apply_params(s, {"width": 3})
+
+
+def test_model_dir_resolves_against_the_params_folder(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train: {model_dir: out/m}\n")
+    assert load_settings(p, environ={}).train.model_dir == tmp_path.resolve() / "out" / "m"
+
+
+def test_optuna_storage_defaults_to_beside_the_mlflow_store(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("tracking: {uri: 'sqlite:///store/m.db'}\n")
+    s = load_settings(p, environ={})
+    assert s.tune.storage == f"sqlite:///{tmp_path.resolve()}/store/optuna.db"
+    server = load_settings(p, ["tracking.uri=http://mlflow:5000"], environ={})
+    assert server.tune.storage == f"sqlite:///{tmp_path.resolve()}/optuna.db"

@@ -1,0 +1,678 @@
+"""Jump-ahead training: an optimizer wrapper that now and then replaces a step with a forecast.
+
+Each jump moves the weights to a forecast of where the run will be h recorded intervals later,
+guarded by a loss check and rolled back on failure.
+
+The nowcasting line of work reports reaching a target accuracy in 1.25x to ~2x fewer optimizer
+steps by periodically jumping to forecast weights; ``Accelerated`` does this with any
+``gfm.interface.Forecaster`` (GFM, the linear-extrapolation or WNN-style baselines, one of yours).
+
+References:
+    [1] Jang et al., "Learning to Boost Training by Periodic Nowcasting Near Future Weights",
+        ICML 2023 (WNN).
+    [2] Knyazev et al., "Accelerating Training with Neuron Interaction and Nowcasting Networks",
+        ICLR 2025 (NiNo).
+    [3] Shou, Ding, Gao, "Gradient Flow Matching for Learning Update Dynamics in Neural Network
+        Training", arXiv 2505.20221 (2025).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gfm import baselines
+from gfm.data.schema import ParamMeta, RunRecord
+from gfm.interface import Forecaster, Prefix
+from gfm.model import GFM, WEIGHTS_FILE
+
+__all__ = [
+    "Accelerated",
+    "Horizon",
+    "Jump",
+    "jump_baseline",
+    "load_forecaster",
+    "optimizer_context",
+]
+
+logger = logging.getLogger("gfm.accelerate")
+
+REGISTRY_SCHEME = "models:/"  # how a registry source is told apart from a folder
+_STATE_KEYS = (
+    "steps",
+    "progress",
+    "since",
+    "next_jump",
+    "scale",
+    "history",
+    "history_lr",
+    "history_progress",
+    "jumps",
+    "optimizer",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# The horizon schedule and the jump log
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """Jump length in recorded intervals, long early and short late, as a function of the step.
+
+        h(s) = round(start + (end − start) · min(s / steps, 1))
+
+    A jump of h intervals skips h · record_every optimizer steps.
+
+    Attributes:
+        start: h at step 0 (>= 1).
+        end: h from step ``steps`` on (>= 1).
+        steps: the step at which the schedule reaches ``end`` (> 0), usually the step budget.
+    """
+
+    start: int
+    end: int
+    steps: int
+
+    def __post_init__(self) -> None:
+        """Reject horizons below one interval and a non-positive ``steps``."""
+        for name in ("start", "end", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Horizon: `{name}` must be an integer >= 1, got {value!r}")
+
+    def __call__(self, step: int) -> int:
+        """The horizon h at optimizer step ``step`` (jumps counted as steps)."""
+        frac = min(max(step, 0) / self.steps, 1.0)
+        return max(1, round(self.start + (self.end - self.start) * frac))
+
+
+@dataclass(frozen=True)
+class Jump:
+    """What one jump did.
+
+    Attributes:
+        step: the step counter at the jump (the jump is step ``step + 1``).
+        horizon: h, recorded intervals jumped (after shortening).
+        loss_before: the guard loss at the pre-jump weights (NaN without ``loss_fn``).
+        loss_after: the guard loss at the forecast weights (inf for a non-finite forecast).
+        accepted: False when the jump was rolled back.
+        forecast_s: seconds spent in ``forecaster.forecast``.
+        guard_s: seconds spent evaluating the guard loss (both evaluations).
+    """
+
+    step: int
+    horizon: int
+    loss_before: float
+    loss_after: float
+    accepted: bool
+    forecast_s: float
+    guard_s: float
+
+    @property
+    def spike(self) -> float:
+        """Loss ratio loss_after / loss_before (NaN without a guard)."""
+        if not math.isfinite(self.loss_before) or self.loss_before == 0.0:
+            return float("nan")
+        return self.loss_after / self.loss_before
+
+
+# ----------------------------------------------------------------------------------------------
+# What a torch optimizer tells the forecaster (name and hyperparameters, a registry by class)
+# ----------------------------------------------------------------------------------------------
+
+HParams = dict[str, float | bool]
+
+
+def _sgd(group: Mapping[str, Any]) -> tuple[str, HParams]:
+    hp: HParams = {"lr": float(group["lr"]), "weight_decay": float(group.get("weight_decay", 0.0))}
+    if float(group.get("momentum", 0.0)) > 0.0:
+        hp |= {"momentum": float(group["momentum"]), "nesterov": bool(group.get("nesterov", False))}
+        return "momentum", hp
+    return "sgd", hp
+
+
+def _adam_like(name: str) -> Callable[[Mapping[str, Any]], tuple[str, HParams]]:
+    def hparams(group: Mapping[str, Any]) -> tuple[str, HParams]:
+        beta1, beta2 = group["betas"]
+        return name, {
+            "lr": float(group["lr"]),
+            "beta1": float(beta1),
+            "beta2": float(beta2),
+            "weight_decay": float(group.get("weight_decay", 0.0)),
+            "eps": float(group.get("eps", 1e-8)),
+        }
+
+    return hparams
+
+
+def _rmsprop(group: Mapping[str, Any]) -> tuple[str, HParams]:
+    return "rmsprop", {
+        "lr": float(group["lr"]),
+        "alpha": float(group["alpha"]),
+        "weight_decay": float(group.get("weight_decay", 0.0)),
+        "eps": float(group.get("eps", 1e-8)),
+    }
+
+
+# looked up along the optimizer class's MRO, so subclasses map to their base's name
+OPTIMIZER_NAMES: dict[type, Callable[[Mapping[str, Any]], tuple[str, HParams]]] = {
+    torch.optim.SGD: _sgd,
+    torch.optim.Adam: _adam_like("adam"),
+    torch.optim.AdamW: _adam_like("adamw"),
+    torch.optim.RMSprop: _rmsprop,
+}
+
+
+def optimizer_context(optimizer: torch.optim.Optimizer) -> tuple[str, HParams]:
+    """The forecaster's name and hyperparameters of a torch optimizer (its first param group).
+
+        SGD (momentum = 0) → "sgd",  SGD (momentum > 0) → "momentum",  Adam → "adam",
+        AdamW → "adamw",  RMSprop → "rmsprop"
+
+    Args:
+        optimizer: the base optimizer.
+
+    Returns:
+        (name, hparams) with hparams among lr, momentum, nesterov, alpha, beta1, beta2,
+        weight_decay, eps.
+
+    Raises:
+        TypeError: ``optimizer`` is not a torch optimizer.
+        ValueError: its class is none of SGD, Adam, AdamW, RMSprop (or a subclass).
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    for cls in type(optimizer).__mro__:
+        if cls in OPTIMIZER_NAMES:
+            return OPTIMIZER_NAMES[cls](optimizer.param_groups[0])
+    known = [c.__name__ for c in OPTIMIZER_NAMES]
+    raise ValueError(f"`optimizer` must be one of {known}, got {type(optimizer).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Forecasters for jumps: from a folder, from the registry, or a baseline
+# ----------------------------------------------------------------------------------------------
+
+
+def load_forecaster(source: str | Path, *, settings: Any = None) -> Forecaster:
+    """A saved forecaster, from a folder or from the model registry.
+
+        folder with model.safetensors → gfm.model.GFM.load(folder)
+        any other folder              → gfm.baselines.load(folder)
+        "models:/<name>@<alias>"      → gfm.registry.load(alias, settings=settings)
+
+    The registry branch imports ``gfm.registry`` (the MLflow edge) inside this function, so
+    importing ``gfm.accelerate`` never imports mlflow.
+
+    Args:
+        source: a folder written by ``GFM.save`` or a baseline's ``save``, or a registry URI
+            such as ``models:/gfm@champion``.
+        settings: ``gfm.config.Settings`` locating the registry (``tracking.uri``, ``registry``);
+            only for a registry URI (default: the store MLflow already points at).
+
+    Returns:
+        The forecaster.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: a registry URI without an alias, or one naming another registered model.
+    """
+    if isinstance(source, str) and source.startswith(REGISTRY_SCHEME):
+        name, sep, alias = source[len(REGISTRY_SCHEME) :].partition("@")
+        if not sep or not name or not alias:
+            raise ValueError(
+                f"load_forecaster: `source` must be a registry URI models:/<name>@<alias>, "
+                f"got {source!r}"
+            )
+        from gfm import registry  # the MLflow edge, imported only when a registry is asked for
+
+        expected = registry.model_uri(alias, settings)
+        if expected != source:
+            raise ValueError(
+                f"load_forecaster: `source` must name the configured registered model "
+                f"({expected}), got {source!r}"
+            )
+        return registry.load(alias, settings=settings)
+
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: `source` must be a saved forecaster's folder")
+    if (folder / WEIGHTS_FILE).is_file():
+        return GFM.load(folder)
+    return baselines.load(folder)
+
+
+def jump_baseline(
+    name: str,
+    *,
+    train: Sequence[RunRecord] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Forecaster:
+    """A baseline forecaster for jumps: ``linear`` extrapolation, ``wnn``, or any other baseline.
+
+        linear:  ŵ(1) = a + b · M    (line through the last ``window`` checkpoints, a jump of h·b)
+        wnn:     ŵ(1) = w_k + c · MLP(last increments, context, t = 1)    (Jang et al. 2023)
+
+    Args:
+        name: a key of ``gfm.baselines.BASELINES``.
+        train: training runs, required for the learned baselines (``wnn``, ``lfd2``, ...).
+        config: the baseline's config (its class defaults for missing keys).
+
+    Returns:
+        The baseline, fitted on ``train`` when it learns.
+
+    Raises:
+        ValueError: unknown ``name``, or a learned baseline without ``train``.
+    """
+    model = baselines.make(name, config)
+    if model.min_train_runs > 0:
+        if train is None:
+            raise ValueError(f"jump_baseline: `train` must be given for {name!r}, got None")
+        model.fit(train)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# The wrapper
+# ----------------------------------------------------------------------------------------------
+
+ModelParams = nn.Module | Iterable[tuple[str, nn.Parameter]] | Iterable[nn.Parameter]
+
+
+def _named(model_params: ModelParams) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) pairs; plain parameters get names ``"<i>.weight"`` / ``"<i>.bias"``."""
+    if isinstance(model_params, nn.Module):
+        return list(model_params.named_parameters())
+    items = list(model_params)
+    if all(isinstance(p, tuple) and len(p) == 2 for p in items):
+        return [(str(n), p) for n, p in items]
+    if all(isinstance(p, torch.Tensor) for p in items):
+        # without names, 1-D tensors are taken for biases (ParamMeta's kind and fan_in)
+        return [(f"{i}.{'bias' if p.ndim == 1 else 'weight'}", p) for i, p in enumerate(items)]
+    raise TypeError(
+        "`model_params` must be an nn.Module, named_parameters() pairs or parameters, "
+        f"got items of types {sorted({type(p).__name__ for p in items})}"
+    )
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"Accelerated: `{name}` must be an integer >= {low}, got {value!r}")
+
+
+class Accelerated:
+    """A torch optimizer that every ``period`` base steps takes one forecast jump instead.
+
+    Training alternates ``period`` base optimizer steps with one jump (a cycle of period + 1
+    calls to ``step``; a jump counts as one step). Every ``record_every`` base steps the flat
+    weights are kept; at most the last ``history`` of them. A jump frames the kept checkpoints
+    as the start of a *virtual run* that ends at the jump target and forecasts its end:
+
+        kept      w_(s − k r), …, w_(s − r), w_s        k + 1 <= history checkpoints, r = record_every
+        frame     M = k + h intervals,  t_i = i / M,  t_k = k / (k + h)
+        horizon   h = max(1, round(scale · horizon(step)))
+        jump      ŵ = forecaster.forecast(prefix, t = [1])[0]     ≈ w_(s + h r)
+        guard     keep ŵ iff ŵ is finite and L(ŵ) <= guard · L(w_s);
+                  else  w ← w_s  and  scale ← shrink · scale
+
+    Why this frame: forecasters are trained on runs of M intervals and asked for t = 1 from
+    observed fractions t_k (GFM: 0.05–0.6; WNN: 0.05–0.9). Framing only the kept window plus the
+    jump keeps t_k = k/(k+h) in that range whatever the length of the real run (the run's own
+    step count would push t_k towards 1 late in training), and every scale-free quantity the
+    forecasters use (velocity M·Δw per unit t, S = M·r steps in the run, the step-size ratios)
+    stays consistent: a jump of h intervals is a jump to t = 1. What the frame cannot carry is
+    the optimizer state at the window's start (fields scan Adam moments from zero there).
+
+    After an accepted jump the kept history restarts at ŵ (the checkpoints before it belong to a
+    path the run no longer follows); after a rollback it continues, and the next attempt comes
+    ``period`` base steps later. The base optimizer's state (momentum buffers, Adam moments and
+    step counts) is never reset. ``progress`` counts effective optimizer steps: base steps plus
+    h·r per accepted jump, the position an ``lr_schedule`` is evaluated at.
+
+    Args:
+        optimizer: the base optimizer (SGD, SGD with momentum, Adam, AdamW or RMSprop).
+        model_params: the module (its ``named_parameters()``, in order: the flat layout of
+            ``gfm.data.tasks.flatten`` for modules without buffers), ``named_parameters()``
+            pairs, or plain parameters. All must be optimised by ``optimizer``.
+        forecaster: any ``gfm.interface.Forecaster``.
+        period: base optimizer steps between two jumps; a multiple of ``record_every``.
+        horizon: h in recorded intervals, an integer or a schedule ``step -> h`` (``Horizon``).
+        history: checkpoints kept for the prefix, k + 1 <= history (>= 2).
+        record_every: r, base optimizer steps between two kept checkpoints.
+        loss_fn: ``() -> loss`` evaluated on a fixed batch (train or held-out) with the model's
+            current weights; None disables the loss guard (non-finite forecasts still roll back).
+        guard: a jump is kept when the loss after it is at most ``guard`` times the loss before.
+        shrink: factor in (0, 1) applied to the horizon scale after each rollback.
+        warmup: no jump before this many steps.
+        lr_schedule: ``progress -> lr`` of the run; default: the learning rate recorded with
+            each kept checkpoint, and the current one held constant into the future.
+        task: task name passed on in the prefix (context only).
+
+    Raises:
+        TypeError: ``optimizer`` or ``forecaster`` has the wrong type.
+        ValueError: an option is out of range, or a parameter is not in ``optimizer``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model_params: ModelParams,
+        forecaster: Forecaster,
+        *,
+        period: int,
+        horizon: int | Callable[[int], int],
+        history: int = 5,
+        record_every: int = 1,
+        loss_fn: Callable[[], float | torch.Tensor] | None = None,
+        guard: float = 1.0,
+        shrink: float = 0.5,
+        warmup: int = 0,
+        lr_schedule: Callable[[int], float] | None = None,
+        task: str = "",
+    ) -> None:
+        self.name, self.hparams = optimizer_context(optimizer)  # checks the optimizer's type
+        named = _named(model_params)
+        self._check_inputs(optimizer, named, forecaster, period, horizon, history, record_every)
+        if not (isinstance(guard, int | float) and guard > 0 and math.isfinite(guard)):
+            raise ValueError(f"Accelerated: `guard` must be a positive number, got {guard!r}")
+        if not (isinstance(shrink, int | float) and 0.0 < shrink < 1.0):
+            raise ValueError(f"Accelerated: `shrink` must lie in (0, 1), got {shrink!r}")
+        _check_int("warmup", warmup, 0)
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"`loss_fn` must be callable or None, got {type(loss_fn).__name__}")
+        if len({g.get("lr") for g in optimizer.param_groups}) > 1:
+            logger.warning("param groups differ in lr: the forecaster sees the first group's")
+
+        self.optimizer = optimizer
+        self.forecaster = forecaster
+        self.params = [p for _, p in named]
+        self.meta = ParamMeta.from_named_shapes([(n, tuple(p.shape)) for n, p in named])
+        self.D = len(self.meta)
+        self.period, self.history, self.record_every = period, history, record_every
+        self.horizon = horizon
+        self.loss_fn, self.guard, self.shrink, self.warmup = loss_fn, float(guard), shrink, warmup
+        self.lr_schedule, self.task = lr_schedule, task
+
+        self.steps = 0  # calls to step(), jumps included
+        self.progress = 0  # effective optimizer steps: base steps + h·r per accepted jump
+        self.scale = 1.0  # horizon scale, shrunk by each rollback
+        self._since = 0  # base steps since the kept history started
+        self._next_jump = period  # value of _since at which the next jump is due
+        self._w: list[torch.Tensor] = []  # kept checkpoints, (D,) float32 each
+        self._lr: list[float] = []  # learning rate recorded with each kept checkpoint
+        self._at: list[int] = []  # progress at each kept checkpoint
+        self.jumps: list[Jump] = []
+
+    @staticmethod
+    def _check_inputs(
+        optimizer: torch.optim.Optimizer,
+        named: list[tuple[str, nn.Parameter]],
+        forecaster: Any,
+        period: Any,
+        horizon: Any,
+        history: Any,
+        record_every: Any,
+    ) -> None:
+        if not named:
+            raise ValueError("Accelerated: `model_params` must hold at least one parameter, got 0")
+        optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in named if id(p) not in optimised]
+        if missing:
+            raise ValueError(
+                f"Accelerated: `model_params` must all be optimised by `optimizer`, got {missing} "
+                "outside its param groups"
+            )
+        if not callable(getattr(forecaster, "forecast", None)):
+            raise TypeError(
+                "`forecaster` must implement gfm.interface.Forecaster (a forecast method), "
+                f"got {type(forecaster).__name__}"
+            )
+        _check_int("record_every", record_every, 1)
+        _check_int("period", period, 1)
+        if period % record_every:
+            raise ValueError(
+                f"Accelerated: `period` must be a multiple of record_every = {record_every}, "
+                f"got {period}"
+            )
+        _check_int("history", history, 2)
+        if not callable(horizon):
+            _check_int("horizon", horizon, 1)
+
+    # -- the optimizer face ------------------------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The base optimizer's param groups (for learning-rate schedulers)."""
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients (the base optimizer's ``zero_grad``)."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def jump_due(self) -> bool:
+        """Whether the next ``step()`` is a jump (then its gradients are not used)."""
+        return (
+            self.steps >= self.warmup
+            and len(self._w) >= 2
+            and self._since >= self._next_jump
+            and self._since % self.record_every == 0  # the weights are the last kept checkpoint
+        )
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step: a base optimizer step, or a jump when one is due (``jump_due``).
+
+        Args:
+            closure: passed to the base optimizer's ``step`` (not called on a jump).
+
+        Returns:
+            What the base optimizer's ``step`` returns; None for a jump.
+        """
+        if not self._w:  # the starting point is the first kept checkpoint
+            self._record()
+        if self.jump_due:
+            self._jump()
+            self.steps += 1
+            return None
+        out = self.optimizer.step(closure)
+        self.steps += 1
+        self.progress += 1
+        self._since += 1
+        if self._since % self.record_every == 0:
+            self._record()
+        return out
+
+    # -- flat weights --------------------------------------------------------------------------
+
+    def flat(self) -> torch.Tensor:
+        """The current weights as one (D,) float32 CPU vector, in ``model_params`` order."""
+        return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in self.params])
+
+    @torch.no_grad()
+    def _load(self, w: torch.Tensor) -> None:
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.copy_(w[offset : offset + n].view_as(p).to(p.device, p.dtype))
+            offset += n
+
+    def _record(self) -> None:
+        self._w.append(self.flat())
+        self._lr.append(float(self.optimizer.param_groups[0]["lr"]))
+        self._at.append(self.progress)
+        if len(self._w) > self.history:
+            del self._w[0], self._lr[0], self._at[0]
+
+    # -- the jump ------------------------------------------------------------------------------
+
+    def _horizon(self) -> int:
+        h = self.horizon(self.steps) if callable(self.horizon) else self.horizon
+        return max(1, round(self.scale * int(h)))
+
+    def prefix(self, h: int) -> Prefix:
+        """The kept checkpoints framed as the start of a run of M = k + h intervals.
+
+            w = kept checkpoints (k+1, D),  M = k + h,  lr_i = α(progress at checkpoint i)
+            for i <= k, α(progress_k + (i − k)·r) for k < i <= M
+
+        Args:
+            h: the horizon in recorded intervals (>= 1).
+
+        Returns:
+            The prefix the forecaster sees for a jump to t = 1.
+        """
+        k = len(self._w) - 1
+        M = k + h
+        if self.lr_schedule is not None:
+            steps = self._at + [self._at[-1] + j * self.record_every for j in range(1, h + 1)]
+            lr = [float(self.lr_schedule(s)) for s in steps]
+        else:
+            lr = self._lr + [float(self.optimizer.param_groups[0]["lr"])] * h
+        _, hparams = optimizer_context(self.optimizer)  # lr and friends as they are now
+        return Prefix(
+            w=torch.stack(self._w),  # (k+1, D)
+            M=M,
+            lr=torch.tensor(lr, dtype=torch.float64),  # (M+1,)
+            optimizer=self.name,
+            hparams=hparams,
+            record_every=self.record_every,
+            params=self.meta,
+            task=self.task,
+        )
+
+    def _loss(self) -> float:
+        if self.loss_fn is None:
+            return float("nan")
+        with torch.no_grad():
+            value = self.loss_fn()
+        return float(value)
+
+    def _jump(self) -> None:
+        h = self._horizon()
+        w_before = self.flat()
+        t0 = time.perf_counter()
+        loss_before = self._loss()
+        t1 = time.perf_counter()
+        w_hat = self.forecaster.forecast(self.prefix(h), torch.tensor([1.0], dtype=torch.float64))
+        t2 = time.perf_counter()
+        if not isinstance(w_hat, torch.Tensor) or tuple(w_hat.shape) != (1, self.D):
+            got = tuple(w_hat.shape) if isinstance(w_hat, torch.Tensor) else type(w_hat).__name__
+            raise ValueError(
+                f"{type(self.forecaster).__name__}.forecast: output must have shape (1, D) = "
+                f"(1, {self.D}), got {got}"
+            )
+        w_hat = w_hat[0].detach().to("cpu", torch.float32)  # (1, D) -> (D,)
+        finite = bool(torch.isfinite(w_hat).all())
+        if finite:
+            self._load(w_hat)
+            loss_after = self._loss()
+        else:
+            loss_after = float("inf")
+        t3 = time.perf_counter()
+        accepted = finite and (
+            self.loss_fn is None
+            or (math.isfinite(loss_after) and loss_after <= self.guard * loss_before)
+        )
+        jump = Jump(
+            step=self.steps,
+            horizon=h,
+            loss_before=loss_before,
+            loss_after=loss_after,
+            accepted=accepted,
+            forecast_s=t2 - t1,
+            guard_s=(t1 - t0) + (t3 - t2),
+        )
+        self.jumps.append(jump)
+        if accepted:
+            # the run now stands h·r steps further on; the old checkpoints lie on another path
+            self.progress += h * self.record_every
+            self._w, self._lr, self._at = [], [], []
+            self._since, self._next_jump = 0, self.period
+            self._record()
+            logger.debug(
+                "jump at step %d: h=%d, loss %.4g -> %.4g", self.steps, h, loss_before, loss_after
+            )
+        else:
+            self._load(w_before)
+            self.scale *= self.shrink
+            self._next_jump = self._since + self.period
+            logger.info(
+                "jump at step %d rolled back: h=%d, loss %.4g -> %.4g (guard %.3g); horizon scale %.3g",
+                self.steps,
+                h,
+                loss_before,
+                loss_after,
+                self.guard,
+                self.scale,
+            )
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically.
+
+        Counters, horizon scale, kept history, the jump log and the base optimizer's state; not
+        the model's weights (save those yourself).
+
+        Loadable with ``torch.load(..., weights_only=True)``.
+        """
+        history = torch.stack(self._w) if self._w else torch.zeros(0, self.D)
+        return {
+            "steps": self.steps,
+            "progress": self.progress,
+            "since": self._since,
+            "next_jump": self._next_jump,
+            "scale": self.scale,
+            "history": history.clone(),  # (n, D)
+            "history_lr": list(self._lr),
+            "history_progress": list(self._at),
+            "jumps": [asdict(j) for j in self.jumps],
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict`` (the base optimizer's state included).
+
+        Raises:
+            ValueError: keys are missing or the history does not have D columns.
+        """
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        if missing:
+            raise ValueError(
+                f"Accelerated.load_state_dict: `state` must hold {missing}, got {sorted(state)}"
+            )
+        history = torch.as_tensor(state["history"], dtype=torch.float32)
+        if history.ndim != 2 or history.shape[1] != self.D:
+            raise ValueError(
+                f"Accelerated.load_state_dict: `history` must be (n, D) = (n, {self.D}), "
+                f"got {tuple(history.shape)}"
+            )
+        self.steps = int(state["steps"])
+        self.progress = int(state["progress"])
+        self._since = int(state["since"])
+        self._next_jump = int(state["next_jump"])
+        self.scale = float(state["scale"])
+        self._w = [row.clone() for row in history]
+        self._lr = [float(x) for x in state["history_lr"]]
+        self._at = [int(x) for x in state["history_progress"]]
+        self.jumps = [Jump(**j) for j in state["jumps"]]
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Accelerated({type(self.optimizer).__name__}, {type(self.forecaster).__name__}, "
+            f"period={self.period}, horizon={self.horizon!r}, history={self.history}, "
+            f"record_every={self.record_every}, guard={self.guard})"
+        )

@@ -1,0 +1,372 @@
+"""Accelerated: jumps that change nothing leave the base optimizer's run untouched, bad jumps roll
+back and shorten the horizon, the state round-trips mid-training, prefixes are framed as
+documented, and a linear jump on a linear trajectory lands where the base optimizer would."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gfm import baselines
+from gfm.accelerate import Accelerated, Horizon, jump_baseline, load_forecaster
+from gfm.config import TaskSettings
+from gfm.data.tasks import flatten, make_task, param_meta
+from gfm.model import GFM
+
+X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+Y = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
+
+
+class IdentityForecaster:
+    """Forecasts the last observed weights: a jump that changes nothing."""
+
+    name = "identity"
+
+    def forecast(self, prefix, t):
+        return prefix.w[-1:].repeat(len(t), 1)
+
+
+class GarbageForecaster:
+    """Forecasts weights far from anything sensible (or NaN)."""
+
+    name = "garbage"
+
+    def __init__(self, value: float | None = None):
+        self.value = value
+
+    def forecast(self, prefix, t):
+        w = prefix.w[-1:].repeat(len(t), 1)
+        return torch.full_like(w, float("nan")) if self.value is None else w + self.value
+
+
+class RecordingForecaster:
+    """Persistence that keeps every prefix and t it was asked about."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.calls = []
+
+    def forecast(self, prefix, t):
+        self.calls.append((prefix, t))
+        return prefix.w[-1:].repeat(len(t), 1)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
+    if name == "momentum":
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    return torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.arange(8 * i, 8 * i + 8) % len(X)
+    return X[idx], Y[idx]
+
+
+def _train(model: nn.Module, stepper, calls: range, *, skip: set[int] = frozenset()) -> None:
+    """One minibatch per call i; calls in ``skip`` take no optimizer step (a no-op step)."""
+    for i in calls:
+        xb, yb = _batch(i)
+        stepper.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        if i not in skip:
+            stepper.step()
+
+
+def _guard_loss(model: nn.Module):
+    return lambda: F.cross_entropy(model(X), Y)
+
+
+def _state(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("opt_name", ["momentum", "adam"])
+def test_identity_jumps_equal_the_base_run_with_no_op_steps(opt_name):
+    # given: the wrapper with a forecaster that returns the current weights, and a base run
+    # that takes no step at the calls where the wrapper jumps (period P: calls P, 2P+1, ...)
+    P, N = 4, 20
+    jump_calls = {P + j * (P + 1) for j in range(N) if P + j * (P + 1) < N}
+    model, base = _model(), _model()
+    opt, base_opt = _optimizer(opt_name, model), _optimizer(opt_name, base)
+    acc = Accelerated(
+        opt,
+        model,
+        IdentityForecaster(),
+        period=P,
+        horizon=3,
+        record_every=2,
+        loss_fn=_guard_loss(model),
+    )
+    # when
+    _train(model, acc, range(N))
+    _train(base, base_opt, range(N), skip=jump_calls)
+    # then: the jumps happened where expected, were kept, and changed nothing bit for bit
+    assert [j.step for j in acc.jumps] == sorted(jump_calls)
+    assert all(j.accepted and j.loss_after == j.loss_before for j in acc.jumps)
+    assert acc.steps == N
+    for p, q in zip(model.parameters(), base.parameters(), strict=True):
+        assert torch.equal(p, q)
+    # the base optimizer's state was neither reset nor advanced by the jumps
+    for p, q in zip(model.parameters(), base.parameters(), strict=True):
+        for key, value in opt.state[p].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(base_opt.state[q][key]))
+
+
+@pytest.mark.parametrize("forecaster", [GarbageForecaster(50.0), GarbageForecaster(None)])
+def test_a_jump_that_raises_the_loss_is_rolled_back_and_the_horizon_shortens(forecaster):
+    # given
+    P, N = 4, 20
+    jump_calls = {4, 9, 14, 19}
+    model, base = _model(), _model()
+    opt, base_opt = _optimizer("adam", model), _optimizer("adam", base)
+    acc = Accelerated(
+        opt, model, forecaster, period=P, horizon=8, record_every=2, loss_fn=_guard_loss(model)
+    )
+    # when
+    _train(model, acc, range(N))
+    _train(base, base_opt, range(N), skip=jump_calls)
+    # then: every jump was refused, each time with half the horizon, and the run is the base one
+    assert [j.step for j in acc.jumps] == sorted(jump_calls)
+    assert not any(j.accepted for j in acc.jumps)
+    assert all(j.loss_after > j.loss_before for j in acc.jumps)
+    assert [j.horizon for j in acc.jumps] == [8, 4, 2, 1]
+    assert acc.scale == 0.5**4
+    for p, q in zip(model.parameters(), base.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("opt_name", ["momentum", "adam"])
+def test_state_dict_round_trip_mid_training_continues_identically(opt_name):
+    # given: a run with real (linear extrapolation) jumps, stopped between two jumps
+    def make(seed):
+        model = _model(seed)
+        acc = Accelerated(
+            _optimizer(opt_name, model),
+            model,
+            jump_baseline("linear"),
+            period=4,
+            horizon=Horizon(6, 2, 30),
+            history=3,
+            record_every=2,
+            loss_fn=_guard_loss(model),
+            guard=1.5,
+        )
+        return model, acc
+
+    model, acc = make(0)
+    _train(model, acc, range(12))
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "acc": acc.state_dict()}, buffer)
+    # when: one copy continues; a fresh one (other init) loads the saved state and continues
+    _train(model, acc, range(12, 30))
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model2, acc2 = make(1)
+    model2.load_state_dict(saved["model"])
+    acc2.load_state_dict(saved["acc"])
+    _train(model2, acc2, range(12, 30))
+    # then
+    assert len(acc.jumps) >= 4 and any(j.accepted for j in acc.jumps)
+
+    def outcome(jumps):  # all but the timings
+        return [(j.step, j.horizon, j.loss_before, j.loss_after, j.accepted) for j in jumps]
+
+    assert outcome(acc2.jumps) == outcome(acc.jumps)
+    assert (acc2.steps, acc2.progress, acc2.scale) == (acc.steps, acc.progress, acc.scale)
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(
+    ("opt_name", "expected"),
+    [("momentum", {"momentum": 0.9, "nesterov": True}), ("adam", {"beta1": 0.9, "beta2": 0.999})],
+)
+def test_the_prefix_frames_the_kept_checkpoints_as_a_run_ending_at_the_jump(opt_name, expected):
+    # given: checkpoints every 2 steps, 3 kept, a jump after 6 base steps to 5 intervals ahead
+    model = _model()
+    forecaster = RecordingForecaster()
+    opt = _optimizer(opt_name, model)
+    acc = Accelerated(opt, model, forecaster, period=6, horizon=5, history=3, record_every=2)
+    seen = [acc.flat()]
+    # when
+    for i in range(7):
+        _train(model, acc, range(i, i + 1))
+        seen.append(acc.flat())
+    # then: w = checkpoints after base steps 2, 4, 6; M = k + h; forecast t = 1
+    (prefix, t), *_ = forecaster.calls
+    assert torch.equal(prefix.w, torch.stack([seen[2], seen[4], seen[6]]))
+    assert (prefix.k, prefix.M) == (2, 7)
+    assert torch.equal(t, torch.tensor([1.0], dtype=torch.float64))
+    lr = opt.param_groups[0]["lr"]
+    assert torch.equal(prefix.lr, torch.full((8,), lr, dtype=torch.float64))
+    assert prefix.optimizer == opt_name and prefix.record_every == 2
+    assert prefix.hparams["lr"] == lr and expected.items() <= prefix.hparams.items()
+    assert len(prefix.params) == prefix.D == sum(p.numel() for p in model.parameters())
+    assert list(prefix.params.kind[:32]) == ["weight"] * 32  # Linear(4, 8).weight comes first
+
+
+def test_lr_schedule_is_read_at_the_effective_step_and_warmup_delays_to_a_checkpoint():
+    # given: a schedule of the effective step, and a warm-up ending between two checkpoints
+    model = _model()
+    forecaster = RecordingForecaster()
+    opt = _optimizer("momentum", model)
+
+    def schedule(s):
+        return 0.1 / (1 + s)
+
+    acc = Accelerated(
+        opt,
+        model,
+        forecaster,
+        period=4,
+        horizon=3,
+        history=3,
+        record_every=2,
+        warmup=7,
+        lr_schedule=schedule,
+    )
+    # when
+    _train(model, acc, range(10))
+    # then: at call 7 warm-up is over but 7 base steps is no checkpoint; the jump waits for 8
+    assert [j.step for j in acc.jumps] == [8]
+    (prefix, _), *_ = forecaster.calls
+    expected = [schedule(s) for s in (4, 6, 8, 10, 12, 14)]  # kept at 4, 6, 8; then + j·r
+    assert torch.allclose(prefix.lr, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_a_linear_jump_on_a_linear_trajectory_lands_where_sgd_would():
+    # given: loss ⟨c, w⟩ has a constant gradient, so SGD moves w_s = w_0 − s·lr·c exactly
+    c = torch.tensor([1.0, -2.0, 0.5])
+    w = nn.Parameter(torch.zeros(3))
+    lr, r, P, h = 0.01, 2, 8, 3
+    acc = Accelerated(
+        torch.optim.SGD([w], lr=lr),
+        [w],
+        jump_baseline("linear"),
+        period=P,
+        horizon=h,
+        record_every=r,
+        loss_fn=lambda: (c * w).sum(),
+    )
+    # when: P base steps and one jump
+    for _ in range(P + 1):
+        acc.zero_grad()
+        (c * w).sum().backward()
+        acc.step()
+    # then: the jump skipped h·r steps
+    assert acc.jumps[0].accepted
+    assert acc.progress == P + h * r
+    torch.testing.assert_close(w.detach(), -(P + h * r) * lr * c, rtol=0, atol=1e-6)
+
+
+def test_works_with_a_task_network():
+    # given: a digits MLP from gfm.data.tasks
+    task = make_task("digits_mlp", TaskSettings(archs=[[8]], steps=10, record_every=2), 0)
+    model = task.build((8,), 0)
+    acc = Accelerated(
+        torch.optim.Adam(model.parameters(), lr=0.01),
+        model,
+        jump_baseline("linear"),
+        period=4,
+        horizon=2,
+        record_every=2,
+        loss_fn=lambda: task.loss_and_acc(model, "train")[0],
+        task="digits_mlp",
+    )
+    # when
+    X, y = task.train
+    for i in range(10):
+        acc.zero_grad()
+        task.loss(model(X[16 * i : 16 * i + 16]), y[16 * i : 16 * i + 16]).backward()
+        acc.step()
+    # then: the flat layout is the tasks' one, and the jumps ran
+    np.testing.assert_array_equal(acc.flat().numpy(), flatten(model))
+    np.testing.assert_array_equal(acc.meta.layer, param_meta(model).layer)
+    assert len(acc.jumps) == 2
+
+
+def test_horizon_schedule_goes_from_long_to_short():
+    schedule = Horizon(start=8, end=2, steps=100)
+    assert [schedule(s) for s in (0, 50, 100, 500)] == [8, 5, 2, 2]
+    with pytest.raises(ValueError, match="end"):
+        Horizon(start=8, end=0, steps=100)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"period": 5, "record_every": 2}, "period"),
+        ({"history": 1}, "history"),
+        ({"horizon": 0}, "horizon"),
+        ({"guard": 0.0}, "guard"),
+        ({"shrink": 1.0}, "shrink"),
+    ],
+)
+def test_bad_options_are_rejected_by_name(kwargs, match):
+    model = _model()
+    options = {"period": 4, "horizon": 2, "record_every": 2} | kwargs
+    with pytest.raises(ValueError, match=match):
+        Accelerated(_optimizer("adam", model), model, IdentityForecaster(), **options)
+
+
+def test_bad_optimizer_parameters_and_forecasts_are_rejected():
+    model = _model()
+    with pytest.raises(ValueError, match="optimizer"):
+        Accelerated(
+            torch.optim.Adagrad(model.parameters()),
+            model,
+            IdentityForecaster(),
+            period=1,
+            horizon=1,
+        )
+    with pytest.raises(ValueError, match="model_params"):
+        Accelerated(
+            torch.optim.Adam(model[0].parameters()),
+            model,
+            IdentityForecaster(),
+            period=1,
+            horizon=1,
+        )
+
+    class WrongShape:
+        def forecast(self, prefix, t):
+            return prefix.w
+
+    acc = Accelerated(_optimizer("adam", model), model, WrongShape(), period=2, horizon=1)
+    with pytest.raises(ValueError, match=r"shape \(1, D\)"):
+        _train(model, acc, range(3))
+
+
+def test_load_state_dict_rejects_another_architecture():
+    model = _model()
+    acc = Accelerated(_optimizer("adam", model), model, IdentityForecaster(), period=2, horizon=1)
+    _train(model, acc, range(3))
+    small = nn.Linear(2, 2)
+    acc_small = Accelerated(
+        _optimizer("adam", small), small, IdentityForecaster(), period=2, horizon=1
+    )
+    with pytest.raises(ValueError, match="history"):
+        acc_small.load_state_dict(acc.state_dict())
+
+
+def test_load_forecaster_from_folders_and_bad_sources(tmp_path):
+    baselines.make("linear", {"window": 4}).save(tmp_path / "linear")
+    GFM().save(tmp_path / "gfm")
+    linear = load_forecaster(tmp_path / "linear")
+    assert isinstance(linear, baselines.Linear) and linear.config["window"] == 4
+    assert isinstance(load_forecaster(str(tmp_path / "gfm")), GFM)
+    with pytest.raises(FileNotFoundError, match="source"):
+        load_forecaster(tmp_path / "missing")
+    with pytest.raises(ValueError, match="registry URI"):
+        load_forecaster("models:/gfm")

@@ -1,0 +1,65 @@
+"""The command line's surface: help with examples, settings errors exit 2, no schedule without a server."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gfm.cli import app
+
+runner = CliRunner()
+CONFS = Path(__file__).resolve().parents[1] / "confs"
+COMMANDS = [
+    "run",
+    "tune",
+    "train",
+    "evaluate",
+    "promote",
+    "forecast",
+    "compare",
+    "schedule",
+    "generate",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"gfm {command}" in result.output  # an example line
+
+
+@pytest.mark.parametrize(
+    "command", ["run", "tune", "train", "evaluate", "promote", "compare", "schedule"]
+)
+def test_bad_settings_exit_2_naming_the_key(command):
+    result = runner.invoke(app, [command, "-p", str(CONFS / "invalid" / "unknown_key.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "data.seedz" in result.output
+
+
+def test_schedule_needs_a_prefect_server(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = runner.invoke(app, ["schedule", "-p", str(CONFS / "valid" / "tiny.yaml")])
+    assert result.exit_code == 2
+    assert "prefect server start" in result.output and "PREFECT_API_URL" in result.output
+
+
+def test_steps_without_their_inputs_say_what_to_run_first(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text(f"data: {{root: {tmp_path / 'nodata'}}}\n")
+    result = runner.invoke(app, ["promote", "-p", str(params)])
+    assert result.exit_code == 1
+    assert "run `gfm train` first" in " ".join(result.output.split())
+
+
+def test_the_schedule_serves_retrain_on_the_configured_cron(tmp_path):
+    from flows.retrain import deployment
+
+    params = tmp_path / "params.yaml"
+    params.write_text("")
+    d = deployment(str(params), cron="0 3 * * 1", timezone="UTC", name="gfm-retrain")
+    assert d.name == "gfm-retrain" and d.entrypoint.endswith("flows/retrain.py:retrain")
+    (schedule,) = d.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * 1", "UTC")
+    assert d.parameters == {"params": str(params.resolve()), "overrides": []}
