@@ -382,7 +382,7 @@ class Accelerated:
         lr_schedule: Callable[[int], float] | None = None,
         task: str = "",
     ) -> None:
-        self.name, self.hparams = optimizer_context(optimizer)  # checks the optimizer's type
+        self.optimizer_name, _ = optimizer_context(optimizer)  # also checks its type
         named = _named(model_params)
         self._check_inputs(optimizer, named, forecaster, period, horizon, history, record_every)
         if not (isinstance(guard, int | float) and guard > 0 and math.isfinite(guard)):
@@ -545,7 +545,7 @@ class Accelerated:
             w=torch.stack(self._w),  # (k+1, D)
             M=M,
             lr=torch.tensor(lr, dtype=torch.float64),  # (M+1,)
-            optimizer=self.name,
+            optimizer=self.optimizer_name,
             hparams=hparams,
             record_every=self.record_every,
             params=self.meta,

@@ -242,7 +242,7 @@ def log_dataset(
         # ... and hints that integer columns cannot hold missing values (the runs table has none)
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=version)
-    mlflow.log_input(dataset, context=context)
+        mlflow.log_input(dataset, context=context)
     mlflow.set_tag(TAG_DATASET_VERSION, version)
 
 

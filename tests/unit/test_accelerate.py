@@ -370,3 +370,5 @@ def test_load_forecaster_from_folders_and_bad_sources(tmp_path):
         load_forecaster(tmp_path / "missing")
     with pytest.raises(ValueError, match="registry URI"):
         load_forecaster("models:/gfm")
+    with pytest.raises(ValueError, match="train"):
+        jump_baseline("wnn")  # a learned baseline needs runs to fit on
