@@ -19,13 +19,23 @@ Learning rates enter as ratios to α_k = α(t_k), the step size in effect at the
 checkpoint, because every optimizer's update is proportional to its step size: an increment
 divided by its step-size ratio is the optimizer's (normalised) update direction.
 
+What is provided:
+    ``Normalizer``                  the per-layer scale c and centre w_k (D,)
+    ``context(prefix)``             (D, F_ctx) per-parameter features, F_ctx = ``n_context(H)``
+                                    (names: ``context_names(H)``); ends with the run features
+    ``run_features(prefix)``        (N_RUN,) optimizer one-hot, hyperparameters, S, t_k
+    ``trend_features(prefix)``      (H,) how fast the whole run still moves, recent intervals
+    ``run_context(prefix)``         (N_RUN + H,) both, the run-level input of GFM's trunk
+    ``lr_features(prefix, t)``      (T, N_LR) the known step-size schedule at times t
+    ``lr_at``, ``resolve_hparams``, ``layer_ids``  the helpers behind them
+
 Shapes: k+1 observed checkpoints, M intervals in the full run, D parameters, T times,
-F_ctx = ``n_context(history)`` per-parameter features, F_run = ``N_RUN`` run features,
-F_lr = ``N_LR`` learning-rate features.
+H = ``history`` recent increments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass
@@ -73,7 +83,8 @@ def resolve_hparams(optimizer: str, hparams: dict[str, float | bool]) -> dict[st
 
     Args:
         optimizer: one of ``gfm.config.OPTIMIZERS``.
-        hparams: the run's hyperparameters (``RunSpec.hparams``); absent keys take torch's default.
+        hparams: the run's hyperparameters (``RunSpec.hparams``); absent keys take the default
+            in ``HPARAM_DEFAULTS`` (torch's, but momentum 0.9 for ``momentum``).
 
     Returns:
         ``{"momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay", "eps"}`` (the keys
@@ -111,10 +122,8 @@ def layer_ids(params: ParamMeta) -> np.ndarray:
     order = np.argsort(np.argsort(first))
     ids = order[inverse].astype(np.int64)
     ids.flags.writeable = False
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable: no caching
         _LAYER_CACHE[id(params)] = (weakref.ref(params), ids)
-    except TypeError:  # not weak-referenceable: no caching
-        pass
     if len(_LAYER_CACHE) > 256:  # drop entries whose ParamMeta is gone
         for key in [key for key, (ref, _) in _LAYER_CACHE.items() if ref() is None]:
             del _LAYER_CACHE[key]
@@ -332,7 +341,7 @@ def _recent(prefix: Prefix, history: int, index: torch.Tensor | None = None) -> 
 
 
 def _layer_trend(prefix: Prefix, norm: Normalizer, history: int) -> torch.Tensor:
-    """ln RMS_layer(M Δ_{k−1−j} α_k/ᾱ) − ln c for j = 0..history−1 -> (history, D) float64."""
+    """Layer trend: ln RMS_layer(M Δ_{k−1−j} α_k/ᾱ) − ln c, j < history -> (history, D) float64."""
     ids = norm.layer if norm.layer is not None else torch.tensor(layer_ids(prefix.params))
     n_layers = int(ids.max()) + 1
     inc = _recent(prefix, history)  # (H, D)
@@ -343,7 +352,9 @@ def _layer_trend(prefix: Prefix, norm: Normalizer, history: int) -> torch.Tensor
     return torch.log(rms.clamp_min(1e-30) / norm.scale.double()).clamp_min(-20.0)
 
 
-def trend_features(prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4) -> torch.Tensor:
+def trend_features(
+    prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4
+) -> torch.Tensor:
     """How fast the whole run is still moving, over the recent intervals.
 
         trend_j = ln RMS_all( M · Δ_{k−1−j} / c · α_k / ᾱ_{k−1−j} ),   j = 0..history−1
@@ -361,7 +372,9 @@ def trend_features(prefix: Prefix, normalizer: Normalizer | None = None, *, hist
     return torch.log(rms.clamp_min(1e-30)).clamp_min(-20.0).float()
 
 
-def run_context(prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4) -> torch.Tensor:
+def run_context(
+    prefix: Prefix, normalizer: Normalizer | None = None, *, history: int = 4
+) -> torch.Tensor:
     """Run-level inputs of a learned field: ``run_features`` then ``trend_features``.
 
     Returns:

@@ -303,11 +303,11 @@ def scan_states(phi: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     """
     M = phi.shape[-1]
     d = torch.as_tensor(decay, dtype=phi.dtype, device=phi.device).clamp(1e-30, 1.0)
-    i = torch.arange(M + 1, device=phi.device).unsqueeze(-1)  # (M+1, 1)
-    l = torch.arange(M, device=phi.device)  # (M,)
-    power = (i - 1 - l).clamp_min(0).to(phi.dtype)  # (M+1, M)
+    i = torch.arange(M + 1, device=phi.device).unsqueeze(-1)  # (M+1, 1) checkpoint
+    j = torch.arange(M, device=phi.device)  # (M,) interval
+    power = (i - 1 - j).clamp_min(0).to(phi.dtype)  # (M+1, M)
     L = (1 - d) * torch.exp(power * torch.log(d))  # (..., M+1, M)
-    L = torch.where(l < i, L, torch.zeros((), dtype=phi.dtype, device=phi.device))
+    L = torch.where(j < i, L, torch.zeros((), dtype=phi.dtype, device=phi.device))
     return phi @ L.transpose(-1, -2)  # (..., N, M) @ (..., M, M+1) -> (..., N, M+1)
 
 

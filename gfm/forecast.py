@@ -11,7 +11,8 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from gfm.features import Normalizer, context, lr_at, lr_features, n_context, run
 from gfm.fields import Cond, VectorField
 from gfm.interface import Prefix
 
-__all__ = ["FIXED_STEP", "forecast"]
+__all__ = ["FIXED_STEP", "forecast", "one_thread"]
 
 FIXED_STEP = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 _METHODS = tuple(m for m in SOLVERS if m not in ("scipy_solver", "fixed_adams"))
@@ -37,6 +38,22 @@ _HPARAM_RANGES: dict[str, tuple[float, float, str]] = {
     "eps": (0.0, math.inf, "()"),
     "lr": (0.0, math.inf, "()"),
 }
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one intra-op thread inside the block, restoring the setting after.
+
+    GFM's ops are small (a parameter chunk × K per ODE stage), so a second thread costs more in
+    synchronisation than it saves, and on a shared machine a waiting thread makes every op wait
+    (measured 25× slower training with two threads on two busy cores).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Dynamics(nn.Module):
@@ -101,7 +118,9 @@ def _check_inputs(
     if not torch.isfinite(w).all():
         raise ValueError("`prefix.w` must be finite, got NaN or inf values")
     if not isinstance(prefix.record_every, int) or prefix.record_every < 1:
-        raise ValueError(f"`prefix.record_every` must be a positive integer, got {prefix.record_every!r}")
+        raise ValueError(
+            f"`prefix.record_every` must be a positive integer, got {prefix.record_every!r}"
+        )
     lr = prefix.lr
     if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (prefix.M + 1,):
         got = tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__
@@ -117,7 +136,9 @@ def _check_inputs(
             f"got {len(prefix.params)}"
         )
     if prefix.optimizer not in OPTIMIZERS:
-        raise ValueError(f"`prefix.optimizer` must be one of {list(OPTIMIZERS)}, got {prefix.optimizer!r}")
+        raise ValueError(
+            f"`prefix.optimizer` must be one of {list(OPTIMIZERS)}, got {prefix.optimizer!r}"
+        )
     if prefix.optimizer not in field.optimizers:
         raise ValueError(
             f"`prefix.optimizer` must be one of {list(field.optimizers)} for "
@@ -219,6 +240,8 @@ def forecast(
         chunk_size: parameters integrated at once (all when None).
         index: (N,) forecast only these parameters (per-parameter fields only).
 
+    Runs on one intra-op thread (``one_thread``): its ops are small.
+
     Returns:
         (T, D) weights at t (T, N with ``index``), in ``prefix.w``'s dtype.
 
@@ -230,6 +253,36 @@ def forecast(
     t = _check_inputs(
         field, prefix, t, method, step_size, solver_steps, rtol, atol, chunk_size, index
     )
+    with one_thread():
+        return _integrate(
+            field,
+            prefix,
+            t,
+            method,
+            step_size,
+            solver_steps,
+            rtol,
+            atol,
+            adjoint,
+            chunk_size,
+            index,
+        )
+
+
+def _integrate(
+    field: VectorField,
+    prefix: Prefix,
+    t: torch.Tensor,
+    method: str,
+    step_size: float | None,
+    solver_steps: int,
+    rtol: float,
+    atol: float,
+    adjoint: bool,
+    chunk_size: int | None,
+    index: torch.Tensor | None,
+) -> torch.Tensor:
+    """The body of ``forecast`` on checked inputs (same arguments, t as float64)."""
     dtype = prefix.w.dtype
     net = field.net
     device = next(net.parameters()).device if net is not None else torch.device("cpu")
@@ -279,7 +332,14 @@ def forecast(
         solve = odeint_adjoint if adjoint else odeint
         kwargs = {"adjoint_params": tuple(field.parameters())} if adjoint else {}
         ys = solve(
-            func, y0, times.to(dtype), method=method, rtol=rtol, atol=atol, options=options, **kwargs
+            func,
+            y0,
+            times.to(dtype),
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            options=options,
+            **kwargs,
         )  # (T+1, n, 1 + n_state)
         w_hat = ys[1:, :, 0].to("cpu")  # (T, n)
         out[:, start : start + chunk] = norm.center[ci] + norm.scale[ci] * w_hat
@@ -287,8 +347,10 @@ def forecast(
 
 
 def _grid(h: float) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Fixed-step grid t_0 ± j·h (either direction: the adjoint runs backwards), with every
-    requested time added as a grid point."""
+    """Fixed-step grid t_0 ± j·h with every requested time added as a grid point.
+
+    Either direction: the adjoint integrates backwards.
+    """
 
     def construct(func: nn.Module, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         start, end = float(t[0]), float(t[-1])

@@ -43,7 +43,8 @@ class GFM:
 
     Args:
         cfg: the field and solver settings (``gfm`` section of params.yaml).
-        train: the training settings used by ``fit`` (``train`` section).
+        train: the training settings used by ``fit`` (``train`` section); its ``seed`` also
+            seeds the network's initialisation.
     """
 
     name = "gfm"
@@ -51,13 +52,15 @@ class GFM:
     def __init__(self, cfg: GFMSettings | None = None, train: TrainSettings | None = None) -> None:
         self.cfg = cfg if cfg is not None else GFMSettings()
         self.train_cfg = train if train is not None else TrainSettings()
-        self.net = Surrogate(
-            n_context(self.cfg.history),
-            width=self.cfg.width,
-            depth=self.cfg.depth,
-            time_embedding=self.cfg.time_embedding,
-            history=self.cfg.history,
-        )
+        with torch.random.fork_rng(devices=[]):  # initialisation seeded by train.seed
+            torch.manual_seed(self.train_cfg.seed)
+            self.net = Surrogate(
+                n_context(self.cfg.history),
+                width=self.cfg.width,
+                depth=self.cfg.depth,
+                time_embedding=self.cfg.time_embedding,
+                history=self.cfg.history,
+            )
         if self.cfg.variant == "optimizer":
             self.fields: dict[str, VectorField] = {o: FIELDS[o](self.net) for o in OPTIMIZERS}
         else:
@@ -147,7 +150,10 @@ class GFM:
                 f"'{cls.name}', got {version!r}, {config.get('name') if isinstance(config, dict) else None!r}"
             )
         try:
-            model = cls(GFMSettings.model_validate(config["gfm"]), TrainSettings.model_validate(config["train"]))
+            model = cls(
+                GFMSettings.model_validate(config["gfm"]),
+                TrainSettings.model_validate(config["train"]),
+            )
         except (KeyError, ValidationError) as err:
             raise ValueError(f"{folder / CONFIG_FILE}: invalid settings: {err}") from None
         model.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))

@@ -9,6 +9,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -25,7 +26,7 @@ from gfm.config import TrainSettings
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
 from gfm.fields import Cond, Grad, scan_states
-from gfm.forecast import forecast
+from gfm.forecast import forecast, one_thread
 from gfm.interface import Prefix, observed_index
 from gfm.paths import LinearPath
 
@@ -112,7 +113,7 @@ def _example(
     prefix = Prefix.from_record(record, k)
     norm = Normalizer.from_prefix(prefix)
     D = prefix.D
-    idx = torch.from_numpy(rng.choice(D, size=n_params, replace=D < n_params))  # (N,)
+    idx = torch.from_numpy(rng.choice(D, size=n_params, replace=n_params > D))  # (N,)
     M = prefix.M
     r = record.spec.record_every
     W = torch.from_numpy(np.ascontiguousarray(record.weights[:, idx.numpy()])).float()  # (M+1, N)
@@ -126,12 +127,10 @@ def _example(
     tau = (grid + U) / M  # (M,)
     theta_frac = (r - 1) / (2 * r)
     theta = (grid + theta_frac) / M  # (M,)
-    path = LinearPath(sigma)
-    w_tau = path.w_at(W_hat, tau.float())  # (M, N)
-    if sigma > 0:
-        w_tau = w_tau + sigma * torch.from_numpy(rng.standard_normal(w_tau.shape)).float()
-    w_theta = path.w_at(W_hat, theta.float())  # (M, N)
-    u = path.velocity(W_hat, tau.float())  # (M, N)
+    path = LinearPath(sigma)  # σ in normalised units: a tube relative to the layer's scale
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    _, w_tau, u = path.sample(W_hat, tau.float(), generator=gen)  # (M, N) each
+    w_theta = LinearPath().w_at(W_hat, theta.float())  # (M, N), on the path itself
     mask = torch.zeros(M)
     mask[k:] = 1.0
     return {
@@ -163,7 +162,7 @@ def _collate(examples: list[dict]) -> _Batch:
     def pad_last(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
         return torch.nn.functional.pad(x, (0, Mx - x.shape[-1]), value=value)
 
-    def pad_first(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:  # (M, F) -> (Mx, F)
+    def pad_first(x: torch.Tensor, value: float | None = 0.0) -> torch.Tensor:  # (M, F) -> (Mx, F)
         extra = x[-1:].expand(Mx - x.shape[0], *x.shape[1:]) if value is None else None
         fill = extra if extra is not None else x.new_full((Mx - x.shape[0], *x.shape[1:]), value)
         return torch.cat([x, fill], 0)
@@ -245,6 +244,44 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
     return torch.cat(losses).mean()
 
 
+def _forecast_errors(
+    model: GFM, runs: Sequence[RunRecord], fraction: float, max_runs: int, max_params: int
+) -> tuple[list[float], list[float]]:
+    """Per-run final-weight MSE and MSE relative to persistence (see ``evaluate``)."""
+    n = min(len(runs), max_runs)
+    picks = np.unique(np.linspace(0, len(runs) - 1, n).round().astype(int)) if n else []
+    rng = np.random.default_rng(0)
+    mse: list[float] = []
+    rel: list[float] = []
+    for i in picks:
+        record = runs[int(i)]
+        M = record.weights.shape[0] - 1
+        prefix = Prefix.from_record(record, observed_index(M, fraction))
+        D = prefix.D
+        idx = (
+            None if max_params >= D else torch.from_numpy(np.sort(rng.choice(D, max_params, False)))
+        )
+        cfg = model.cfg
+        pred = forecast(
+            model.field_for(prefix.optimizer),
+            prefix,
+            torch.tensor([1.0], dtype=torch.float64),
+            method=cfg.solver,
+            solver_steps=cfg.solver_steps,
+            rtol=cfg.rtol,
+            atol=cfg.atol,
+            chunk_size=cfg.chunk_size,
+            index=idx,
+        )[0].double()  # (N,)
+        cols = slice(None) if idx is None else idx.numpy()
+        target = torch.from_numpy(record.weights[-1, cols]).double()
+        last = torch.from_numpy(record.weights[prefix.k, cols]).double()
+        err = (pred - target).square()
+        mse.append(float(err.mean()))
+        rel.append(float(err.sum() / (last - target).square().sum().clamp_min(1e-30)))
+    return mse, rel
+
+
 @torch.no_grad()
 def evaluate(
     model: GFM,
@@ -266,34 +303,8 @@ def evaluate(
     Returns:
         ``{f"{prefix_name}/forecast_mse": …, f"{prefix_name}/rel_mse_persistence": …}``.
     """
-    n = min(len(runs), max_runs)
-    picks = np.unique(np.linspace(0, len(runs) - 1, n).round().astype(int)) if n else []
-    rng = np.random.default_rng(0)
-    mse, rel = [], []
-    for i in picks:
-        record = runs[int(i)]
-        M = record.weights.shape[0] - 1
-        prefix = Prefix.from_record(record, observed_index(M, fraction))
-        D = prefix.D
-        idx = None if D <= max_params else torch.from_numpy(np.sort(rng.choice(D, max_params, False)))
-        cfg = model.cfg
-        pred = forecast(
-            model.field_for(prefix.optimizer),
-            prefix,
-            torch.tensor([1.0], dtype=torch.float64),
-            method=cfg.solver,
-            solver_steps=cfg.solver_steps,
-            rtol=cfg.rtol,
-            atol=cfg.atol,
-            chunk_size=cfg.chunk_size,
-            index=idx,
-        )[0].double()  # (N,)
-        cols = slice(None) if idx is None else idx.numpy()
-        target = torch.from_numpy(record.weights[-1, cols]).double()
-        last = torch.from_numpy(record.weights[prefix.k, cols]).double()
-        err = (pred - target).square()
-        mse.append(float(err.mean()))
-        rel.append(float(err.sum() / (last - target).square().sum().clamp_min(1e-30)))
+    with one_thread():
+        mse, rel = _forecast_errors(model, runs, fraction, max_runs, max_params)
     return {
         f"{prefix_name}/forecast_mse": float(np.mean(mse)) if mse else math.nan,
         f"{prefix_name}/rel_mse_persistence": float(np.mean(rel)) if rel else math.nan,
@@ -345,6 +356,19 @@ def fit(
     if len(train) == 0:
         raise ValueError("`train` must hold at least one run, got 0")
     device = _device(cfg.device)
+    with one_thread() if device.type == "cpu" else contextlib.nullcontext():
+        return _loop(model, train, val, cfg, device, on_eval)
+
+
+def _loop(
+    model: GFM,
+    train: Sequence[RunRecord],
+    val: Sequence[RunRecord] | None,
+    cfg: TrainSettings,
+    device: torch.device,
+    on_eval: OnEval | None,
+) -> list[dict[str, float]]:
+    """The training loop of ``fit`` (same arguments)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = model.net.to(device).train()
@@ -396,9 +420,7 @@ def fit(
                 if score < best_score:  # keep the best network (cheap: a few thousand floats)
                     best_score, best_state = score, copy.deepcopy(net.state_dict())
             history.append(metrics)
-            log.info(
-                "step %d: %s", step + 1, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            )
+            log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             bar.set_postfix(loss=f"{metrics['train/loss']:.4g}")
             if on_eval is not None and on_eval(step + 1, metrics) is False:
                 log.info("step %d: stopped by on_eval", step + 1)

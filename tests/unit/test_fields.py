@@ -100,15 +100,18 @@ def _least_squares_gd(lr: float = 0.05, steps: int = 120, r: int = 3, d: int = 5
     w_star = torch.linalg.solve(H, Xb.T @ yt / len(yt))
     params = ParamMeta.from_named_shapes([("weight", (1, d)), ("bias", (1,))])
     M = W.shape[0] - 1
-    prefix = lambda k: Prefix(  # noqa: E731
-        w=W[: k + 1],
-        M=M,
-        lr=torch.full((M + 1,), lr, dtype=torch.float64),
-        optimizer="sgd",
-        hparams={"lr": lr},
-        record_every=r,
-        params=params,
-    )
+
+    def prefix(k: int) -> Prefix:
+        return Prefix(
+            w=W[: k + 1],
+            M=M,
+            lr=torch.full((M + 1,), lr, dtype=torch.float64),
+            optimizer="sgd",
+            hparams={"lr": lr},
+            record_every=r,
+            params=params,
+        )
+
     return W, grad, prefix, H, w_star, steps
 
 

@@ -12,7 +12,12 @@ from gfm.fields import FIELDS, AdamField, SGDField, Surrogate
 from gfm.forecast import forecast
 from gfm.interface import Prefix
 
-NAMED = [("net.0.weight", (8, 5)), ("net.0.bias", (8,)), ("net.2.weight", (3, 8)), ("net.2.bias", (3,))]
+NAMED = [
+    ("net.0.weight", (8, 5)),
+    ("net.0.bias", (8,)),
+    ("net.2.weight", (3, 8)),
+    ("net.2.bias", (3,)),
+]
 
 
 def _prefix(optimizer: str = "adam", k: int = 6, M: int = 20, seed: int = 0) -> Prefix:
@@ -23,12 +28,23 @@ def _prefix(optimizer: str = "adam", k: int = 6, M: int = 20, seed: int = 0) -> 
     drift = torch.randn(D, generator=g) * 0.05
     steps = drift + 0.02 * torch.randn(k, D, generator=g)
     w = torch.cat([torch.randn(1, D, generator=g), steps]).cumsum(0)  # (k+1, D)
-    hp = {"sgd": {}, "momentum": {"momentum": 0.9, "nesterov": False}, "rmsprop": {"alpha": 0.95},
-          "adam": {"beta1": 0.9, "beta2": 0.99}, "adamw": {"beta1": 0.9, "beta2": 0.99,
-                                                           "weight_decay": 0.01}}[optimizer]
+    hp = {
+        "sgd": {},
+        "momentum": {"momentum": 0.9, "nesterov": False},
+        "rmsprop": {"alpha": 0.95},
+        "adam": {"beta1": 0.9, "beta2": 0.99},
+        "adamw": {"beta1": 0.9, "beta2": 0.99, "weight_decay": 0.01},
+    }[optimizer]
     lr = 0.01 * 0.5 * (1 + torch.cos(torch.pi * torch.arange(M + 1, dtype=torch.float64) / M))
-    return Prefix(w=w.float(), M=M, lr=lr + 1e-4, optimizer=optimizer, hparams={"lr": 0.01, **hp},
-                  record_every=4, params=params)
+    return Prefix(
+        w=w.float(),
+        M=M,
+        lr=lr + 1e-4,
+        optimizer=optimizer,
+        hparams={"lr": 0.01, **hp},
+        record_every=4,
+        params=params,
+    )
 
 
 def _field(optimizer: str = "adam", history: int = 3):
@@ -57,8 +73,10 @@ def test_index_forecasts_exactly_those_parameters():
     t = torch.tensor([1.0])
     with torch.no_grad():
         torch.testing.assert_close(
-            forecast(field, prefix, t, index=idx), forecast(field, prefix, t)[:, idx],
-            rtol=1e-6, atol=1e-7,
+            forecast(field, prefix, t, index=idx),
+            forecast(field, prefix, t)[:, idx],
+            rtol=1e-6,
+            atol=1e-7,
         )
 
 

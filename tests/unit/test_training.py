@@ -11,10 +11,12 @@ from gfm.model import GFM
 from gfm.training import evaluate, fit
 
 
-def least_squares_run(seed: int, d: int = 8, n: int = 64, steps: int = 100, r: int = 2) -> RunRecord:
+def least_squares_run(
+    seed: int, d: int = 8, n: int = 64, steps: int = 100, r: int = 2
+) -> RunRecord:
     """Full-batch GD on standardised least squares, recorded every r steps.
 
-        L(w, b) = |X w + b − y|² / (2n),   w ← w − α ∇L,  α ~ U(0.03, 0.1)
+    L(w, b) = |X w + b − y|² / (2n),   w ← w − α ∇L,  α ~ U(0.03, 0.1)
     """
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
@@ -30,14 +32,27 @@ def least_squares_run(seed: int, d: int = 8, n: int = 64, steps: int = 100, r: i
             ws.append(theta.copy())
     M = steps // r
     spec = RunSpec(
-        run_id=f"ls-{seed}", task="least_squares", hidden=(), optimizer="sgd",
-        hparams={"lr": lr}, schedule="constant", batch_size=None, seed=seed, init_seed=seed,
-        steps=steps, record_every=r,
+        run_id=f"ls-{seed}",
+        task="least_squares",
+        hidden=(),
+        optimizer="sgd",
+        hparams={"lr": lr},
+        schedule="constant",
+        batch_size=None,
+        seed=seed,
+        init_seed=seed,
+        steps=steps,
+        record_every=r,
     )
     zeros = np.zeros(M + 1)
     return RunRecord(
-        spec=spec, steps=np.arange(M + 1) * r, lr=np.full(M + 1, lr), train_loss=zeros,
-        val_loss=zeros, val_acc=zeros * np.nan, weights=np.asarray(ws, dtype=np.float32),
+        spec=spec,
+        steps=np.arange(M + 1) * r,
+        lr=np.full(M + 1, lr),
+        train_loss=zeros,
+        val_loss=zeros,
+        val_acc=zeros * np.nan,
+        weights=np.asarray(ws, dtype=np.float32),
         params=ParamMeta.from_named_shapes([("weight", (1, d)), ("bias", (1,))]),
     )
 
@@ -110,7 +125,9 @@ def test_evaluate_matches_a_direct_computation(trained):
 def test_on_eval_false_stops_and_training_is_seeded():
     # given
     train = [least_squares_run(s) for s in range(4)]
-    cfg = TrainSettings(steps=40, batch_runs=2, batch_params=16, eval_every=10, seed=3, device="cpu")
+    cfg = TrainSettings(
+        steps=40, batch_runs=2, batch_params=16, eval_every=10, seed=3, device="cpu"
+    )
     calls = []
 
     def stop_after_two(step: int, metrics: dict) -> bool:
