@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from gfm import pipeline, versioning
 from gfm.config import Settings, load_settings
@@ -26,7 +27,7 @@ def git_root(params: str) -> Path:
     return Path(params).resolve().parent
 
 
-@task(name="dvc-repro", task_run_name="dvc repro {stage}")
+@task(name="dvc-repro", task_run_name="dvc repro {stage}", cache_policy=NO_CACHE)
 def repro(stage: str, repo: Path, force: bool = False) -> None:
     """``dvc repro <stage>``: the stage's ``gfm`` command, skipped when it is up to date."""
     versioning.reproduce(stage, repo, force=force)

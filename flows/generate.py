@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.common import dvc_repo, repro, settings
 from gfm import pipeline, versioning
@@ -14,13 +15,13 @@ from gfm.data.generate import generate as generate_runs
 from gfm.data.validate import check
 
 
-@task(name="restore-data", retries=2, retry_delay_seconds=10)
+@task(name="restore-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def restore_data(root: Path, remote: str) -> bool:
     """Pull the pinned dataset from the DVC remote when the folder is missing."""
     return versioning.restore(root, remote)
 
 
-@task(name="generate-data")
+@task(name="generate-data", cache_policy=NO_CACHE)
 def generate_data(cfg: DataSettings) -> dict:
     """Train the planned runs the dataset lacks (``gfm.data.generate``); returns the counts."""
     report = generate_runs(cfg, progress=False)
@@ -33,26 +34,26 @@ def generate_data(cfg: DataSettings) -> dict:
     }
 
 
-@task(name="validate-data")
+@task(name="validate-data", cache_policy=NO_CACHE)
 def validate_data(root: Path) -> dict:
     """Check the whole dataset (``gfm.data.validate.check``); fails listing every problem."""
     manifest = check(root)
     return {"runs": manifest.counts.runs, "hash": manifest.hash}
 
 
-@task(name="dvc-add")
+@task(name="dvc-add", cache_policy=NO_CACHE)
 def add_data(root: Path, remote: str) -> str:
     """``dvc add`` the dataset folder; returns the md5 recorded in its ``.dvc`` file."""
     return versioning.add_and_push(root, remote, push=False)
 
 
-@task(name="dvc-push", retries=3, retry_delay_seconds=[5, 20, 60])
+@task(name="dvc-push", retries=3, retry_delay_seconds=[5, 20, 60], cache_policy=NO_CACHE)
 def push_data(root: Path, remote: str) -> None:
     """``dvc push`` the dataset to the configured remote (retried: storage can be flaky)."""
     versioning.push(root, remote)
 
 
-@task(name="dataset-version")
+@task(name="dataset-version", cache_policy=NO_CACHE)
 def version_of(root: Path) -> str:
     """The dataset version outside DVC: its content hash (``gfm.pipeline.dataset_version``)."""
     return pipeline.dataset_version(root)

@@ -651,7 +651,7 @@ def compare(
     Each row: run id, experiment, run name, user, git commit, dataset version, step, status,
     start time, then metrics and params. Examples:
 
-        gfm compare --sort test/rel_mse_persistence
+        gfm compare --sort test/rel_mse_persistence_median
         gfm compare --user alice --dataset-version 5ff06b47 --param gfm.width --output runs.md
         gfm compare --experiment gfm --experiment gfm-bob --filter "metrics.`test/mse_final` < 0.01"
     """

@@ -250,7 +250,7 @@ class TrainSettings(_Frozen):
     weight_decay: float = Field(0.0, ge=0)
     steps: int = Field(1500, gt=0)
     batch_runs: int = Field(8, gt=0, description="trajectories per batch")
-    batch_params: int = Field(2048, gt=0, description="parameters sampled per trajectory")
+    batch_params: int = Field(256, gt=0, description="parameters sampled per trajectory")
     eval_every: int = Field(250, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -348,15 +348,15 @@ def _default_space() -> SearchSpace:
 class TuneSettings(_Frozen):
     """Optuna search over GFM hyperparameters (``space``: dotted settings key -> dimension)."""
 
-    n_trials: int = Field(4, ge=0, description="finished trials to reach; 0 = no tuning")
+    n_trials: int = Field(3, ge=0, description="finished trials to reach; 0 = no tuning")
     timeout_s: float | None = Field(None, gt=0)
     study_name: str = "gfm"
     storage: str | None = Field(
         None, description="Optuna storage URL; None: optuna.db beside the MLflow sqlite store"
     )
     seed: int = 0
-    trial_steps: int = Field(150, gt=0, description="training steps per trial")
-    pruner_warmup_steps: int = Field(50, ge=0)
+    trial_steps: int = Field(100, gt=0, description="training steps per trial")
+    pruner_warmup_steps: int = Field(25, ge=0)
     workers: int = Field(1, ge=1)
     eval_every: int = Field(50, gt=0, description="steps between two reports to the pruner")
     pruner_startup_trials: int = Field(2, ge=0, description="trials never pruned, first")
@@ -415,7 +415,11 @@ class RegistrySettings(_Frozen):
     model_name: str = "gfm"
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
-    metric: str = "test/rel_mse_persistence"
+    metric: str = Field(
+        "test/rel_mse_persistence_median",
+        description="test metric of gfm.pipeline.model_metrics; the median over test runs and "
+        "fractions, since the mean of a ratio is swayed by runs that barely move",
+    )
     greater_is_better: bool = False
     margin: float = Field(0.0, ge=0.0, description="relative improvement needed to take champion")
 

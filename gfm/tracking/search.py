@@ -19,7 +19,12 @@ from gfm.tracking.runs import TAG_DATASET_VERSION, TAG_GIT_COMMIT, TAG_USER
 
 TAG_STEP = "gfm.step"
 TAG_PARENT = "mlflow.parentRunId"
-DEFAULT_METRICS = ("test/rel_mse_persistence", "test/mse_final", "val/rel_mse_persistence")
+DEFAULT_METRICS = (
+    "test/rel_mse_persistence_median",
+    "test/rel_mse_persistence",
+    "test/mse_final",
+    "val/rel_mse_persistence",
+)
 ID_COLUMNS = (
     "run_id",
     "experiment",

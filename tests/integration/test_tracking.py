@@ -56,7 +56,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-METRIC = RegistrySettings().metric  # test/rel_mse_persistence, lower is better
+METRIC = RegistrySettings().metric  # test/rel_mse_persistence_median, lower is better
 M, K = 8, 3
 
 

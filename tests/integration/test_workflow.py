@@ -240,7 +240,7 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     worse = candidate(Offset(), settings, tmp_path / "worse")
     d2 = promote(str(workflow), train_info=str(worse[0]), metrics=str(worse[1]))
     assert (d2["alias"], d2["promoted"], d2["previous_champion"]) == ("challenger", False, "1")
-    assert d2["champion_value"] == pytest.approx(run.data.metrics["test/rel_mse_persistence"])
+    assert d2["champion_value"] == pytest.approx(run.data.metrics[settings.registry.metric])
     assert aliases(settings) == {"champion": "1", "challenger": "2"}
 
     # when a better one is judged: it takes champion, the challenger stays
