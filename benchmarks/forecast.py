@@ -9,6 +9,10 @@ Writes, under `benchmarks/results/`:
   forecast_horizon.png, forecast_trajectories.png
 
     python -m benchmarks.forecast [--params params.yaml] [--seeds 0 1 2] [--splits seed architecture optimizer]
+
+Each split's raw table is saved as `results/forecast_parts/<split>.parquet` as soon as it is
+done, so a long run can be done split by split (`--splits seed`, then `--splits optimizer` …);
+`--merge` rebuilds the outputs from all saved parts.
 """
 
 from __future__ import annotations
@@ -94,6 +98,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--set", dest="overrides", nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge", action="store_true", help="only rebuild outputs from saved parts"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -106,13 +113,20 @@ def main() -> None:
         if split == "seed" and seed == args.seeds[0]:
             last_models[name] = fitted.forecaster
 
+    parts = args.out / "forecast_parts"
+    parts.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    table, costs = compare(
-        settings, ds, method_names=names, splits=args.splits, seeds=args.seeds, on_fitted=keep
-    )
+    if not args.merge:
+        for split in args.splits or settings.evaluate.splits:
+            table, costs = compare(
+                settings, ds, method_names=names, splits=[split], seeds=args.seeds, on_fitted=keep
+            )
+            table.write_parquet(parts / f"{split}.parquet")
+            costs.write_csv(parts / f"{split}_costs.csv")
     elapsed = time.perf_counter() - start
+    table = pl.concat([pl.read_parquet(p) for p in sorted(parts.glob("*.parquet"))])
+    costs = pl.concat([pl.read_csv(p) for p in sorted(parts.glob("*_costs.csv"))])
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     table.drop("horizon_t", "horizon_mse", "horizon_mse_persistence").write_parquet(
         out / "forecast_runs.parquet"
     )
@@ -122,13 +136,22 @@ def main() -> None:
     tasks = per_task(table)
     horizon = horizon_table(table)
     plot_horizon(horizon, out / "forecast_horizon.png")
-    shown = {n: m for n, m in last_models.items() if n in ("gfm", "gfm_free", "linear", "lstm", "transformer", "dmd")}
-    sample_plot(settings, ds, shown, out / "forecast_trajectories.png")
-    cost_summary = costs.group_by("method").agg(
-        pl.col("fit_seconds").mean().round(1),
-        pl.col("forecast_seconds_per_run").mean().round(4),
-        pl.col("n_parameters").first(),
-    ).sort("method")
+    shown = {
+        n: m
+        for n, m in last_models.items()
+        if n in ("gfm", "gfm_free", "gfm_optimizer", "linear", "lstm", "transformer", "dmd")
+    }
+    if shown:
+        sample_plot(settings, ds, shown, out / "forecast_trajectories.png")
+    cost_summary = (
+        costs.group_by("method")
+        .agg(
+            pl.col("fit_seconds").mean().round(1),
+            pl.col("forecast_seconds_per_run").mean().round(4),
+            pl.col("n_parameters").first(),
+        )
+        .sort("method")
+    )
     md = [
         f"<!-- written by `python -m benchmarks.forecast` in {elapsed / 60:.1f} min; "
         f"seeds {args.seeds}; torch threads {torch.get_num_threads()} -->",

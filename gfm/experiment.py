@@ -59,7 +59,9 @@ def build(method: str, settings: Settings, *, seed: int | None = None) -> Foreca
     if method == "gfm" or method.startswith("gfm_"):
         variant = settings.gfm.variant if method == "gfm" else method.removeprefix("gfm_")
         if variant not in GFM_VARIANTS:
-            raise ValueError(f"`method` gfm_<variant> needs a variant in {list(GFM_VARIANTS)}, got {method!r}")
+            raise ValueError(
+                f"`method` gfm_<variant> needs a variant in {list(GFM_VARIANTS)}, got {method!r}"
+            )
         return GFM(settings.gfm.model_copy(update={"variant": variant}), train)
     if method not in baselines.BASELINES:
         valid = ["gfm", *(f"gfm_{v}" for v in GFM_VARIANTS), *baselines.BASELINES]
@@ -117,7 +119,9 @@ def fit(
     return Fitted(forecaster, seconds, n_parameters(forecaster))
 
 
-def split_parts(ds: Trajectories, split: str) -> tuple[Trajectories, Trajectories | None, Trajectories]:
+def split_parts(
+    ds: Trajectories, split: str
+) -> tuple[Trajectories, Trajectories | None, Trajectories]:
     """(train, val or None, test) views of one split kind."""
     train = ds.select(split, "train")
     val = ds.select(split, "val")
