@@ -177,9 +177,9 @@ def open_study(settings: Settings, dataset_version: str) -> optuna.Study:
             grace_period=2 * t.heartbeat_s,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
-        sampler = optuna.samplers.TPESampler(
-            seed=t.seed, n_startup_trials=max(1, min(10, t.n_trials // 2))
-        )
+        # TPE's default 10 random startup trials: a small study explores instead of circling
+        # the configured settings (its first trial)
+        sampler = optuna.samplers.TPESampler(seed=t.seed)
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_steps
     )

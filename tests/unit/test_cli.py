@@ -39,8 +39,18 @@ def test_bad_settings_exit_2_naming_the_key(command):
 
 
 def test_schedule_needs_a_prefect_server(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import flows.retrain
+
+    def never(*args, **kwargs):
+        raise AssertionError("must not serve without a server")
+
+    monkeypatch.setattr(flows.retrain, "serve", never)  # fail, never block, if the check breaks
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    result = runner.invoke(app, ["schedule", "-p", str(CONFS / "valid" / "tiny.yaml")])
+    # (a test harness elsewhere in the session may have set the API URL in Prefect's settings)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = runner.invoke(app, ["schedule", "-p", str(CONFS / "valid" / "tiny.yaml")])
     assert result.exit_code == 2
     assert "prefect server start" in result.output and "PREFECT_API_URL" in result.output
 
