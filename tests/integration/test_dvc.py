@@ -57,8 +57,7 @@ def repo(tmp_path: Path, tiny_params) -> Path:
             if (ROOT / dep).is_file():
                 (repo / dep).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / dep, repo / dep)
-    # the tuned search leaves gfm.width alone, so an experiment on it trains exactly that width
-    params = tiny_params(tmp_path, tune={"space": {"train": {"lr": {"low": 1e-3, "high": 1e-2}}}})
+    params = tiny_params(tmp_path)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _sh("git", "init", "-q", cwd=repo)
     _sh("dvc", "init", "-q", cwd=repo)
@@ -68,8 +67,12 @@ def repo(tmp_path: Path, tiny_params) -> Path:
 
 
 def test_run_leaves_nothing_to_reproduce_and_experiments_show_in_dvc_and_mlflow(
-    repo: Path, tmp_path: Path
+    repo: Path, tmp_path: Path, prefect_harness, monkeypatch: pytest.MonkeyPatch
 ):
+    from prefect.settings import PREFECT_API_URL
+
+    # `gfm run` talks to the session's Prefect test server instead of starting its own
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     # when the main job runs in a fresh DVC repository
     out = _sh("gfm", "run", cwd=repo)
     # then the dataset is versioned and pushed, and the model is the champion
@@ -97,19 +100,21 @@ def test_run_leaves_nothing_to_reproduce_and_experiments_show_in_dvc_and_mlflow(
     # when, the pipeline committed, an experiment changes one setting
     _sh("git", "add", "-A", cwd=repo)
     _sh("git", "commit", "-qm", "pipeline", cwd=repo)
-    _sh("dvc", "exp", "run", "-n", "wide", "-S", "gfm.width=12", cwd=repo)
+    _sh("dvc", "exp", "run", "-n", "wide", "-S", "gfm.width=16", "-S", "tune.n_trials=0", cwd=repo)
     # then `dvc exp show` lists it with that setting and its test metrics
     shown = json.loads(_sh("dvc", "exp", "show", "--json", cwd=repo, stdout_only=True))
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]
     assert "wide" in {e.get("name") for e in exps}, exps
     (wide,) = [r["data"] for e in exps if e.get("name") == "wide" for r in e["revs"]]
-    assert wide["params"]["params.yaml"]["data"]["gfm"]["width"] == 12
+    assert wide["params"]["params.yaml"]["data"]["gfm"]["width"] == 16
     assert "test/rel_mse_persistence" in wide["metrics"]["reports/metrics.json"]["data"]["metrics"]
     # and MLflow has its training run with that width, next to the first one's
     runs = client.search_runs(
         [client.get_experiment_by_name("gfm").experiment_id], "tags.`gfm.step` = 'train'"
     )
-    assert sorted(r.data.params["gfm.width"] for r in runs) == ["12", "8"]
+    trained = json.loads((repo / "reports" / "train.json").read_text())  # the experiment's
+    assert len(runs) == 2 and trained["params"] == {}  # tune.n_trials=0: nothing tuned
+    assert {r.info.run_id: r.data.params["gfm.width"] for r in runs}[trained["run_id"]] == "16"
 
 
 def test_same_params_give_the_same_dataset_hash(repo: Path, tmp_path: Path):
