@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gfm.data.io import atomic_path
 from gfm.data.schema import RunRecord
 from gfm.features import N_LR, Normalizer, context, context_names, layer_ids, lr_features, n_context
 from gfm.interface import Prefix, observed_index
@@ -341,14 +340,8 @@ class _Baseline:
 
 
 def _atomic_write(target: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp:
+        write(tmp)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

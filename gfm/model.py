@@ -8,8 +8,6 @@ References:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from gfm.config import OPTIMIZERS, GFMSettings, TrainSettings
+from gfm.data.io import atomic_path
 from gfm.data.schema import RunRecord
 from gfm.features import n_context
 from gfm.fields import FIELDS, FreeField, Surrogate, VectorField
@@ -163,11 +162,5 @@ class GFM:
 
 def _atomic(target: Path, write: Any) -> None:
     """Call ``write(tmp)`` on a temporary file next to ``target``, then rename it to ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        write(tmp)
