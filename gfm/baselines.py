@@ -968,7 +968,16 @@ class WNN(_Learned):
         return _WNNNet(self.L, self.n_static, self.config["width"], self.config["depth"])
 
 
-class LSTM(_Learned):
+class _Sequence(_Learned):
+    """A learned baseline that reads the last ``max_len`` observed checkpoints as a sequence."""
+
+    @property
+    def L(self) -> int:
+        """The last max_len checkpoints."""
+        return self.config["max_len"]
+
+
+class LSTM(_Sequence):
     """LSTM [4] over each parameter's observed sequence, with a head conditioned on target time.
 
         h = [LSTM(_encode steps, last ≤ max_len)_k, context],  ŷ = MLP([h, time features(t)]),
@@ -989,17 +998,12 @@ class LSTM(_Learned):
         "width": 64,
     }
 
-    @property
-    def L(self) -> int:
-        """The last max_len checkpoints."""
-        return self.config["max_len"]
-
     def _build(self) -> nn.Module:
         c = self.config
         return _LSTMNet(self.n_static, c["hidden"], c["layers"], c["width"])
 
 
-class Transformer(_Learned):
+class Transformer(_Sequence):
     """Transformer encoder [5] over each parameter's observed sequence, head conditioned on time.
 
         z = Encoder(_encode steps + learned position),  h = [z_k, mean_i z_i, context],
@@ -1022,11 +1026,6 @@ class Transformer(_Learned):
         "ff": 64,
         "width": 64,
     }
-
-    @property
-    def L(self) -> int:
-        """The last max_len checkpoints."""
-        return self.config["max_len"]
 
     def _build(self) -> nn.Module:
         c = self.config
