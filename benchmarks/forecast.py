@@ -10,9 +10,11 @@ Writes, under `benchmarks/results/`:
 
     python -m benchmarks.forecast [--params params.yaml] [--seeds 0 1 2] [--splits seed architecture optimizer]
 
-Each split's raw table is saved as `results/forecast_parts/<split>.parquet` as soon as it is
-done, so a long run can be done split by split (`--splits seed`, then `--splits optimizer` …);
-`--merge` rebuilds the outputs from all saved parts.
+Each split × method's raw table is saved as `results/forecast_parts/<split>__<method>.parquet` as
+soon as it is done, and a part already saved is not recomputed (`--force` recomputes it), so a
+long run survives interruption and can be spread over processes (`--splits seed --methods lstm`
+in one, `--splits seed --methods transformer` in another); `--merge` only rebuilds the outputs
+from all saved parts.
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ def sample_plot(settings, ds: Trajectories, models: dict, path: Path) -> None:
     plot_trajectories(record, forecasts, t.numpy(), k, path)
 
 
+def save_part(frame: pl.DataFrame, path: Path) -> None:
+    """Write a part atomically (temp file, then rename): a killed run leaves no half part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".csv":
+        frame.write_csv(tmp)
+    else:
+        frame.write_parquet(tmp)
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -101,6 +113,7 @@ def main() -> None:
     parser.add_argument(
         "--merge", action="store_true", help="only rebuild outputs from saved parts"
     )
+    parser.add_argument("--force", action="store_true", help="recompute parts already saved")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -118,14 +131,24 @@ def main() -> None:
     start = time.perf_counter()
     if not args.merge:
         for split in args.splits or settings.evaluate.splits:
-            table, costs = compare(
-                settings, ds, method_names=names, splits=[split], seeds=args.seeds, on_fitted=keep
-            )
-            table.write_parquet(parts / f"{split}.parquet")
-            costs.write_csv(parts / f"{split}_costs.csv")
+            for name in names:
+                part = parts / f"{split}__{name}.parquet"
+                if part.exists() and not args.force:
+                    logging.info("%s exists: skipped (--force recomputes it)", part)
+                    continue
+                table, costs = compare(
+                    settings,
+                    ds,
+                    method_names=[name],
+                    splits=[split],
+                    seeds=args.seeds,
+                    on_fitted=keep,
+                )
+                save_part(table, part)
+                save_part(costs, part.with_name(f"{split}__{name}_costs.csv"))
     elapsed = time.perf_counter() - start
-    table = pl.concat([pl.read_parquet(p) for p in sorted(parts.glob("*.parquet"))])
-    costs = pl.concat([pl.read_csv(p) for p in sorted(parts.glob("*_costs.csv"))])
+    table = pl.concat([pl.read_parquet(p) for p in sorted(parts.glob("*__*.parquet"))])
+    costs = pl.concat([pl.read_csv(p) for p in sorted(parts.glob("*__*_costs.csv"))])
     out = args.out
     table.drop("horizon_t", "horizon_mse", "horizon_mse_persistence").write_parquet(
         out / "forecast_runs.parquet"
