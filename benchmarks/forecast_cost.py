@@ -4,7 +4,8 @@ For a 14k-parameter network (mnist_cnn 16-32-32) and a ~1M-parameter network (di
 hidden 1024-896), record a real training run, then time (a) the remaining optimizer steps from
 the observed fraction to the end and (b) a GFM forecast from the same point to t = 1. The GFM is
 fitted briefly on the default dataset (forecast speed does not depend on how well it was
-trained). Writes `benchmarks/results/forecast_cost.csv`.
+trained). Writes `benchmarks/results/forecast_cost.csv` and `forecast_cost.png` (both sides'
+seconds per network, log scale).
 
     python -m benchmarks.forecast_cost [--params params.yaml] [--fraction 0.25]
 """
@@ -15,6 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
+import matplotlib
 import polars as pl
 import torch
 
@@ -25,11 +27,33 @@ from gfm.data.trajectories import Trajectories
 from gfm.interface import Prefix, observed_index
 from gfm.model import GFM
 
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 NETWORKS = {
     "mnist_cnn 16-32-32": ("mnist_cnn", (16, 32, 32)),
     "digits_mlp 1024-896": ("digits_mlp", (1024, 896)),
 }
+
+
+def plot(table: pl.DataFrame, path: Path) -> None:
+    """Grouped bars: remaining training vs one GFM forecast, seconds (log scale), per network."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = range(table.height)
+    ax.bar([i - 0.2 for i in x], table["remaining_train_seconds"], 0.4, label="remaining steps")
+    ax.bar([i + 0.2 for i in x], table["gfm_forecast_seconds"], 0.4, label="GFM forecast")
+    ax.set_xticks(
+        list(x), [f"{n}\n{p:,} params" for n, p in table.select("network", "params").rows()]
+    )
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (1 thread)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -88,8 +112,10 @@ def main() -> None:
         )
         print(rows[-1])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(rows).write_csv(RESULTS / "forecast_cost.csv")
-    print(f"wrote {RESULTS / 'forecast_cost.csv'}")
+    table = pl.DataFrame(rows)
+    table.write_csv(RESULTS / "forecast_cost.csv")
+    plot(table, RESULTS / "forecast_cost.png")
+    print(f"wrote {RESULTS / 'forecast_cost.csv'} and forecast_cost.png")
 
 
 if __name__ == "__main__":
