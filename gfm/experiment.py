@@ -13,6 +13,7 @@ Method names: ``gfm`` (the configured default variant, the one the workflow prom
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import resource
 import time
@@ -75,14 +76,22 @@ def build(method: str, settings: Settings, *, seed: int | None = None) -> Foreca
 
 
 def score_for(settings: Settings) -> Score:
-    """Downstream scoring: held-out (loss, accuracy) of the run's task network loaded with ``w``."""
+    """Downstream scoring: held-out (loss, accuracy) of the run's task network loaded with ``w``.
+
+    Scores are remembered by (run id, SHA-1 of ``w``'s bytes): the true final and last observed
+    weights of a run are scored once however many methods and seeds are compared against them.
+    """
     tasks = settings.data.tasks
+    memo: dict[tuple[str, bytes], tuple[float, float]] = {}
 
     def score(record: RunRecord, w: np.ndarray) -> tuple[float, float]:
         task_cfg = tasks.get(record.spec.task)
         if task_cfg is None:  # imported runs have no task network to rebuild
             return float("nan"), float("nan")
-        return evaluate_weights(record.spec, task_cfg, w)
+        key = (record.spec.run_id, hashlib.sha1(np.ascontiguousarray(w).tobytes()).digest())
+        if key not in memo:
+            memo[key] = evaluate_weights(record.spec, task_cfg, w)
+        return memo[key]
 
     return score
 
@@ -143,6 +152,7 @@ def compare(
     seeds: Sequence[int] = (0,),
     fitted: dict[str, Forecaster] | None = None,
     downstream: bool = True,
+    score: Score | None = None,
     on_fitted: Callable[[str, str, int, Fitted], None] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Fit every method on each split's train part and evaluate it on the test part.
@@ -156,6 +166,8 @@ def compare(
         fitted: already fitted forecasters by method name, used as they are on every split
             (e.g. the tuned GFM in the workflow) instead of fitting.
         downstream: score forecast weights on held-out data (``score_for``).
+        score: the downstream scorer to use instead of a new ``score_for(settings)`` (share one
+            across calls to reuse its memo).
         on_fitted: called as ``on_fitted(method, split, seed, fitted)`` after each fit.
 
     Returns:
@@ -165,7 +177,10 @@ def compare(
     """
     names = list(method_names or methods(settings))
     fitted = dict(fitted or {})
-    score = score_for(settings) if downstream else None
+    if not downstream:
+        score = None
+    elif score is None:
+        score = score_for(settings)
     tables, costs = [], []
     for split in splits or settings.evaluate.splits:
         train, val, test = split_parts(ds, split)
