@@ -65,7 +65,10 @@ def per_task(table: pl.DataFrame) -> pl.DataFrame:
     seed_means = table.group_by("method", "task", "split", "seed").agg(
         pl.col("mse_final").mean(),
         pl.col("rel_mse_persistence").median().alias("rel_mse_median"),
-        (pl.col("downstream_acc") - pl.col("true_final_acc")).mean().alias("acc_gap"),
+        (pl.col("downstream_acc") - pl.col("true_final_acc"))
+        .fill_nan(None)
+        .mean()
+        .alias("acc_gap"),
     )
     return (
         seed_means.group_by("method", "task", "split")

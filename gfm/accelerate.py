@@ -38,6 +38,7 @@ __all__ = [
     "Accelerated",
     "Horizon",
     "Jump",
+    "Relative",
     "jump_baseline",
     "load_forecaster",
     "optimizer_context",
@@ -45,6 +46,7 @@ __all__ = [
 
 logger = logging.getLogger("gfm.accelerate")
 
+FRAMES = ("window", "run")  # what a jump's prefix holds (see Accelerated)
 REGISTRY_SCHEME = "models:/"  # how a registry source is told apart from a folder
 _STATE_KEYS = (
     "steps",
@@ -55,6 +57,8 @@ _STATE_KEYS = (
     "history",
     "history_lr",
     "history_progress",
+    "history_real",
+    "spacing",
     "jumps",
     "optimizer",
 )
@@ -97,6 +101,43 @@ class Horizon:
 
 
 @dataclass(frozen=True)
+class Relative:
+    """Jump length proportional to how far the run has come (NiNo's horizon), clipped.
+
+        h(p) = clip(round(c · p / r), low, high)     p = effective steps so far, r = record_every
+
+    A jump from effective step p then lands near p · (1 + c): the forecaster always sees the
+    run so far as the same fraction 1 / (1 + c) of the framed run.
+
+    Attributes:
+        c: the ratio of the jump to the steps so far (> 0).
+        low: the shortest jump in recorded intervals (>= 1).
+        high: the longest jump in recorded intervals (>= low).
+        record_every: r, steps per recorded interval (>= 1).
+    """
+
+    c: float
+    low: int
+    high: int
+    record_every: int = 1
+
+    def __post_init__(self) -> None:
+        """Reject a non-positive ratio and bounds below one interval or out of order."""
+        if not (isinstance(self.c, int | float) and self.c > 0 and math.isfinite(self.c)):
+            raise ValueError(f"Relative: `c` must be a positive number, got {self.c!r}")
+        for name in ("low", "high", "record_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Relative: `{name}` must be an integer >= 1, got {value!r}")
+        if self.high < self.low:
+            raise ValueError(f"Relative: `high` must be >= low = {self.low}, got {self.high}")
+
+    def __call__(self, progress: int) -> int:
+        """The horizon h at ``progress`` effective optimizer steps."""
+        return min(self.high, max(self.low, round(self.c * progress / self.record_every)))
+
+
+@dataclass(frozen=True)
 class Jump:
     """What one jump did.
 
@@ -108,6 +149,7 @@ class Jump:
         accepted: False when the jump was rolled back.
         forecast_s: seconds spent in ``forecaster.forecast``.
         guard_s: seconds spent evaluating the guard loss (both evaluations).
+        scale: the calibration factor applied to the forecast displacement (1 without).
     """
 
     step: int
@@ -117,6 +159,7 @@ class Jump:
     accepted: bool
     forecast_s: float
     guard_s: float
+    scale: float = 1.0
 
     @property
     def spike(self) -> float:
@@ -317,29 +360,33 @@ class Accelerated:
 
     Training alternates ``period`` base optimizer steps with one jump (a cycle of period + 1
     calls to ``step``; a jump counts as one step). Every ``record_every`` base steps the flat
-    weights are kept; at most the last ``history`` of them. A jump frames the kept checkpoints
-    as the start of a *virtual run* that ends at the jump target and forecasts its end:
+    weights are kept. A jump frames the kept checkpoints as the start of a *virtual run* and
+    forecasts h intervals further:
 
-        kept      w_(s − k r), …, w_(s − r), w_s        k + 1 <= history checkpoints, r = record_every
-        frame     M = k + h intervals,  t_i = i / M,  t_k = k / (k + h)
-        horizon   h = max(1, round(scale · horizon(step)))
-        jump      ŵ = forecaster.forecast(prefix, t = [1])[0]     ≈ w_(s + h r)
+        kept      w_0, …, w_k  (the last one: the current weights w_s),  r = spacing in steps
+        horizon   h = max(1, round(scale · horizon(step or progress)))
+        window    the last ``history`` checkpoints;  M = k + h, forecast t = 1
+        run       every checkpoint since the start (thinned to every other one, at twice the
+                  spacing, beyond ``history``);  M = max(k + h, total_steps / r),
+                  forecast t = (k+1..k+h)/M, and the forecast path joins the kept run
+        calibrate ŵ ← w_s + a · (ŵ − w_s), a from ``calibration`` (optional)
         guard     keep ŵ iff ŵ is finite and L(ŵ) <= guard · L(w_s);
                   else  w ← w_s  and  scale ← shrink · scale
 
-    Why this frame: forecasters are trained on runs of M intervals and asked for t = 1 from
-    observed fractions t_k (GFM: 0.05–0.6; WNN: 0.05–0.9). Framing only the kept window plus the
-    jump keeps t_k = k/(k+h) in that range whatever the length of the real run (the run's own
-    step count would push t_k towards 1 late in training), and every scale-free quantity the
-    forecasters use (velocity M·Δw per unit t, S = M·r steps in the run, the step-size ratios)
-    stays consistent: a jump of h intervals is a jump to t = 1. What the frame cannot carry is
-    the optimizer state at the window's start (fields scan Adam moments from zero there).
+    Why two frames: forecasters are trained on runs of M intervals from initialisation and
+    asked for t = 1 from observed fractions t_k (GFM: 0.05–0.6; WNN: 0.05–0.9). ``window``
+    keeps t_k = k/(k+h) in that range whatever the run's length, but shows the forecaster a run
+    that starts mid-training (fields scan Adam moments from zero at its start). ``run`` shows the
+    run as it is, from initialisation, as the forecasters were trained; with ``total_steps``
+    (the planned budget) the frame is the planned run itself. On the tasks of the dataset
+    ``run`` forecasts better (BENCHMARKS.md, "Jump-ahead training").
 
-    After an accepted jump the kept history restarts at ŵ (the checkpoints before it belong to a
-    path the run no longer follows); after a rollback it continues, and the next attempt comes
-    ``period`` base steps later. The base optimizer's state (momentum buffers, Adam moments and
-    step counts) is never reset. ``progress`` counts effective optimizer steps: base steps plus
-    h·r per accepted jump, the position an ``lr_schedule`` is evaluated at.
+    After an accepted jump in ``window`` the kept history restarts at ŵ (the checkpoints before
+    it belong to a path the run no longer follows); after a rollback it continues, and the next
+    attempt comes ``period`` base steps later. The base optimizer's state (momentum buffers,
+    Adam moments and step counts) is never reset. ``progress`` counts effective optimizer
+    steps: base steps plus h·r per accepted jump, the position an ``lr_schedule`` (and a
+    ``Relative`` horizon) is evaluated at.
 
     Args:
         optimizer: the base optimizer (SGD, SGD with momentum, Adam, AdamW or RMSprop).
@@ -348,7 +395,8 @@ class Accelerated:
             pairs, or plain parameters. All must be optimised by ``optimizer``.
         forecaster: any ``gfm.interface.Forecaster``.
         period: base optimizer steps between two jumps; a multiple of ``record_every``.
-        horizon: h in recorded intervals, an integer or a schedule ``step -> h`` (``Horizon``).
+        horizon: h in recorded intervals: an integer, a schedule ``step -> h`` (``Horizon``), or
+            ``Relative`` (called with ``progress``: NiNo's jumps proportional to the run so far).
         history: checkpoints kept for the prefix, k + 1 <= history (>= 2).
         record_every: r, base optimizer steps between two kept checkpoints.
         loss_fn: ``() -> loss`` evaluated on a fixed batch (train or held-out) with the model's
@@ -359,6 +407,10 @@ class Accelerated:
         lr_schedule: ``progress -> lr`` of the run; default: the learning rate recorded with
             each kept checkpoint, and the current one held constant into the future.
         task: task name passed on in the prefix (context only).
+        frame: ``"window"`` or ``"run"`` (see above).
+        total_steps: the planned step budget, framing ``run`` as the planned run (optional).
+        calibrate: scale each jump's displacement by ``calibration`` (a backtest on the run).
+        max_scale: the largest calibration factor.
 
     Raises:
         TypeError: ``optimizer`` or ``forecaster`` has the wrong type.
@@ -381,6 +433,10 @@ class Accelerated:
         warmup: int = 0,
         lr_schedule: Callable[[int], float] | None = None,
         task: str = "",
+        frame: str = "window",
+        total_steps: int | None = None,
+        calibrate: bool = False,
+        max_scale: float = 4.0,
     ) -> None:
         self.optimizer_name, _ = optimizer_context(optimizer)  # also checks its type
         named = _named(model_params)
@@ -390,6 +446,14 @@ class Accelerated:
         if not (isinstance(shrink, int | float) and 0.0 < shrink < 1.0):
             raise ValueError(f"Accelerated: `shrink` must lie in (0, 1), got {shrink!r}")
         _check_int("warmup", warmup, 0)
+        if frame not in FRAMES:
+            raise ValueError(f"Accelerated: `frame` must be one of {list(FRAMES)}, got {frame!r}")
+        if total_steps is not None:
+            _check_int("total_steps", total_steps, 1)
+        if not (isinstance(max_scale, int | float) and max_scale > 0 and math.isfinite(max_scale)):
+            raise ValueError(
+                f"Accelerated: `max_scale` must be a positive number, got {max_scale!r}"
+            )
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"`loss_fn` must be callable or None, got {type(loss_fn).__name__}")
         if len({g.get("lr") for g in optimizer.param_groups}) > 1:
@@ -404,15 +468,19 @@ class Accelerated:
         self.horizon = horizon
         self.loss_fn, self.guard, self.shrink, self.warmup = loss_fn, float(guard), shrink, warmup
         self.lr_schedule, self.task = lr_schedule, task
+        self.frame, self.total_steps = frame, total_steps
+        self.calibrate, self.max_scale = bool(calibrate), float(max_scale)
 
         self.steps = 0  # calls to step(), jumps included
         self.progress = 0  # effective optimizer steps: base steps + h·r per accepted jump
         self.scale = 1.0  # horizon scale, shrunk by each rollback
-        self._since = 0  # base steps since the kept history started
+        self._r = record_every  # progress between kept checkpoints (doubles when "run" thins)
+        self._since = 0  # base steps since the last jump attempt (or the start)
         self._next_jump = period  # value of _since at which the next jump is due
         self._w: list[torch.Tensor] = []  # kept checkpoints, (D,) float32 each
         self._lr: list[float] = []  # learning rate recorded with each kept checkpoint
         self._at: list[int] = []  # progress at each kept checkpoint
+        self._real: list[bool] = []  # reached by base steps from the previous one
         self.jumps: list[Jump] = []
 
     @staticmethod
@@ -468,7 +536,7 @@ class Accelerated:
             self.steps >= self.warmup
             and len(self._w) >= 2
             and self._since >= self._next_jump
-            and self._since % self.record_every == 0  # the weights are the last kept checkpoint
+            and self.progress == self._at[-1]  # the weights are the last kept checkpoint
         )
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -490,8 +558,9 @@ class Accelerated:
         self.steps += 1
         self.progress += 1
         self._since += 1
-        if self._since % self.record_every == 0:
+        if self.progress - self._at[-1] >= self._r:
             self._record()
+            self._trim()
         return out
 
     # -- flat weights --------------------------------------------------------------------------
@@ -508,49 +577,128 @@ class Accelerated:
             p.copy_(w[offset : offset + n].view_as(p).to(p.device, p.dtype))
             offset += n
 
-    def _record(self) -> None:
-        self._w.append(self.flat())
-        self._lr.append(float(self.optimizer.param_groups[0]["lr"]))
-        self._at.append(self.progress)
-        if len(self._w) > self.history:
-            del self._w[0], self._lr[0], self._at[0]
+    def _record(self, w: torch.Tensor | None = None, lr: float | None = None) -> None:
+        """Keep the current weights at ``progress``, or a forecast ``w`` one spacing after the last."""
+        if w is None:
+            self._w.append(self.flat())
+            self._lr.append(float(self.optimizer.param_groups[0]["lr"]))
+            self._at.append(self.progress)
+        else:
+            self._w.append(w)
+            self._lr.append(float(lr))
+            self._at.append(self._at[-1] + self._r)
+        # whether base steps led here from the previous checkpoint (not a forecast)
+        self._real.append(w is None)
+
+    def _trim(self) -> None:
+        """At most ``history`` kept checkpoints: drop the oldest ("window") or thin ("run")."""
+        while len(self._w) > self.history:
+            if self.frame == "window":
+                del self._w[0], self._lr[0], self._at[0]
+            else:
+                # keep every other checkpoint from the run's start, at twice the spacing
+                real = [
+                    self._real[i] and (i == 0 or self._real[i - 1])
+                    for i in range(0, len(self._w), 2)
+                ]
+                self._w, self._lr, self._at = self._w[::2], self._lr[::2], self._at[::2]
+                self._real = real
+                self._r *= 2
 
     # -- the jump ------------------------------------------------------------------------------
 
     def _horizon(self) -> int:
-        h = self.horizon(self.steps) if callable(self.horizon) else self.horizon
-        return max(1, round(self.scale * int(h)))
+        """The jump's length in kept intervals (of ``_r`` steps), from the schedule and scale."""
+        if isinstance(self.horizon, Relative):
+            h = self.horizon(self.progress)
+        else:
+            h = self.horizon(self.steps) if callable(self.horizon) else self.horizon
+        steps = self.scale * int(h) * self.record_every
+        return max(1, round(steps / self._r))
 
-    def prefix(self, h: int) -> Prefix:
-        """The kept checkpoints framed as the start of a run of M = k + h intervals.
+    def _frame(self, h: int, k: int | None = None) -> tuple[int, torch.Tensor]:
+        """M of the framed run and the target times of the jump, (k+1..k+h)/M (h,) float64.
 
-            w = kept checkpoints (k+1, D),  M = k + h,  lr_i = α(progress at checkpoint i)
-            for i <= k, α(progress_k + (i − k)·r) for k < i <= M
+            window:  M = k + h                                   (the jump lands at t = 1)
+            run:     M = max(k + h, ceil(total_steps / r))       (w_0 is the run's start)
+
+        ``k`` is the last checkpoint the prefix holds (default: the last kept one).
+        """
+        k = len(self._w) - 1 if k is None else k
+        M = k + h
+        if self.frame == "run" and self.total_steps is not None:
+            M = max(M, -(-self.total_steps // self._r))
+        return M, torch.arange(k + 1, k + h + 1, dtype=torch.float64) / M
+
+    def prefix(self, h: int, k: int | None = None) -> Prefix:
+        """The kept checkpoints framed as the start of a run that the jump of h intervals ends.
+
+            w = kept checkpoints 0..k (k+1, D),  M = k + h (or the run's length, ``frame="run"``),
+            lr_i = α(progress at checkpoint i) for i <= k, α(progress_k + (i − k)·r) for i > k
 
         Args:
-            h: the horizon in recorded intervals (>= 1).
+            h: the horizon in kept intervals (>= 1).
+            k: the last checkpoint to include (default: the last kept one; an earlier one for
+                the calibration backtest, whose later learning rates are the recorded ones).
 
         Returns:
-            The prefix the forecaster sees for a jump to t = 1.
+            The prefix the forecaster sees; the jump forecasts t = (k+1..k+h)/M.
         """
-        k = len(self._w) - 1
-        M = k + h
+        k = len(self._w) - 1 if k is None else k
+        M, _ = self._frame(h, k)
         if self.lr_schedule is not None:
-            steps = self._at + [self._at[-1] + j * self.record_every for j in range(1, h + 1)]
+            at = self._at[: k + 1]
+            steps = at + [at[-1] + j * self._r for j in range(1, M - k + 1)]
             lr = [float(self.lr_schedule(s)) for s in steps]
         else:
-            lr = self._lr + [float(self.optimizer.param_groups[0]["lr"])] * h
+            known = self._lr[: M + 1]
+            lr = known + [float(self.optimizer.param_groups[0]["lr"])] * (M + 1 - len(known))
         _, hparams = optimizer_context(self.optimizer)  # lr and friends as they are now
         return Prefix(
-            w=torch.stack(self._w),  # (k+1, D)
+            w=torch.stack(self._w[: k + 1]),  # (k+1, D)
             M=M,
             lr=torch.tensor(lr, dtype=torch.float64),  # (M+1,)
             optimizer=self.optimizer_name,
             hparams=hparams,
-            record_every=self.record_every,
+            record_every=self._r,
             params=self.meta,
             task=self.task,
         )
+
+    def calibration(self, h: int) -> float:
+        """Least-squares scale of the forecaster's displacement, backtested on the kept run.
+
+            b = min(h, k − 1, trailing intervals taken by base steps)
+            f = forecast(w_0..w_(k−b))[t_k] − w_(k−b),   d = w_k − w_(k−b)
+            a = clip(⟨f, d⟩ / ⟨f, f⟩, 0, max_scale)
+
+        The forecaster predicts the last b kept intervals from the checkpoints before them
+        (only intervals the base optimizer took, never an earlier jump's forecast path);
+        ``a`` is the factor that best maps its predicted displacement onto the one the run
+        actually took (1 for a calibrated forecaster, > 1 for one that under-predicts how far
+        the weights move, 0 for one that points the wrong way).
+
+        Args:
+            h: the jump's horizon in kept intervals.
+
+        Returns:
+            a; 1.0 when fewer than three checkpoints are kept (nothing to backtest on).
+        """
+        k = len(self._w) - 1
+        real = 0  # trailing intervals the base optimizer actually took
+        while real < k and self._real[k - real]:
+            real += 1
+        b = min(h, real, k - 1)
+        if b < 1:
+            return 1.0
+        _, t = self._frame(b, k - b)
+        f = self.forecaster.forecast(self.prefix(b, k - b), t[-1:])  # (1, D)
+        f = f[0].detach().to("cpu", torch.float64) - self._w[k - b].double()  # (D,)
+        d = (self._w[k] - self._w[k - b]).double()  # (D,)
+        ff = float(f @ f)
+        if not math.isfinite(ff) or ff == 0.0:
+            return 1.0
+        return min(max(float(f @ d) / ff, 0.0), self.max_scale)
 
     def _loss(self) -> float:
         if self.loss_fn is None:
@@ -565,18 +713,26 @@ class Accelerated:
         t0 = time.perf_counter()
         loss_before = self._loss()
         t1 = time.perf_counter()
-        w_hat = self.forecaster.forecast(self.prefix(h), torch.tensor([1.0], dtype=torch.float64))
-        t2 = time.perf_counter()
-        if not isinstance(w_hat, torch.Tensor) or tuple(w_hat.shape) != (1, self.D):
+        prefix = self.prefix(h)
+        _, t = self._frame(h)
+        if self.frame == "window":
+            t = t[-1:]  # only the end: the history restarts there
+        w_hat = self.forecaster.forecast(prefix, t)
+        T = len(t)
+        if not isinstance(w_hat, torch.Tensor) or tuple(w_hat.shape) != (T, self.D):
             got = tuple(w_hat.shape) if isinstance(w_hat, torch.Tensor) else type(w_hat).__name__
             raise ValueError(
-                f"{type(self.forecaster).__name__}.forecast: output must have shape (1, D) = "
-                f"(1, {self.D}), got {got}"
+                f"{type(self.forecaster).__name__}.forecast: output must have shape (T, D) = "
+                f"({T}, {self.D}), got {got}"
             )
-        w_hat = w_hat[0].detach().to("cpu", torch.float32)  # (1, D) -> (D,)
+        w_hat = w_hat.detach().to("cpu", torch.float32)  # (T, D)
+        scale = self.calibration(h) if self.calibrate else 1.0
+        if scale != 1.0:
+            w_hat = w_before + scale * (w_hat - w_before)  # (T, D)
+        t2b = time.perf_counter()
         finite = bool(torch.isfinite(w_hat).all())
         if finite:
-            self._load(w_hat)
+            self._load(w_hat[-1])
             loss_after = self._loss()
         else:
             loss_after = float("inf")
@@ -587,28 +743,36 @@ class Accelerated:
         )
         jump = Jump(
             step=self.steps,
-            horizon=h,
+            horizon=h * self._r // self.record_every,
             loss_before=loss_before,
             loss_after=loss_after,
             accepted=accepted,
-            forecast_s=t2 - t1,
-            guard_s=(t1 - t0) + (t3 - t2),
+            forecast_s=t2b - t1,
+            guard_s=(t1 - t0) + (t3 - t2b),
+            scale=scale,
         )
         self.jumps.append(jump)
+        self._since, self._next_jump = 0, self.period
         if accepted:
-            # the run now stands h·r steps further on; the old checkpoints lie on another path
-            self.progress += h * self.record_every
-            self._w, self._lr, self._at = [], [], []
-            self._since, self._next_jump = 0, self.period
-            self._record()
+            lr = prefix.lr[prefix.k + 1 : prefix.k + h + 1].tolist()
+            if self.frame == "window":
+                # the old checkpoints lie on a path the run no longer follows: restart at ŵ
+                self.progress += h * self._r
+                self._w, self._lr, self._at, self._real = [], [], [], []
+                self._record()
+            else:
+                # the forecast path becomes the run's history, checkpoint by checkpoint
+                for j in range(h):
+                    self._record(w_hat[j].clone(), lr[j])
+                self.progress = self._at[-1]
+                self._trim()
             logger.debug(
                 "jump at step %d: h=%d, loss %.4g -> %.4g", self.steps, h, loss_before, loss_after
             )
         else:
             self._load(w_before)
             self.scale *= self.shrink
-            self._next_jump = self._since + self.period
-            logger.info(
+            logger.debug(
                 "jump at step %d rolled back: h=%d, loss %.4g -> %.4g (guard %.3g); horizon scale %.3g",
                 self.steps,
                 h,
@@ -638,6 +802,8 @@ class Accelerated:
             "history": history.clone(),  # (n, D)
             "history_lr": list(self._lr),
             "history_progress": list(self._at),
+            "history_real": list(self._real),
+            "spacing": self._r,
             "jumps": [asdict(j) for j in self.jumps],
             "optimizer": self.optimizer.state_dict(),
         }
@@ -667,6 +833,8 @@ class Accelerated:
         self._w = [row.clone() for row in history]
         self._lr = [float(x) for x in state["history_lr"]]
         self._at = [int(x) for x in state["history_progress"]]
+        self._real = [bool(x) for x in state["history_real"]]
+        self._r = int(state["spacing"])
         self.jumps = [Jump(**j) for j in state["jumps"]]
         self.optimizer.load_state_dict(state["optimizer"])
 

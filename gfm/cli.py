@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Trajectory datasets: import, validate, summarise, version.")
 app.add_typer(data_app, name="data")
+stack_app = typer.Typer(
+    help="A local team stack on loopback: MLflow on PostgreSQL, optionally Prefect (docs/team.md)."
+)
+app.add_typer(stack_app, name="stack")
 console = Console()
 
 ParamsOpt = Annotated[
@@ -102,7 +106,8 @@ def generate(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     workers: Annotated[
-        int | None, typer.Option(help="Parallel processes (default data.workers).")
+        int | None,
+        typer.Option(help="Parallel processes or local Dask workers (default data.workers)."),
     ] = None,
     version: Annotated[
         bool,
@@ -115,17 +120,26 @@ def generate(
     """Generate (or resume) the trajectory dataset described by `data` in params.yaml.
 
     Runs already in the dataset with the same settings are reused; the new dataset replaces the old
-    one atomically. Examples:
+    one atomically. With `data.executor: dask` (team mode) the runs train on a Dask cluster:
+    `data.dask_address`, or a local one of `data.workers` processes. Examples:
 
         gfm generate
         gfm generate --set data.seeds=8 --workers 2
+        gfm generate --set data.executor=dask --set data.dask_address=tcp://10.0.0.5:8786
         gfm generate --no-dvc --summary reports/dataset.json   # as a DVC stage
     """
     from gfm import versioning
     from gfm.data.generate import generate as run_generation
 
     cfg = _settings(params, set_)
-    report = run_generation(cfg.data, workers=workers, progress=True)
+    if cfg.data.executor == "dask":  # Prefect's DaskTaskRunner: a local or an existing cluster
+        from flows.generate import generate_on_dask
+
+        if workers is not None:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"workers": workers})})
+        report = generate_on_dask(cfg.data)
+    else:
+        report = run_generation(cfg.data, workers=workers, progress=True)
     console.print(_summary_table(cfg.data.root))
     if report.diverged:
         console.print(
@@ -269,7 +283,9 @@ def _produced(title: str, rows: list[tuple[str, object]], cfg: Settings) -> None
     for what, value in rows:
         if value not in (None, "", {}):
             table.add_row(what, str(value))
-    table.add_row("MLflow UI", f"mlflow ui --backend-store-uri {cfg.tracking.uri}")
+    uri = cfg.tracking.uri
+    ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    table.add_row("MLflow UI", ui)
     console.print(table)
 
 
@@ -339,26 +355,82 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
 
 
 @app.command()
-def tune(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def tune(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Worker processes on the study (default tune.workers; >1: PostgreSQL)."
+        ),
+    ] = None,
+) -> None:
     """Search GFM hyperparameters with Optuna (`tune` in params.yaml); write reports/tune.json.
 
     A seeded TPE sampler draws from `tune.space`; a median pruner stops trials whose validation
     forecast loss (`tune.metric`) lags. The study lives in `tune.storage` (sqlite beside the
     MLflow store by default) and resumes where an interrupted run stopped. Each trial is a
-    nested MLflow run under a `tune` run. Examples:
+    nested MLflow run under a `tune` run. With `--workers N` (PostgreSQL storage, team mode)
+    N processes share the study; `gfm tune-worker` adds more from other machines. Examples:
 
         gfm tune
         gfm tune --set tune.n_trials=20 --set tune.trial_steps=600
         gfm tune --set 'tune.space.gfm.width={choices: [64, 128, 256]}'
+        GFM_TEAM__ENABLED=true gfm tune --workers 4 --set tune.n_trials=40
     """
     cfg = _settings(params, set_)
     from gfm import pipeline
 
     try:
-        doc = pipeline.tune_step(cfg, repo=params.resolve().parent)
+        doc = pipeline.tune_step(cfg, repo=params.resolve().parent, workers=workers)
     except StepErrors as err:
         raise _fail("gfm tune", err) from None
-    _produced("gfm tune", [*_tuned_rows(doc), ("file", pipeline.layout(cfg).tune_json)], cfg)
+    _produced(
+        "gfm tune",
+        [
+            *_tuned_rows(doc),
+            ("trials per worker", doc.get("workers")),
+            ("file", pipeline.layout(cfg).tune_json),
+        ],
+        cfg,
+    )
+
+
+@app.command("tune-worker")
+def tune_worker(
+    study: Annotated[
+        str,
+        typer.Option(help="The study `gfm tune` printed (name-fingerprint), or tune.study_name."),
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Join a running study from this machine and work on it until it is finished.
+
+    Needs the same params.yaml and dataset version as the machine that started the study (its
+    name carries their fingerprint) and the shared PostgreSQL storage, i.e. team mode. Trials
+    are logged under the study's `tune` run. A worker that dies mid-trial is noticed by its
+    heartbeat; its trial is failed and run again by another worker. Examples:
+
+        GFM_TEAM__ENABLED=true gfm tune-worker --study gfm-1a2b3c4d
+        gfm tune-worker --study gfm --set team.enabled=true --set data.root=/shared/data
+    """
+    cfg = _settings(params, set_)
+    from gfm import pipeline
+
+    try:
+        doc = pipeline.tune_worker_step(cfg, study=study, repo=params.resolve().parent)
+    except StepErrors as err:
+        raise _fail("gfm tune-worker", err) from None
+    _produced(
+        "gfm tune-worker",
+        [
+            ("study", doc["study"]),
+            ("trials by this worker", doc["n_new"]),
+            ("study trials finished", f"{doc['n_finished']} of {doc['n_trials']}"),
+        ],
+        cfg,
+    )
 
 
 @app.command()
@@ -707,6 +779,143 @@ def _cell(value: object, column: str) -> str:
 
 
 @app.command()
+def accelerate(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="GFM to jump with: a folder or models:/gfm@champion (default: accelerate.model; null fits one on the architecture split)."
+        ),
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds per task and architecture.")] = None,
+    first_seed: Annotated[int | None, typer.Option(help="First seed (explore on >= 100).")] = None,
+    tasks: Annotated[
+        list[str] | None, typer.Option(help="Task (repeatable, or comma-separated).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Step budget (default: each task's data.tasks.<task>.steps).")
+    ] = None,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option(help="base, gfm, linear, wnn (repeatable or comma-separated)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the csv files and the plot.")
+    ] = None,
+    log_mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log the comparison as an MLflow run.")
+    ] = True,
+    use_tuned: Annotated[
+        bool,
+        typer.Option(
+            "--tuned/--no-tuned",
+            help="Fit GFM with the best params of reports/tune.json (when it fits one).",
+        ),
+    ] = True,
+) -> None:
+    """Fewer training steps with forecast jumps: base optimizer alone vs GFM, linear, WNN jumps.
+
+    For each task, architecture (one the forecasters trained on and the holdout one) and seed,
+    a network is trained with the base optimizer alone and wrapped in `gfm.accelerate` with each
+    forecaster's jumps (`accelerate` in params.yaml: period, horizons, guard, ...). The target
+    is the base optimizer's held-out accuracy at its step budget; a jump counts as one step.
+    Writes accelerate.csv (one row per method x task x arch x seed), accelerate_curves.csv,
+    accelerate_jumps.csv, accelerate_summary.csv and accelerate.png to `accelerate.output_dir`
+    and logs them to MLflow. Examples:
+
+        gfm accelerate                                         # the benchmark: 10 seeds, both tasks
+        gfm accelerate --model models:/gfm@champion --seeds 3 --tasks digits_mlp
+        gfm accelerate --first-seed 100 --seeds 3 --set accelerate.period=40 --no-mlflow
+    """
+
+    def listed(values: list[str] | None) -> list[str] | None:
+        return [v for item in values for v in item.split(",") if v] if values else None
+
+    derived = {
+        "accelerate.seeds": seeds,
+        "accelerate.first_seed": first_seed,
+        "accelerate.tasks": listed(tasks),
+        "accelerate.steps": steps,
+        "accelerate.methods": listed(methods),
+        "accelerate.output_dir": str(output_dir) if output_dir is not None else None,
+    }
+    extra = [f"{k}={json.dumps(v)}" for k, v in derived.items() if v is not None]
+    cfg = _settings(params, [*(set_ or []), *extra])
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gfm import jumpahead, pipeline
+
+    acc = cfg.accelerate
+    tuned: dict = {}
+    if use_tuned and model is None and acc.model is None and "gfm" in acc.methods:
+        cfg, tuned = jumpahead.with_tuned(cfg, pipeline.layout(cfg).tune_json)
+    try:
+        with console.status("fitting or loading the jump forecasters ..."):
+            models = jumpahead.forecasters(cfg, model=model)
+        runs = len(jumpahead.jobs(cfg)) * len({"base", *acc.methods})
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task("training", total=runs)
+
+            def on_run(job: jumpahead.Job, method: str, finished: bool) -> None:
+                label = f"{job.task} {job.arch} seed {job.seed} {method}"
+                progress.update(bar, advance=int(finished), description=label)
+
+            comparison = jumpahead.compare(cfg, models, on_run=on_run)
+        paths = jumpahead.write(comparison, acc.output_dir)
+    except StepErrors as err:
+        raise _fail("gfm accelerate", err) from None
+    summary = jumpahead.summarize(comparison.table)
+    table = Table(title="Steps to the base optimizer's final held-out accuracy (seed means)")
+    shown = {
+        "method": "method",
+        "task": "task",
+        "arch": "arch",
+        "holdout_arch": "unseen",
+        "steps_mean": "steps",
+        "steps_std": "± std",
+        "base_steps_mean": "base",
+        "speedup_mean": "speedup",
+        "steps_saved": "saved",
+        "reached": "reached",
+        "final_acc": "final acc",
+        "acc_vs_base": "vs base",
+        "n_accepted": "jumps kept",
+        "spike_max": "max spike",
+    }
+    for title in shown.values():
+        table.add_column(title, justify="left" if title in ("method", "task", "arch") else "right")
+    for row in summary.iter_rows(named=True):
+        table.add_row(*[_cell(row[c], c) for c in shown])
+    console.print(table)
+    run_id = None
+    if log_mlflow:
+        from gfm.tracking.comparison import log_comparison
+
+        try:
+            run_id = log_comparison(
+                cfg,
+                paths,
+                dataset_version=(
+                    pipeline.dataset_version(cfg.data.root) if cfg.data.root.is_dir() else None
+                ),
+                repo=params.resolve().parent,
+            )
+        except Exception as err:  # MLflow raises several types for an unreachable store
+            raise _fail("logging to MLflow", err) from None
+    _produced(
+        "gfm accelerate",
+        [
+            ("tuned GFM params", ", ".join(f"{k}={v}" for k, v in tuned.items())),
+            ("files", ", ".join(str(p) for p in paths.values())),
+            ("MLflow run", f"{run_id} (experiment {cfg.tracking.experiment})" if run_id else None),
+        ],
+        cfg,
+    )
+
+
+@app.command()
 def schedule(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -748,6 +957,130 @@ def schedule(
         f"cron '{when}' ({cfg.schedule.timezone}) against {PREFECT_API_URL.value()}"
     )
     serve(str(params), cron=when, timezone=cfg.schedule.timezone, name=cfg.schedule.deployment)
+
+
+# ----------------------------------------------------------------------------- team stack
+
+STATE_DIR = Path("~/.cache/gfm/team")
+StateOpt = Annotated[Path, typer.Option(help="Where pid files and logs go.", show_default=True)]
+
+
+@stack_app.command("up")
+def stack_up(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: team.tracking.uri's host).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="MLflow server port (default: team.tracking.uri's port).")
+    ] = None,
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow's PostgreSQL database (default: `gfm_mlflow` on team.tune.storage's server)."
+        ),
+    ] = None,
+    artifacts: Annotated[
+        str, typer.Option(help="Artifact destination: a folder, or s3://bucket/path.")
+    ] = "~/.cache/gfm/team/mlartifacts",
+    prefect: Annotated[
+        bool, typer.Option("--prefect/--no-prefect", help="Also start a Prefect server.")
+    ] = False,
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
+    allow_remote: Annotated[
+        bool,
+        typer.Option("--allow-remote", help="Allow binding a non-loopback interface (no auth!)."),
+    ] = False,
+    state_dir: StateOpt = STATE_DIR,
+) -> None:
+    """Start a team stack on this machine: an MLflow server on the local PostgreSQL.
+
+    Creates the databases if missing (MLflow's and `team.tune.storage`'s), starts
+    `mlflow server` (and with `--prefect` a Prefect server) in the background, waits until
+    they answer, and prints the URLs and the environment that switches gfm to team mode. It
+    binds loopback only unless `--allow-remote`. Examples:
+
+        gfm stack up
+        gfm stack up --prefect --port 5001
+        gfm stack up --host 0.0.0.0 --allow-remote --artifacts s3://gfm-artifacts/mlflow
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from gfm import stack
+
+    cfg = _settings(params, set_)
+    tracking = urlsplit(str(cfg.team.tracking.get("uri", "http://127.0.0.1:5000")))
+    storage = str(cfg.team.tune.get("storage", ""))
+    host = host or tracking.hostname or "127.0.0.1"
+    port = port or tracking.port or 5000
+    if backend_store_uri is None:
+        if not storage.startswith("postgresql"):
+            console.print(
+                "[red]team.tune.storage must be a postgresql URL, or give --backend-store-uri[/red]"
+            )
+            raise typer.Exit(2)
+        backend_store_uri = urlunsplit(urlsplit(storage)._replace(path="/gfm_mlflow"))
+    dest = artifacts if "://" in artifacts else Path(artifacts).expanduser().resolve()
+    try:
+        services = stack.up(
+            database_url=backend_store_uri,
+            optuna_url=storage if storage.startswith("postgresql") else None,
+            artifacts=dest,
+            state_dir=state_dir.expanduser(),
+            host=host,
+            port=port,
+            prefect_port=prefect_port if prefect else None,
+            allow_remote=allow_remote,
+        )
+    except ValueError as err:
+        raise _fail("gfm stack up", err, code=2) from None
+    except (ConnectionError, RuntimeError) as err:
+        raise _fail("gfm stack up", err) from None
+    table = Table(title="gfm team stack", show_header=True, title_justify="left")
+    for column in ("server", "url", "pid", "log"):
+        table.add_column(column, overflow="fold")
+    for s in services:
+        table.add_row(s.name, s.url, str(s.pid), str(s.log))
+    console.print(table)
+    from gfm.pipeline import redact
+
+    console.print(
+        f"MLflow backend store: {redact(backend_store_uri)}; artifacts: {dest}", soft_wrap=True
+    )
+    lines = [
+        "export GFM_TEAM__ENABLED=true",
+        f"export GFM_TEAM__TRACKING__URI={services[0].url}",
+        f"export GFM_TEAM__TUNE__STORAGE={storage}",
+    ]
+    if prefect:
+        lines.append(f"export PREFECT_API_URL={services[1].url}/api")
+    console.print("Team mode for this shell:\n" + "\n".join(lines), highlight=False, soft_wrap=True)
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateOpt = STATE_DIR) -> None:
+    """Stop the servers `gfm stack up` started: `gfm stack down`; their data stays in PostgreSQL."""
+    from gfm import stack
+
+    stopped = stack.down(state_dir.expanduser())
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack_app.command("status")
+def stack_status(state_dir: StateOpt = STATE_DIR) -> None:
+    """Show the servers `gfm stack up` started, and whether they answer: `gfm stack status`."""
+    from gfm import stack
+
+    services = stack.status(state_dir.expanduser())
+    if not services:
+        console.print("no team stack was started from " + str(state_dir))
+        raise typer.Exit(1)
+    for s in services:
+        state = "[green]up[/green]" if s.healthy else "[red]down[/red]"
+        console.print(f"{s.name}: {state} {s.url} (pid {s.pid}, log {s.log})")
+    if not all(s.healthy for s in services):
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,12 +1,18 @@
 """Typed settings for every part of gfm, loaded once from ``params.yaml``.
 
 The YAML file's top-level sections map one-to-one onto the classes below
-(``data``, ``gfm``, ``train``, ``tune``, ``evaluate``, ``registry``, ``tracking``, ``schedule``).
+(``data``, ``gfm``, ``train``, ``tune``, ``evaluate``, ``registry``, ``tracking``, ``schedule``,
+``team``).
 Every model is frozen and rejects unknown keys, so a typo in ``params.yaml``
 fails at load time with the key's dotted path instead of being ignored.
 
 Overrides, strongest last:
     params.yaml  <  environment ``GFM_<SECTION>__<KEY>=value``  <  ``--set section.key=value``
+
+Team mode is one switch: ``team.enabled: true`` (or ``GFM_TEAM__ENABLED=true``, or
+``--set team.enabled=true``) lays the values under ``team:`` (same section and key names:
+``team.tracking.uri`` replaces ``tracking.uri``) over params.yaml, below the environment and
+``--set``; see docs/team.md.
 
 Values of overrides are parsed as YAML (``--set data.seeds=8``, ``--set data.optimizers=[sgd,adam]``).
 ``load_settings`` is the only function in gfm that reads the params file.
@@ -173,7 +179,15 @@ class DataSettings(_Frozen):
     optimizers: dict[str, OptimizerSpace] = Field(default_factory=_default_optimizers)
     schedules: list[str] = Field(default_factory=lambda: list(SCHEDULES), min_length=1)
     splits: SplitSettings = Field(default_factory=SplitSettings)
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, description="processes (or local Dask workers) that train runs")
+    executor: Literal["process", "dask"] = Field(
+        "process",
+        description="process: a pool of `workers` processes; dask: Prefect's DaskTaskRunner on "
+        "`dask_address`, or on a local cluster of `workers` processes when that is null",
+    )
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster (tcp://host:8786); null: local"
+    )
     remote: str = "~/.cache/gfm/dvc-remote"
 
     @field_validator("tasks")
@@ -357,11 +371,14 @@ class TuneSettings(_Frozen):
     seed: int = 0
     trial_steps: int = Field(100, gt=0, description="training steps per trial")
     pruner_warmup_steps: int = Field(25, ge=0)
-    workers: int = Field(1, ge=1)
+    workers: int = Field(
+        1, ge=1, description="worker processes on the study; more than 1 needs PostgreSQL storage"
+    )
     eval_every: int = Field(50, gt=0, description="steps between two reports to the pruner")
     pruner_startup_trials: int = Field(2, ge=0, description="trials never pruned, first")
     metric: Literal["val/rel_mse_persistence", "val/forecast_mse"] = "val/rel_mse_persistence"
     heartbeat_s: int = Field(10, gt=0, description="a trial silent for 2x this is failed, retried")
+    max_retry: int = Field(1, ge=0, description="times a trial whose worker died is run again")
     space: SearchSpace = Field(default_factory=_default_space)
 
 
@@ -432,6 +449,139 @@ class TrackingSettings(_Frozen):
     artifact_location: str | None = None
 
 
+def _default_team() -> dict[str, dict[str, Any]]:
+    return {
+        "tracking": {"uri": "http://127.0.0.1:5000"},
+        "tune": {"storage": "postgresql+psycopg://postgres@127.0.0.1:5432/gfm_optuna"},
+        "data": {"executor": "dask"},
+    }
+
+
+_TEAM_SECTIONS = ("data", "tune", "tracking", "registry")
+
+
+class TeamSettings(_Frozen):
+    """Team mode: one switch from the embedded stores to shared services (docs/team.md).
+
+    With ``enabled`` the sections below replace the same keys of params.yaml (the environment
+    and ``--set`` still win): ``tracking.uri`` an MLflow server backed by PostgreSQL,
+    ``tune.storage`` Optuna's RDB storage on PostgreSQL, ``data.executor: dask``; any key of
+    ``data``, ``tune``, ``tracking`` or ``registry`` may be set here (``data.remote`` for a
+    shared DVC remote, ``data.dask_address`` for an existing Dask cluster).
+    """
+
+    enabled: bool = False
+    tracking: dict[str, Any] = Field(default_factory=lambda: _default_team()["tracking"])
+    tune: dict[str, Any] = Field(default_factory=lambda: _default_team()["tune"])
+    data: dict[str, Any] = Field(default_factory=lambda: _default_team()["data"])
+    registry: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, values: Any) -> Any:
+        # a section given in params.yaml adds to (or changes) the default team values
+        if not isinstance(values, dict):
+            return values
+        defaults = _default_team()
+        return {
+            **values,
+            **{
+                k: {**defaults[k], **values[k]} for k in defaults if isinstance(values.get(k), dict)
+            },
+        }
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> TeamSettings:
+        models = {
+            "data": DataSettings,
+            "tune": TuneSettings,
+            "tracking": TrackingSettings,
+            "registry": RegistrySettings,
+        }
+        for section in _TEAM_SECTIONS:
+            values = getattr(self, section)
+            model = models[section]
+            unknown = sorted(set(values) - set(model.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"{section}: unknown key(s) {unknown}; expected some of {list(model.model_fields)}"
+                )
+            try:
+                model.model_validate(values)
+            except ValidationError as err:
+                e = err.errors()[0]
+                where = ".".join(str(p) for p in e["loc"])
+                raise ValueError(f"{section}.{where}: {e['msg']}") from None
+        return self
+
+
+class AccelerateSettings(_Frozen):
+    """Jump-ahead training compared (``gfm accelerate``): base optimizer alone vs with jumps.
+
+    Each jump replaces one optimizer step with a forecast ``horizon`` recorded intervals ahead
+    (``gfm.accelerate.Accelerated``); the target is the base optimizer's held-out accuracy at
+    its step budget. Explore on seeds >= 100 (``first_seed``), report seeds 0..9. The defaults
+    were chosen on seeds 100..107 (BENCHMARKS.md, "Jump-ahead training").
+    """
+
+    tasks: list[str] = Field(default_factory=lambda: ["digits_mlp", "mnist_cnn"], min_length=1)
+    methods: list[Literal["base", "gfm", "linear", "wnn"]] = Field(
+        default_factory=lambda: ["base", "gfm", "linear", "wnn"], min_length=1
+    )
+    seeds: int = Field(10, ge=1, description="networks per task and architecture")
+    first_seed: int = Field(0, ge=0, description="seeds first_seed..first_seed+seeds-1")
+    optimizer: str = "adam"
+    lr: float | None = Field(None, gt=0, description="null: the dataset range's geometric midpoint")
+    steps: int | None = Field(None, gt=0, description="step budget; null: data.tasks.<task>.steps")
+    eval_every: int = Field(2, ge=1, description="steps between held-out evaluations")
+    frame: Literal["window", "run"] = Field(
+        "run",
+        description="what a jump's prefix holds: the last `history` checkpoints or the run",
+    )
+    period: int = Field(20, ge=1, description="base steps between two jumps")
+    horizon_start: int = Field(
+        20, ge=1, description="jump at step 0 in recorded intervals (the longest with a ratio)"
+    )
+    horizon_end: int = Field(
+        2, ge=1, description="jump at the step budget (the shortest with a ratio)"
+    )
+    horizon_ratio: float | None = Field(
+        0.5,
+        gt=0,
+        description="NiNo-style: jump c x the steps so far, within [horizon_end, horizon_start]",
+    )
+    history: int = Field(64, ge=2, description="checkpoints kept for a jump's prefix")
+    calibrate: bool = Field(
+        False, description="scale each jump by the forecaster's backtested displacement ratio"
+    )
+    max_scale: float = Field(4.0, gt=0, description="largest calibration scale")
+    guard: float = Field(1.5, gt=0, description="keep a jump iff loss after <= guard x before")
+    shrink: float = Field(0.5, gt=0, lt=1, description="horizon factor after each rollback")
+    warmup: int = Field(0, ge=0, description="no jump before this step")
+    guard_rows: int = Field(512, ge=1, description="train rows of the guard's fixed batch")
+    model: str | None = Field(
+        None, description="GFM folder or models:/gfm@champion; null: fit on the architecture split"
+    )
+    fit_steps: int | None = Field(None, gt=0, description="GFM fit steps; null: train.steps")
+    wnn_steps: int | None = Field(None, gt=0, description="WNN fit steps; null: its default")
+    output_dir: Path = Path("benchmarks/results")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
+        return tasks
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, optimizer: str) -> str:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"expected one of {list(OPTIMIZERS)}, got {optimizer!r}")
+        return optimizer
+
+
 class Settings(_Frozen):
     """All of gfm's settings, one section per part."""
 
@@ -443,6 +593,13 @@ class Settings(_Frozen):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    accelerate: AccelerateSettings = Field(default_factory=AccelerateSettings)
+    team: TeamSettings = Field(default_factory=TeamSettings)
+
+    @property
+    def team_mode(self) -> bool:
+        """Whether ``team.enabled`` laid the team's services over these settings."""
+        return self.team.enabled
 
 
 class SettingsError(ValueError):
@@ -495,6 +652,8 @@ def _format_error(err: ValidationError, source: str) -> str:
             msg = "unknown key (check the spelling; see params.yaml for the valid keys)"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{source}: {where}: {msg}")
     return "\n".join(lines)
 
@@ -542,14 +701,45 @@ def load_settings(
             raise SettingsError(f"{source}: file not found")
     env = env_overrides(os.environ if environ is None else environ)
     explicit = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
-    for source_name, items in (("environment", env), ("--set", explicit)):
-        for dotted, value in items.items():
-            _set_dotted(tree, dotted, value, source_name)
+    layers = (("environment", env), ("--set", explicit))
+    tree = _with_team(tree, layers)
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as err:
         raise SettingsError(_format_error(err, source)) from None
     return _resolve_paths(settings, base)
+
+
+def _with_team(
+    tree: dict[str, Any], layers: Sequence[tuple[str, Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """The settings tree: params.yaml, the team's values if team mode is on, then ``layers``.
+
+    Whether team mode is on is read after every layer (``GFM_TEAM__ENABLED=true`` switches it
+    on); the team's values go below the environment and ``--set``, which stay the strongest.
+    """
+    import copy
+
+    def applied(base: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(base)
+        for source_name, items in layers:
+            for dotted, value in items.items():
+                _set_dotted(out, dotted, value, source_name)
+        return out
+
+    final = applied(tree)
+    team = final.get("team")
+    if not isinstance(team, dict) or team.get("enabled") is not True:
+        return final
+    try:
+        overlay = TeamSettings.model_validate(team)
+    except ValidationError:
+        return final  # validating the whole tree names the bad `team.` key
+    base = copy.deepcopy(tree)
+    for section in _TEAM_SECTIONS:
+        for key, value in getattr(overlay, section).items():
+            _set_dotted(base, f"{section}.{key}", value, f"team.{section}")
+    return applied(base)
 
 
 def apply_params(settings: Settings, params: Mapping[str, Any]) -> Settings:
@@ -616,5 +806,8 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
             "train": s.train.model_copy(update={"model_dir": absolute(s.train.model_dir)}),
             "tracking": s.tracking.model_copy(update={"uri": _abs_sqlite(s.tracking.uri, base)}),
             "tune": s.tune.model_copy(update={"storage": _tune_storage(s, base)}),
+            "accelerate": s.accelerate.model_copy(
+                update={"output_dir": absolute(s.accelerate.output_dir)}
+            ),
         }
     )

@@ -240,7 +240,10 @@ def headline(table: pl.DataFrame) -> pl.DataFrame:
         pl.col("mse_final").mean(),
         pl.col("rel_mse_persistence").mean().alias("rel_mse_mean"),
         pl.col("rel_mse_persistence").median().alias("rel_mse_median"),
-        (pl.col("downstream_acc") - pl.col("true_final_acc")).mean().alias("acc_gap"),
+        (pl.col("downstream_acc") - pl.col("true_final_acc"))
+        .fill_nan(None)
+        .mean()
+        .alias("acc_gap"),
     )
     return (
         per_seed.group_by("method", "split")

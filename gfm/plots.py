@@ -1,4 +1,4 @@
-"""Figures of forecasts: trajectories of sample parameters, and error vs horizon per method.
+"""Figures: forecast trajectories, error vs horizon per method, accuracy vs step with jumps.
 
 Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no global
 backend state) and written atomically (temp file, then rename).
@@ -6,8 +6,6 @@ backend state) and written atomically (temp file, then rename).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,23 +16,18 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gfm.data.io import atomic_path
 from gfm.data.schema import RunRecord
 
-__all__ = ["plot_horizon", "plot_trajectories"]
+__all__ = ["plot_accuracy_curves", "plot_horizon", "plot_trajectories"]
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temp file renamed over it), in path's format."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -161,6 +154,58 @@ def plot_horizon(horizon: pl.DataFrame, path: Path, *, metric: str = "mse") -> P
         ax.set_title(f"observed fraction {f:g}", fontsize=9)
         ax.set_xlabel("target time t")
         ax.set_ylabel(metric)
+        if i == 0:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_accuracy_curves(curves: pl.DataFrame, table: pl.DataFrame, path: Path) -> Path:
+    """Seed-mean held-out accuracy vs step per method, one panel per task × arch (jump-ahead).
+
+    Args:
+        curves: rows (method, task, arch, seed, step, acc) of ``gfm.jumpahead.compare``.
+        table: its per-run table (target_acc, holdout_arch): the target is drawn dashed.
+        path: the image file to write.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a table lacks the columns named above.
+    """
+    need = {"method", "task", "arch", "seed", "step", "acc"}
+    if missing := sorted(need - set(curves.columns)):
+        raise ValueError(f"`curves` must have the columns {sorted(need)}, missing {missing}")
+    if missing := sorted({"task", "arch", "target_acc", "holdout_arch"} - set(table.columns)):
+        raise ValueError(f"`table` must be compare()'s table, missing columns {missing}")
+    panels = curves.select("task", "arch").unique(maintain_order=True).rows()
+    cols = min(2, max(len(panels), 1))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(5.0 * cols, 3.6 * rows), layout="constrained")
+    methods = curves["method"].unique(maintain_order=True).to_list()
+    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for i, (task, arch) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        sub = curves.filter(pl.col("task") == task, pl.col("arch") == arch)
+        for method in methods:
+            m = (
+                sub.filter(pl.col("method") == method)
+                .group_by("step")
+                .agg(pl.col("acc").mean())
+                .sort("step")
+            )
+            if len(m):
+                ax.plot(m["step"], m["acc"], label=method, lw=1.3, color=color[method])
+        runs = table.filter(pl.col("task") == task, pl.col("arch") == arch)
+        target = float(runs["target_acc"].mean())
+        ax.axhline(target, color="k", ls="--", lw=0.8, label="target (base at budget)")
+        seen = "holdout arch" if runs["holdout_arch"][0] else "seen arch"
+        ax.set_title(f"{task} {arch} ({seen}, {runs['seed'].n_unique()} seeds)", fontsize=9)
+        ax.set_xlabel("step (a jump counts as one)")
+        ax.set_ylabel("held-out accuracy (seed mean)")
+        later = sub.filter(pl.col("step") > 0)["acc"]
+        lo = float(later.quantile(0.1)) if len(later) else 0.0
+        ax.set_ylim(max(0.0, lo), min(1.0, max(float(sub["acc"].max()), target) + 0.02))
         if i == 0:
             ax.legend(fontsize=7)
     return _save(fig, path)

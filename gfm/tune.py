@@ -12,6 +12,13 @@ trial whose process died is failed once its heartbeat is older than ``2 · tune.
 run again with the same parameters. The first trial of a new study is the configured settings
 themselves (when they lie in the space), so tuning never returns worse than the default on val.
 
+Several worker processes, on one machine or many, can share one study on PostgreSQL storage
+(``work``; ``gfm tune --workers N`` and ``gfm tune-worker --study NAME``). Each worker claims a
+trial under a PostgreSQL advisory lock held from counting the study's finished and running
+trials until its new trial is running, so the study ends with exactly ``tune.n_trials``
+finished trials however many workers share it; a worker whose trials are all taken waits for
+the running ones, which it runs again if their worker dies.
+
 Reference: Akiba et al., "Optuna: A Next-generation Hyperparameter Optimization Framework",
 KDD 2019.
 """
@@ -22,23 +29,42 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gfm.config import GFMSettings, SearchParam, Settings, TrainSettings, apply_params
 from gfm.data.schema import RunRecord
 
-__all__ = ["TrialResult", "TuneResult", "open_study", "study_name", "suggest", "tune"]
+__all__ = [
+    "TrialResult",
+    "TuneResult",
+    "check_shared",
+    "join_study",
+    "open_study",
+    "progress",
+    "quiet",
+    "study_name",
+    "suggest",
+    "summarize",
+    "tune",
+    "work",
+    "worker_seed",
+]
 
 log = logging.getLogger("gfm.tune")
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+N_TRIALS_ATTR = "gfm.n_trials"  # the study's target, so workers started elsewhere agree on it
+WORKER_ATTR = "gfm.worker"  # host:pid of the process that ran a trial
 
 
 @dataclass(frozen=True)
@@ -160,42 +186,137 @@ def study_name(settings: Settings, dataset_version: str) -> str:
     return f"{t.study_name}-{digest}"
 
 
-def open_study(settings: Settings, dataset_version: str) -> optuna.Study:
-    """Create or reopen the study (seeded TPE, median pruner, heartbeat) in ``tune.storage``.
-
-    A new study gets the configured settings enqueued as its first trial when they lie inside
-    the search space.
-    """
+def _storage(settings: Settings) -> RDBStorage:
     t = settings.tune
     if t.storage is None:
         raise ValueError("`settings.tune.storage` must be set (load_settings fills it in)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(
+        return RDBStorage(
             t.storage,
             heartbeat_interval=t.heartbeat_s,
             grace_period=2 * t.heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry),
         )
+
+
+def _sampler(seed: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # TPE's default 10 random startup trials: a small study explores instead of circling
         # the configured settings (its first trial)
-        sampler = optuna.samplers.TPESampler(seed=t.seed)
-    pruner = optuna.pruners.MedianPruner(
+        return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(settings: Settings) -> optuna.pruners.BasePruner:
+    t = settings.tune
+    return optuna.pruners.MedianPruner(
         n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_steps
     )
+
+
+def worker_seed(seed: int, worker: int) -> int:
+    """The sampler seed of worker ``worker``: ``seed`` itself for worker 0.
+
+    Workers sharing one seed would draw the same random startup trials; each gets its own
+    stream instead (a parallel study is not reproducible trial by trial anyway).
+    """
+    if worker == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{worker}".encode()).digest()[:4], "little")
+
+
+def open_study(
+    settings: Settings, dataset_version: str, *, seed: int | None = None
+) -> optuna.Study:
+    """Create or reopen the study (seeded TPE, median pruner, heartbeat) in ``tune.storage``.
+
+    A new study gets the configured settings enqueued as its first trial when they lie inside
+    the search space; the study records ``tune.n_trials`` as its target (user attribute
+    ``gfm.n_trials``) for workers that join it.
+
+    Args:
+        settings: all settings.
+        dataset_version: the data's version; part of the study's fingerprint.
+        seed: the sampler's seed (default ``tune.seed``; see ``worker_seed``).
+    """
+    t = settings.tune
     study = optuna.create_study(
-        storage=storage,
+        storage=_storage(settings),
         study_name=study_name(settings, dataset_version),
-        sampler=sampler,
-        pruner=pruner,
+        sampler=_sampler(t.seed if seed is None else seed),
+        pruner=_pruner(settings),
         direction="minimize",
         load_if_exists=True,
     )
+    if study.user_attrs.get(N_TRIALS_ATTR) != t.n_trials:
+        study.set_user_attr(N_TRIALS_ATTR, t.n_trials)
     if not study.trials:
         anchor = _anchor(settings)
         if anchor is not None:
             study.enqueue_trial(anchor, user_attrs={"gfm.anchor": True})
     return study
+
+
+def check_shared(storage: str | None) -> None:
+    """Several worker processes need PostgreSQL storage (their claims are locked there).
+
+    Raises:
+        ValueError: the storage is not a ``postgresql`` URL; the message says what to set.
+    """
+    if not (storage or "").startswith("postgresql"):
+        raise ValueError(
+            f"tune.storage: several tuning workers need PostgreSQL storage "
+            f"(`postgresql+psycopg://user@host:5432/db`, team mode: docs/team.md), "
+            f"got {storage!r}; use tune.workers: 1 with sqlite"
+        )
+
+
+def join_study(
+    settings: Settings, dataset_version: str, name: str, *, seed: int | None = None
+) -> optuna.Study:
+    """Open an existing study to work on it from another process or machine.
+
+    Args:
+        settings: this worker's settings; with its dataset they must give the study's
+            fingerprint, so that every worker tunes the same problem.
+        dataset_version: this worker's dataset version.
+        name: the full study name ``gfm tune`` printed, or ``tune.study_name``.
+        seed: the sampler's seed (default: one of this process's own, see ``worker_seed``).
+
+    Raises:
+        ValueError: the storage is not PostgreSQL, the name does not match these settings and
+            data, or the storage holds no such study.
+    """
+    t = settings.tune
+    check_shared(t.storage)
+    expected = study_name(settings, dataset_version)
+    if name not in (expected, t.study_name):
+        raise ValueError(
+            f"--study: {name!r} is not the study of these settings and data: they give "
+            f"{expected!r} (same params.yaml and dataset version as the machine that started it?)"
+        )
+    if seed is None:
+        seed = worker_seed(t.seed, os.getpid() % 1_000_000 + 1)
+    try:
+        return optuna.load_study(
+            study_name=expected,
+            storage=_storage(settings),
+            sampler=_sampler(seed),
+            pruner=_pruner(settings),
+        )
+    except KeyError:
+        raise ValueError(
+            f"--study: no study {expected!r} in {_redact(t.storage)}; start it with `gfm tune`"
+        ) from None
+
+
+def _redact(url: str | None) -> str:
+    scheme, sep, rest = (url or "").partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        credentials, _, host = rest.partition("@")
+        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    return url or ""
 
 
 def _anchor(settings: Settings) -> dict[str, Any] | None:
@@ -219,7 +340,10 @@ def _objective(
 
     t = settings.tune
 
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
     def objective(trial: Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker)
         params = suggest(trial, t.space.flat())
         trial_settings = apply_params(
             settings,
@@ -266,6 +390,204 @@ def _count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+class _Shared:
+    """The PostgreSQL side of a study shared by workers: the claim lock, and orphaned trials.
+
+    ``acquire``/``release``: an advisory lock per study, held from counting the study's trials
+    until this worker's new trial is RUNNING (a worker killed while holding it loses its
+    connection, which releases it). ``fail_orphans``: a worker killed between creating its
+    trial and the trial's first heartbeat leaves a RUNNING trial that Optuna never finds stale;
+    one seen without a heartbeat for the whole grace period is failed here and handed to the
+    retry callback. On other storage (one process) both do nothing.
+    """
+
+    def __init__(self, storage: str | None, study: optuna.Study, grace_s: float) -> None:
+        self._engine = None
+        if (storage or "").startswith("postgresql"):
+            import sqlalchemy
+            from sqlalchemy.pool import NullPool
+
+            self._engine = sqlalchemy.create_engine(storage, poolclass=NullPool)
+        self._study = study
+        digest = hashlib.sha256(f"gfm-claim/{study.study_name}".encode()).digest()
+        self._key = int.from_bytes(digest[:8], "big", signed=True)
+        self._grace_s = grace_s
+        self._first_seen: dict[int, float] = {}  # trial number -> when first seen orphaned
+        self._conn: Any = None
+
+    def acquire(self) -> None:
+        if self._engine is None or self._conn is not None:
+            return
+        from sqlalchemy import text
+
+        self._conn = self._engine.connect()
+        self._conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+        self._conn.commit()
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        from sqlalchemy import text
+
+        conn, self._conn = self._conn, None
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+            conn.commit()
+        finally:
+            conn.close()
+
+    def fail_orphans(self, retry: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
+        if self._conn is None:  # only under the claim lock, on PostgreSQL
+            return
+        from sqlalchemy import text
+
+        # Optuna's schema: trials (state enum by name), trial_heartbeats, studies
+        orphaned = """
+            FROM trials t JOIN studies s ON s.study_id = t.study_id
+            WHERE s.study_name = :name AND t.state = 'RUNNING'
+              AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)
+        """
+        name = self._study.study_name
+        rows = self._conn.execute(text("SELECT t.number " + orphaned), {"name": name})
+        now = time.monotonic()
+        seen = {int(n) for (n,) in rows}
+        self._first_seen = {n: self._first_seen.get(n, now) for n in seen}
+        stale = [n for n, t0 in self._first_seen.items() if now - t0 > self._grace_s]
+        if not stale:
+            self._conn.commit()
+            return
+        failed = self._conn.execute(
+            text(
+                "UPDATE trials SET state = 'FAIL', datetime_complete = now() "
+                "WHERE trial_id IN (SELECT t.trial_id "
+                + orphaned
+                + " AND t.number = ANY(:numbers)) "
+                "RETURNING number"
+            ),
+            {"name": name, "numbers": stale},
+        )
+        numbers = {int(n) for (n,) in failed}
+        self._conn.commit()
+        for trial in self._study.get_trials(deepcopy=False):
+            if trial.number in numbers:
+                log.warning("trial %d: its worker died before its first heartbeat", trial.number)
+                if retry is not None:
+                    retry(self._study, trial)
+
+
+def work(
+    settings: Settings,
+    study: optuna.Study,
+    train: Sequence[RunRecord],
+    val: Sequence[RunRecord],
+    *,
+    on_trial: OnTrial | None = None,
+) -> int:
+    """Run trials of ``study`` in this process until it holds its target of finished trials.
+
+    The target is the study's ``gfm.n_trials`` (set by ``open_study``). Each trial is claimed
+    (see ``_Shared``): the worker counts finished and running trials and starts one only while
+    their sum is below the target, so workers never overshoot it. When every remaining trial
+    is running elsewhere the worker waits; a trial whose worker died is failed once its
+    heartbeat is older than ``2 · tune.heartbeat_s`` and run again (``tune.max_retry``).
+
+    Args:
+        settings: all settings (``tune.timeout_s`` bounds this worker's time).
+        study: from ``open_study`` or ``join_study``.
+        train: runs to fit each trial on.
+        val: runs the objective is scored on.
+        on_trial: called with each trial this worker finishes (complete, pruned or failed);
+            an exception there stops the worker, keeping every finished trial.
+
+    Returns:
+        The number of trials this worker finished (complete or pruned).
+    """
+    t = settings.tune
+    target = int(study.user_attrs.get(N_TRIALS_ATTR, t.n_trials))
+    objective = _objective(settings, train, val)
+    claim = _Shared(t.storage, study, grace_s=2.0 * t.heartbeat_s)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)
+    deadline = None if t.timeout_s is None else time.monotonic() + t.timeout_s
+    poll = min(float(t.heartbeat_s), 2.0)
+    new = 0
+
+    def claimed(trial: Trial) -> float:
+        claim.release()  # the trial is RUNNING now: other workers count it
+        return objective(trial)
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal new
+        new += trial.state in _FINISHED
+        result = _result(trial)
+        log.info(
+            "trial %d %s: %s=%s %s",
+            result.number,
+            result.state,
+            t.metric,
+            "n/a" if result.value is None else f"{result.value:.4g}",
+            result.params,
+        )
+        if on_trial is not None:
+            on_trial(result)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        while deadline is None or time.monotonic() < deadline:
+            claim.acquire()
+            try:
+                fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry is enqueued
+                claim.fail_orphans(retry)  # one that died before its first heartbeat, too
+                finished = _count(study, *_FINISHED)
+                if finished >= target:
+                    break
+                if finished + _count(study, TrialState.RUNNING) >= target:
+                    claim.release()  # the rest are running elsewhere: wait for them
+                    time.sleep(poll)
+                    continue
+                study.optimize(claimed, n_trials=1, callbacks=[callback])
+            finally:
+                claim.release()
+    return new
+
+
+def progress(study: optuna.Study) -> tuple[int, int]:
+    """(finished trials, the study's target ``gfm.n_trials``)."""
+    target = int(study.user_attrs.get(N_TRIALS_ATTR, 0))
+    return _count(study, *_FINISHED), target
+
+
+def summarize(settings: Settings, study: optuna.Study, *, n_new: int, start: float) -> TuneResult:
+    """The study's state as a ``TuneResult`` (``n_new``: trials finished by this call)."""
+    t = settings.tune
+    completed = _count(study, TrialState.COMPLETE)
+    best = study.best_trial if completed else None
+    return TuneResult(
+        study=study.study_name,
+        storage=t.storage,
+        best_params=dict(best.params) if best else {},
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        n_complete=completed,
+        n_pruned=_count(study, TrialState.PRUNED),
+        n_failed=_count(study, TrialState.FAIL),
+        n_new=n_new,
+        metric=t.metric,
+        seconds=time.perf_counter() - start,
+        trials=[
+            {"number": r.number, "state": r.state, "value": r.value, **r.params}
+            for r in map(_result, study.get_trials(deepcopy=False))
+        ],
+    )
+
+
+def _check_parts(settings: Settings, train: Sequence[RunRecord], val: Sequence[RunRecord]) -> None:
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"tune: split `{settings.train.split}` must have train and val runs, got "
+            f"{len(train)} train and {len(val)} val (see data.splits in params.yaml)"
+        )
+
+
 def tune(
     settings: Settings,
     train: Sequence[RunRecord],
@@ -274,7 +596,7 @@ def tune(
     dataset_version: str,
     on_trial: OnTrial | None = None,
 ) -> TuneResult:
-    """Run (or resume) the study until it holds ``tune.n_trials`` finished trials.
+    """Run (or resume) the study in this process until it holds ``tune.n_trials`` finished trials.
 
     Args:
         settings: all settings; ``tune`` drives the search, ``gfm``/``train`` are the fixed part.
@@ -307,82 +629,27 @@ def tune(
             metric=t.metric,
             seconds=0.0,
         )
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(
-            f"tune: split `{settings.train.split}` must have train and val runs, got "
-            f"{len(train)} train and {len(val)} val (see data.splits in params.yaml)"
-        )
+    _check_parts(settings, train, val)
+    with quiet():
+        study = open_study(settings, dataset_version)
+        done = _count(study, *_FINISHED)
+        if done < t.n_trials:
+            log.info(
+                "study %s: %d of %d trials finished, running the rest",
+                study.study_name,
+                done,
+                t.n_trials,
+            )
+        new = work(settings, study, train, val, on_trial=on_trial)
+        return summarize(settings, study, n_new=new, start=start)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Optuna's own log lines off (gfm logs one line per trial instead), restored on exit."""
     verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _run(settings, train, val, dataset_version, on_trial, start)
+        yield
     finally:
         optuna.logging.set_verbosity(verbosity)
-
-
-def _run(
-    settings: Settings,
-    train: Sequence[RunRecord],
-    val: Sequence[RunRecord],
-    dataset_version: str,
-    on_trial: OnTrial | None,
-    start: float,
-) -> TuneResult:
-    t = settings.tune
-    study = open_study(settings, dataset_version)
-    done = _count(study, *_FINISHED)
-    new = 0
-    if done < t.n_trials:
-        log.info(
-            "study %s: %d of %d trials finished, running the rest",
-            study.study_name,
-            done,
-            t.n_trials,
-        )
-
-        def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-            nonlocal new
-            new += trial.state in _FINISHED
-            result = _result(trial)
-            log.info(
-                "trial %d %s: %s=%s %s",
-                result.number,
-                result.state,
-                t.metric,
-                "n/a" if result.value is None else f"{result.value:.4g}",
-                result.params,
-            )
-            if on_trial is not None:
-                on_trial(result)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(
-                _objective(settings, train, val),
-                n_trials=t.n_trials - done,
-                timeout=t.timeout_s,
-                n_jobs=t.workers,
-                callbacks=[
-                    optuna.study.MaxTrialsCallback(t.n_trials, states=_FINISHED),
-                    callback,
-                ],
-            )
-    completed = _count(study, TrialState.COMPLETE)
-    best = study.best_trial if completed else None
-    return TuneResult(
-        study=study.study_name,
-        storage=t.storage,
-        best_params=dict(best.params) if best else {},
-        best_value=best.value if best else None,
-        best_trial=best.number if best else None,
-        n_complete=completed,
-        n_pruned=_count(study, TrialState.PRUNED),
-        n_failed=_count(study, TrialState.FAIL),
-        n_new=new,
-        metric=t.metric,
-        seconds=time.perf_counter() - start,
-        trials=[
-            {"number": r.number, "state": r.state, "value": r.value, **r.params}
-            for r in map(_result, study.get_trials(deepcopy=False))
-        ],
-    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,3 +45,20 @@ def tiny_settings(tmp_path: Path) -> Settings:
         {"data.root": str(tmp_path / "data"), "evaluate.output_dir": str(tmp_path / "reports")},
         environ={},
     )
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_globals():
+    """No test sees another's MLflow state: after each, end its runs and unset the process-wide
+    tracking and registry URIs (``mlflow.set_*_uri`` also exports them to the environment, where
+    a later ``MlflowClient(tracking_uri=...)`` would still take its registry from them)."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)

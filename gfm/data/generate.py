@@ -1,8 +1,10 @@
 """Record training trajectories: plan the runs, train each one, hand the records to a writer.
 
 ``plan_runs`` turns ``DataSettings`` into a deterministic list of ``RunSpec``; ``train_run``
-trains one run and records M+1 checkpoints; ``generate`` runs the plan in parallel processes,
-resumes what a writer already holds and commits the dataset.
+trains one run and records M+1 checkpoints; ``generate`` runs the plan in parallel processes
+(or hands it to a ``Runner``, e.g. a Dask cluster driven by ``flows/generate.py``), resumes what
+a writer already holds and commits the dataset. Every engine gives bit-identical records, so
+the dataset hash does not depend on where the runs trained.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import math
 import multiprocessing
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +32,15 @@ from gfm.data.tasks import TASKS, flatten, make_task, param_meta
 if TYPE_CHECKING:
     from gfm.data.io import Manifest
 
-__all__ = ["GenerateReport", "Writer", "generate", "plan_runs", "train_run"]
+__all__ = [
+    "GenerateReport",
+    "Runner",
+    "Writer",
+    "generate",
+    "pending",
+    "plan_runs",
+    "train_run",
+]
 
 log = logging.getLogger("gfm.data")
 
@@ -52,6 +62,10 @@ class Writer(Protocol):
     def commit(self, cfg: DataSettings, run_ids: Iterable[str] | None = None) -> Manifest:
         """Publish the dataset of ``run_ids`` (all written, others dropped) at ``cfg.root``."""
         ...
+
+
+Runner = Callable[[list[RunSpec], DataSettings], Iterable[RunRecord]]
+"""Trains the given specs (``train_run`` each) and yields their records in any order."""
 
 
 @dataclass
@@ -336,12 +350,22 @@ def _run_all(specs: list[RunSpec], cfg: DataSettings, workers: int) -> Iterator[
                 future.cancel()
 
 
+def pending(cfg: DataSettings, writer: Writer | None = None) -> list[RunSpec]:
+    """The planned runs the writer (default: the dataset of ``cfg.root``) does not hold yet."""
+    if writer is None:
+        from gfm.data.io import DatasetWriter
+
+        writer = DatasetWriter(cfg.root)
+    return [spec for spec in plan_runs(cfg) if not writer.has(spec)]
+
+
 def generate(
     cfg: DataSettings,
     *,
     workers: int | None = None,
     progress: bool = True,
     writer: Writer | None = None,
+    runner: Runner | None = None,
 ) -> GenerateReport:
     """Train every planned run the writer does not have yet and commit the dataset.
 
@@ -351,6 +375,8 @@ def generate(
         progress: show a rich progress bar.
         writer: where records go (default ``gfm.data.io.DatasetWriter(cfg.root)``); runs for which
             ``writer.has(spec)`` is true are skipped, so an interrupted generation resumes.
+        runner: trains the runs instead of the local process pool (``workers`` is then unused),
+            e.g. Prefect tasks on a Dask cluster; records are written here, in this process.
 
     Returns:
         A ``GenerateReport``; diverged runs are listed there and handed to the writer, which keeps
@@ -387,7 +413,10 @@ def generate(
     )
     with Progress(*columns, disable=not progress) as bar:
         bar_id = bar.add_task("training runs", total=len(todo))
-        for record in _run_all(todo, cfg, n_workers):
+        records = (
+            runner(todo, cfg) if runner is not None and todo else _run_all(todo, cfg, n_workers)
+        )
+        for record in records:
             writer.write_run(record)
             if record.diverged_at is not None:
                 diverged.append((record.spec.run_id, record.diverged_at))

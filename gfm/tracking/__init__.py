@@ -36,6 +36,7 @@ from gfm.tracking.registry import (
 )
 from gfm.tracking.runs import (
     configure,
+    find_active_run,
     flatten_params,
     git_commit,
     log_dataset,
@@ -55,6 +56,7 @@ __all__ = [
     "ForecasterModel",
     "PromotionError",
     "configure",
+    "find_active_run",
     "find_version",
     "flatten_params",
     "forecast_frame",

@@ -129,6 +129,7 @@ def start_run(
     tags: Mapping[str, Any] | None = None,
     nested: bool = False,
     repo: str | Path | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start an MLflow run tagged with who ran it, on which commit and which dataset version.
 
@@ -143,6 +144,8 @@ def start_run(
         tags: more tags; they win over the ones above.
         nested: start a child of the active run.
         repo: the folder to read the git commit in (default: the working directory).
+        parent_run_id: start a child of this run, which may belong to another process (a
+            tuning worker's trials under the ``tune`` run that started it).
 
     Yields:
         The active run.
@@ -153,9 +156,31 @@ def start_run(
         all_tags[TAG_GIT_COMMIT] = commit
     if dataset_version is not None:
         all_tags[TAG_DATASET_VERSION] = dataset_version
-    all_tags.update(tags or {})
-    with mlflow.start_run(run_name=run_name, nested=nested, tags=all_tags) as run:
+    # as text, None values skipped: a tracking server (REST) accepts string tags only
+    all_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
+    with mlflow.start_run(
+        run_name=run_name,
+        nested=nested or parent_run_id is not None,
+        tags=all_tags,
+        parent_run_id=parent_run_id,
+    ) as run:
         yield run
+
+
+def find_active_run(tags: Mapping[str, str]) -> str | None:
+    """The newest RUNNING run of the active experiment carrying all ``tags``, or None.
+
+    A tuning worker started on another machine finds the ``tune`` run of its study this way.
+    """
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    clauses.append("attributes.status = 'RUNNING'")
+    runs = mlflow.search_runs(
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
 
 
 @contextmanager

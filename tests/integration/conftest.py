@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,82 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+# ----------------------------------------------------------------------------- team mode
+
+# The PostgreSQL server the team tests use (trust auth); each test makes its own databases.
+POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The PostgreSQL server URL (no database). In CI (CI=true) a server that does not answer
+    fails the team tests; elsewhere they are skipped, and pytest's summary (-ra) says why."""
+    from gfm import stack
+
+    try:
+        stack.database_exists(f"{POSTGRES}/postgres")
+    except ConnectionError as err:
+        message = f"team tests need PostgreSQL at {POSTGRES} (TEST_POSTGRES_URL): {err}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message + " -- skipped outside CI, where it fails")
+    return POSTGRES
+
+
+def _database_factory(postgres: str, label: str):
+    from gfm import stack
+
+    made: list[str] = []
+
+    def make(purpose: str) -> str:
+        url = f"{postgres}/gfm_test_{label}_{purpose}_{uuid.uuid4().hex[:8]}"
+        stack.create_database(url)
+        made.append(url)
+        return url
+
+    return make, made
+
+
+@pytest.fixture
+def pg_database(postgres: str):
+    """``pg_database("optuna")``: a new, empty PostgreSQL database URL, dropped after the test."""
+    from gfm import stack
+
+    make, made = _database_factory(postgres, "t")
+    yield make
+    for url in made:
+        stack.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
+    """An ``mlflow server`` on a free loopback port, on its own PostgreSQL database, started
+    the way ``gfm stack up`` starts it; stopped and its database dropped after the session."""
+    from gfm import stack
+
+    make, made = _database_factory(postgres, "s")
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    try:
+        (service,) = stack.up(
+            database_url=make("mlflow"),
+            optuna_url=None,
+            artifacts=folder / "artifacts",
+            state_dir=folder / "state",
+            port=free_port(),
+            mlflow_workers=1,
+            timeout_s=180,
+        )
+        yield {"url": service.url, "artifacts": folder / "artifacts"}
+    finally:
+        stack.down(folder / "state")
+        for url in made:
+            stack.drop_database(url)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at the moment, on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

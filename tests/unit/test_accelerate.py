@@ -91,8 +91,9 @@ def _state(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("frame", ["window", "run"])
 @pytest.mark.parametrize("opt_name", ["momentum", "adam"])
-def test_identity_jumps_equal_the_base_run_with_no_op_steps(opt_name):
+def test_identity_jumps_equal_the_base_run_with_no_op_steps(opt_name, frame):
     # given: the wrapper with a forecaster that returns the current weights, and a base run
     # that takes no step at the calls where the wrapper jumps (period P: calls P, 2P+1, ...)
     P, N = 4, 20
@@ -106,7 +107,11 @@ def test_identity_jumps_equal_the_base_run_with_no_op_steps(opt_name):
         period=P,
         horizon=3,
         record_every=2,
+        history=100,  # no thinning ("run"): a jump is due exactly every P base steps
         loss_fn=_guard_loss(model),
+        frame=frame,
+        total_steps=N,
+        calibrate=True,  # nothing to scale: the identity's displacement is zero
     )
     # when
     _train(model, acc, range(N))
@@ -146,8 +151,10 @@ def test_a_jump_that_raises_the_loss_is_rolled_back_and_the_horizon_shortens(for
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("opt_name", ["momentum", "adam"])
-def test_state_dict_round_trip_mid_training_continues_identically(opt_name):
+@pytest.mark.parametrize(
+    ("opt_name", "frame"), [("momentum", "window"), ("adam", "window"), ("adam", "run")]
+)
+def test_state_dict_round_trip_mid_training_continues_identically(opt_name, frame):
     # given: a run with real (linear extrapolation) jumps, stopped between two jumps
     def make(seed):
         model = _model(seed)
@@ -157,10 +164,13 @@ def test_state_dict_round_trip_mid_training_continues_identically(opt_name):
             jump_baseline("linear"),
             period=4,
             horizon=Horizon(6, 2, 30),
-            history=3,
+            history=3 if frame == "window" else 6,  # "run" thins its history on the way
             record_every=2,
             loss_fn=_guard_loss(model),
             guard=1.5,
+            frame=frame,
+            total_steps=30,
+            calibrate=frame == "run",
         )
         return model, acc
 
@@ -184,6 +194,7 @@ def test_state_dict_round_trip_mid_training_continues_identically(opt_name):
 
     assert outcome(acc2.jumps) == outcome(acc.jumps)
     assert (acc2.steps, acc2.progress, acc2.scale) == (acc.steps, acc.progress, acc.scale)
+    assert [j.scale for j in acc2.jumps] == [j.scale for j in acc.jumps]
     for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q)
 
@@ -270,6 +281,95 @@ def test_a_linear_jump_on_a_linear_trajectory_lands_where_sgd_would():
     torch.testing.assert_close(w.detach(), -(P + h * r) * lr * c, rtol=0, atol=1e-6)
 
 
+class Shrunk:
+    """Linear extrapolation that moves only a third of the way: an under-predicting forecaster."""
+
+    name = "shrunk"
+
+    def __init__(self):
+        self.linear = jump_baseline("linear")
+
+    def forecast(self, prefix, t):
+        w_k = prefix.w[-1:]
+        return w_k + (self.linear.forecast(prefix, t) - w_k) / 3
+
+
+def test_calibration_scales_an_under_predicting_forecaster_onto_the_sgd_path():
+    # given: constant gradient c, so SGD moves w_s = w_0 − s·lr·c exactly; a forecaster that
+    # predicts a third of each displacement
+    c = torch.tensor([1.0, -2.0, 0.5])
+    w = nn.Parameter(torch.zeros(3))
+    lr, r, P, h = 0.01, 2, 8, 3
+    acc = Accelerated(
+        torch.optim.SGD([w], lr=lr),
+        [w],
+        Shrunk(),
+        period=P,
+        horizon=h,
+        record_every=r,
+        history=100,
+        loss_fn=lambda: (c * w).sum(),
+        frame="run",
+        calibrate=True,
+    )
+    # when: P base steps and one jump
+    for _ in range(P + 1):
+        acc.zero_grad()
+        (c * w).sum().backward()
+        acc.step()
+    # then: the backtest found the factor 3, and the jump skipped exactly h·r steps
+    (jump,) = acc.jumps
+    assert jump.accepted and jump.scale == pytest.approx(3.0, rel=1e-6)
+    torch.testing.assert_close(w.detach(), -(P + h * r) * lr * c, rtol=0, atol=1e-6)
+
+
+def test_run_frame_keeps_the_run_from_its_start_and_the_jump_path():
+    # given: the "run" frame with a 24-step budget, checkpoints every 2 steps
+    model = _model()
+    forecaster = RecordingForecaster()
+    acc = Accelerated(
+        _optimizer("adam", model),
+        model,
+        forecaster,
+        period=4,
+        horizon=2,
+        history=100,
+        record_every=2,
+        frame="run",
+        total_steps=24,
+    )
+    start = acc.flat()
+    # when: 4 base steps, a jump, 4 base steps, a jump
+    _train(model, acc, range(10))
+    # then: the first prefix is the run from step 0 (w_0, w_2, w_4) in a run of M = 24/2
+    (p1, t1), (p2, t2) = forecaster.calls
+    assert torch.equal(p1.w[0], start) and (p1.k, p1.M) == (2, 12)
+    assert torch.allclose(t1, torch.tensor([3 / 12, 4 / 12], dtype=torch.float64))
+    # the second holds the first, the jump's two forecast checkpoints and two base intervals
+    assert (p2.k, p2.M) == (6, 12) and torch.equal(p2.w[:3], p1.w)
+    assert acc.progress == 8 + 2 * 2 * 2
+
+
+def test_run_frame_thins_its_history_to_twice_the_spacing():
+    # given: at most 4 kept checkpoints in the "run" frame, one every 2 steps, no jump yet
+    model = _model()
+    acc = Accelerated(
+        _optimizer("adam", model),
+        model,
+        RecordingForecaster(),
+        period=100,
+        horizon=1,
+        history=4,
+        record_every=2,
+        frame="run",
+    )
+    # when: 8 base steps (checkpoints at 0, 2, 4, 6, 8: one too many)
+    _train(model, acc, range(8))
+    # then: every other one is kept, from the start, and the spacing doubled
+    assert acc.state_dict()["history_progress"] == [0, 4, 8]
+    assert acc.prefix(1).record_every == 4
+
+
 def test_works_with_a_task_network():
     # given: a digits MLP from gfm.data.tasks
     task = make_task("digits_mlp", TaskSettings(archs=[[8]], steps=10, record_every=2), 0)
@@ -344,7 +444,7 @@ def test_bad_optimizer_parameters_and_forecasts_are_rejected():
             return prefix.w
 
     acc = Accelerated(_optimizer("adam", model), model, WrongShape(), period=2, horizon=1)
-    with pytest.raises(ValueError, match=r"shape \(1, D\)"):
+    with pytest.raises(ValueError, match=r"shape \(T, D\)"):
         _train(model, acc, range(3))
 
 

@@ -19,6 +19,8 @@ COMMANDS = [
     "compare",
     "schedule",
     "generate",
+    "tune-worker",
+    "accelerate",
 ]
 
 
@@ -30,7 +32,8 @@ def test_every_command_has_help_with_examples(command):
 
 
 @pytest.mark.parametrize(
-    "command", ["run", "tune", "train", "evaluate", "promote", "compare", "schedule"]
+    "command",
+    ["run", "tune", "train", "evaluate", "promote", "compare", "schedule", "accelerate"],
 )
 def test_bad_settings_exit_2_naming_the_key(command):
     result = runner.invoke(app, [command, "-p", str(CONFS / "invalid" / "unknown_key.yaml")])

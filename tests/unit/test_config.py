@@ -12,7 +12,7 @@ def test_params_yaml_matches_the_built_in_defaults():
     loaded = load_settings(ROOT / "params.yaml", environ={})
     defaults = load_settings(None, environ={})
     # then they describe the same settings (paths resolve against different folders)
-    for section in ("gfm", "registry", "schedule"):
+    for section in ("gfm", "registry", "schedule", "team"):
         assert getattr(loaded, section) == getattr(defaults, section)
     # paths resolve against different folders; everything else must agree
     assert loaded.train.model_copy(update={"model_dir": None}) == defaults.train.model_copy(
@@ -30,6 +30,9 @@ def test_params_yaml_matches_the_built_in_defaults():
     assert loaded.data.tasks == defaults.data.tasks
     assert loaded.data.optimizers == defaults.data.optimizers
     assert loaded.data.root == ROOT / "data"
+    assert loaded.data.model_copy(update={"root": None}) == defaults.data.model_copy(
+        update={"root": None}
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,3 +161,32 @@ def test_optuna_storage_defaults_to_beside_the_mlflow_store(tmp_path):
     assert s.tune.storage == f"sqlite:///{tmp_path.resolve()}/store/optuna.db"
     server = load_settings(p, ["tracking.uri=http://mlflow:5000"], environ={})
     assert server.tune.storage == f"sqlite:///{tmp_path.resolve()}/optuna.db"
+
+
+def test_team_mode_is_one_switch_below_the_environment_and_set():
+    # given the defaults, then team mode switched on from the environment
+    local = load_settings(None, environ={})
+    env = {"GFM_TEAM__ENABLED": "true"}
+    team = load_settings(None, environ=env)
+    # then the shared services replace the embedded stores, and nothing else changes
+    assert (local.team_mode, team.team_mode) == (False, True)
+    assert local.tracking.uri.startswith("sqlite:///") and local.data.executor == "process"
+    assert team.tracking.uri == "http://127.0.0.1:5000"
+    assert team.tune.storage == "postgresql+psycopg://postgres@127.0.0.1:5432/gfm_optuna"
+    assert team.data.executor == "dask" and team.gfm == local.gfm
+    # and one team value can be changed, while the environment and --set still win
+    moved = load_settings(
+        None,
+        ["team.tracking.uri=http://127.0.0.1:5001", "data.executor=process"],
+        environ={**env, "GFM_TUNE__HEARTBEAT_S": "3"},
+    )
+    assert moved.tracking.uri == "http://127.0.0.1:5001"
+    assert moved.data.executor == "process" and moved.tune.heartbeat_s == 3
+    assert moved.tune.storage == team.tune.storage  # the team default for a key not changed
+
+
+def test_team_values_are_checked_by_key():
+    with pytest.raises(SettingsError, match="team.*uir"):
+        load_settings(None, ["team.tracking.uir=http://x"], environ={})
+    with pytest.raises(SettingsError, match="executor"):
+        load_settings(None, ["team.enabled=true", "team.data.executor=threads"], environ={})

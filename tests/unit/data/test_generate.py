@@ -270,6 +270,29 @@ def test_generate_resumes_skipping_runs_the_writer_has():
     assert writer.committed == planned
 
 
+def test_a_runner_trains_only_what_is_missing_and_the_writer_gets_every_record():
+    # given a writer holding some runs, and a runner (as the Dask flow is) that trains in reverse
+    cfg = _settings()
+    planned = [s.run_id for s in plan_runs(cfg)]
+    asked = []
+
+    def runner(specs, settings):
+        asked.extend(s.run_id for s in specs)
+        return [train_run(s, settings.tasks[s.task]) for s in reversed(specs)]
+
+    inline, via_runner = MemoryWriter(done=planned[:5]), MemoryWriter(done=planned[:5])
+    generate(cfg, workers=1, progress=False, writer=inline)
+    report = generate(cfg, progress=False, writer=via_runner, runner=runner)
+    # then the runner was handed the missing runs only, and their records are the inline ones
+    assert asked == planned[5:] and report.trained == len(planned) - 5
+    for run_id, record in inline.records.items():
+        _assert_same_record(record, via_runner.records[run_id])
+    # and with nothing missing the runner is not called
+    asked.clear()
+    generate(cfg, progress=False, writer=MemoryWriter(done=planned), runner=runner)
+    assert asked == []
+
+
 def test_generate_rejects_zero_workers():
     with pytest.raises(ValueError, match="workers"):
         generate(_settings(), workers=0, progress=False, writer=MemoryWriter())

@@ -1,0 +1,535 @@
+"""The jump-ahead comparison: optimizer steps to a target accuracy with and without forecast jumps.
+
+For each task, architecture (the first one the forecasters train on and the task's holdout
+architecture, ``data.splits.holdout_archs``, which they never see) and seed, one network is
+trained several ways from the same initialisation and minibatch order:
+
+    base     the base optimizer alone, for the step budget S
+    gfm      the same optimizer wrapped in ``gfm.accelerate.Accelerated`` with GFM jumps
+    linear   ... with linear-extrapolation jumps
+    wnn      ... with WNN-style jumps (fitted on the dataset)
+
+    target          = held-out accuracy of ``base`` after its S steps (fixed before any jump)
+    steps_to_target = first evaluated step with held-out accuracy >= target (a jump is a step)
+    speedup         = base_steps_to_target / steps_to_target
+
+Everything here is core: it returns polars tables and writes files; the CLI (``gfm
+accelerate``), the Prefect flow (``flows/accelerate.py``) and ``python -m benchmarks.accelerate``
+call it and log to MLflow themselves.
+
+References:
+    [1] Jang et al., "Learning to Boost Training by Periodic Nowcasting Near Future Weights",
+        ICML 2023 (WNN).
+    [2] Knyazev et al., "Accelerating Training with Neuron Interaction and Nowcasting Networks",
+        ICLR 2025 (NiNo).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from gfm.accelerate import Accelerated, Horizon, Relative, jump_baseline, load_forecaster
+from gfm.config import AccelerateSettings, Settings, apply_params
+from gfm.data.io import atomic_path
+from gfm.data.optim import build_optimizer
+from gfm.data.tasks import Task, make_task
+from gfm.data.trajectories import Trajectories
+from gfm.interface import Forecaster
+from gfm.model import GFM
+from gfm.plots import plot_accuracy_curves
+
+__all__ = [
+    "COLUMNS",
+    "INIT_SEED",
+    "METHODS",
+    "Comparison",
+    "Job",
+    "base_lr",
+    "batches",
+    "compare",
+    "forecasters",
+    "jobs",
+    "summarize",
+    "train_one",
+    "with_tuned",
+    "write",
+]
+
+log = logging.getLogger("gfm.jumpahead")
+
+METHODS = ("base", "gfm", "linear", "wnn")
+INIT_SEED = 100_000  # networks are initialised from INIT_SEED + seed (never a dataset run's)
+COLUMNS = (  # the required columns of accelerate.csv, first
+    "method",
+    "task",
+    "arch",
+    "seed",
+    "steps_to_target",
+    "base_steps_to_target",
+    "final_acc",
+)
+Curve = list[tuple[int, float, float]]  # (step, held-out accuracy, training seconds so far)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One network to train every way: a task, an architecture, a seed.
+
+    Attributes:
+        task: a key of ``data.tasks``.
+        hidden: the architecture's hidden sizes.
+        holdout: whether the forecasters never saw this architecture.
+        seed: initialisation ``INIT_SEED + seed`` and minibatch order ``seed``.
+    """
+
+    task: str
+    hidden: tuple[int, ...]
+    holdout: bool
+    seed: int
+
+    @property
+    def arch(self) -> str:
+        """Hidden sizes joined by ``-`` (the dataset's architecture name)."""
+        return "-".join(map(str, self.hidden))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What ``compare`` measured.
+
+    Attributes:
+        table: one row per method × task × arch × seed (``COLUMNS`` first).
+        curves: held-out accuracy per evaluated step: method, task, arch, seed, step, acc,
+            train_s.
+        jumps: one row per jump: method, task, arch, seed, step, horizon, accepted, spike.
+    """
+
+    table: pl.DataFrame
+    curves: pl.DataFrame
+    jumps: pl.DataFrame
+
+
+def jobs(settings: Settings) -> list[Job]:
+    """The task × architecture × seed grid of ``settings.accelerate``.
+
+    Per task: its first architecture that is not held out, then its holdout architecture
+    (``data.splits.holdout_archs``) when it has one. Seeds ``first_seed .. first_seed+seeds-1``.
+
+    Raises:
+        ValueError: a task is not in ``data.tasks``, or not a classification task.
+    """
+    cfg = settings.accelerate
+    out: list[Job] = []
+    for task in cfg.tasks:
+        if task not in settings.data.tasks:
+            raise ValueError(
+                f"accelerate.tasks: {task!r} must be one of data.tasks "
+                f"{sorted(settings.data.tasks)}"
+            )
+        holdout = settings.data.splits.holdout_archs.get(task)
+        archs = [tuple(a) for a in settings.data.tasks[task].archs]
+        seen = [a for a in archs if "-".join(map(str, a)) != holdout]
+        grid = [(seen[0], False)] if seen else []
+        if holdout is not None:
+            grid.append((tuple(int(h) for h in holdout.split("-")), True))
+        seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
+        out += [Job(task, hidden, held, seed) for hidden, held in grid for seed in seeds]
+    return out
+
+
+def with_tuned(settings: Settings, tune_json: str | Path | None) -> tuple[Settings, dict]:
+    """Settings with the tuned GFM hyperparameters of ``gfm tune`` applied, as ``gfm train`` does.
+
+    Only matters when the comparison fits its own GFM (``accelerate.model`` null): it is then
+    fitted with the params the registered model was trained with, on the architecture split.
+
+    Args:
+        settings: the settings.
+        tune_json: ``reports/tune.json`` (its ``best_params``: ``gfm.width``, ``train.lr``, ...);
+            None or a missing file changes nothing.
+
+    Returns:
+        (settings, the params applied).
+    """
+    if tune_json is None or not Path(tune_json).is_file():
+        return settings, {}
+    best = dict(json.loads(Path(tune_json).read_text()).get("best_params") or {})
+    return apply_params(settings, best), best
+
+
+def base_lr(settings: Settings, task: str) -> float:
+    """``accelerate.lr``, or the geometric midpoint of the dataset's range times ``lr_scale``."""
+    cfg = settings.accelerate
+    if cfg.lr is not None:
+        return cfg.lr
+    r = settings.data.optimizers[cfg.optimizer].lr
+    return math.sqrt(r.low * r.high) * settings.data.tasks[task].lr_scale
+
+
+def batches(n: int, batch: int, steps: int, seed: int) -> list[torch.Tensor]:
+    """Minibatch indices for ``steps`` base steps: a fresh permutation per epoch, drop_last.
+
+    Raises:
+        ValueError: ``batch`` exceeds ``n``.
+    """
+    if batch > n:
+        raise ValueError(f"`batch` must be at most the {n} training rows, got {batch}")
+    gen = torch.Generator().manual_seed(seed)
+    out: list[torch.Tensor] = []
+    while len(out) < steps:
+        perm = torch.randperm(n, generator=gen)
+        out += [perm[i : i + batch] for i in range(0, n - batch + 1, batch)]
+    return out[:steps]
+
+
+def forecasters(
+    settings: Settings,
+    methods: Sequence[str] | None = None,
+    *,
+    model: str | Path | None = None,
+) -> dict[str, Forecaster]:
+    """The jump forecasters of ``methods`` (default ``accelerate.methods``), fitted or loaded.
+
+        gfm     ``model`` (a folder, or a registry URI through ``registry``), else GFM fitted
+                on the train part of the architecture split (``accelerate.fit_steps`` steps)
+        linear  ``gfm.baselines.Linear`` (window ``evaluate.linear_window``)
+        wnn     WNN fitted on the same runs (``accelerate.wnn_steps``)
+
+    Fitting on the architecture split keeps the holdout architectures unseen.
+
+    Args:
+        settings: the settings (``data`` locates the dataset).
+        methods: method names among ``METHODS``; ``base`` needs no forecaster.
+        model: GFM's source: a folder written by ``GFM.save`` or ``models:/gfm@champion``
+            (default ``accelerate.model``; None fits one). A registry URI is read from the
+            store of ``tracking.uri`` (``gfm.accelerate.load_forecaster``).
+
+    Returns:
+        ``{method: forecaster}`` for every method but ``base``.
+    """
+    cfg = settings.accelerate
+    methods = list(cfg.methods if methods is None else methods)
+    source = model if model is not None else cfg.model
+    out: dict[str, Forecaster] = {}
+    train = None
+    if ("gfm" in methods and source is None) or "wnn" in methods:
+        train = Trajectories(settings.data.root).select("architecture", "train")
+    if "gfm" in methods:
+        t0 = time.perf_counter()
+        if source is not None:
+            out["gfm"] = load_forecaster(source, settings=settings)
+            log.info("gfm: loaded %s", source)
+        else:
+            steps = cfg.fit_steps or settings.train.steps
+            train_cfg = settings.train.model_copy(update={"steps": steps})
+            out["gfm"] = GFM(settings.gfm, train_cfg).fit(train)
+            log.info(
+                "gfm: fitted %d steps on %d runs in %.0f s",
+                steps,
+                len(train),
+                time.perf_counter() - t0,
+            )
+    if "linear" in methods:
+        out["linear"] = jump_baseline("linear", config={"window": settings.evaluate.linear_window})
+    if "wnn" in methods:
+        t0 = time.perf_counter()
+        config = {"steps": cfg.wnn_steps} if cfg.wnn_steps else None
+        out["wnn"] = jump_baseline("wnn", train=train, config=config)
+        log.info("wnn: fitted in %.0f s", time.perf_counter() - t0)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"accelerate.methods: {unknown} must be among {list(METHODS)}")
+    return out
+
+
+def _horizon(cfg: AccelerateSettings, record_every: int, steps: int) -> Horizon | Relative:
+    """``Relative`` (``horizon_ratio`` set) or the linear ``Horizon`` schedule over the budget."""
+    if cfg.horizon_ratio is not None:
+        low, high = sorted((cfg.horizon_start, cfg.horizon_end))
+        return Relative(cfg.horizon_ratio, low, high, record_every)
+    return Horizon(cfg.horizon_start, cfg.horizon_end, steps)
+
+
+def _wrap(
+    opt: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    forecaster: Forecaster,
+    task: Task,
+    cfg: AccelerateSettings,
+    record_every: int,
+    steps: int,
+) -> Accelerated:
+    X, y = task.train
+    Xg, yg = X[: cfg.guard_rows], y[: cfg.guard_rows]  # the guard's fixed batch
+    return Accelerated(
+        opt,
+        model,
+        forecaster,
+        period=cfg.period,
+        horizon=_horizon(cfg, record_every, steps),
+        history=cfg.history,
+        record_every=record_every,
+        loss_fn=lambda: task.loss(model(Xg), yg),
+        guard=cfg.guard,
+        shrink=cfg.shrink,
+        warmup=cfg.warmup,
+        task=task.key,
+        frame=cfg.frame,
+        total_steps=steps,
+        calibrate=cfg.calibrate,
+        max_scale=cfg.max_scale,
+    )
+
+
+def train_one(
+    job: Job,
+    settings: Settings,
+    forecaster: Forecaster | None,
+    *,
+    steps: int,
+    order: Sequence[torch.Tensor] | None = None,
+    task: Task | None = None,
+) -> tuple[Curve, list[dict], dict[str, float | int | None]]:
+    """Train ``job``'s network for ``steps`` calls, with jumps when a forecaster is given.
+
+    Held-out accuracy is evaluated every ``accelerate.eval_every`` steps and at the end; a jump
+    takes one step and no minibatch, so the jumping run consumes fewer minibatches.
+
+    Args:
+        job: the network.
+        settings: ``accelerate`` (wrapper options) and ``data.tasks`` (task, record_every).
+        forecaster: the jump forecaster; None trains the base optimizer alone.
+        steps: the step budget S.
+        order: the minibatch indices (default: ``batches`` seeded by ``job.seed``).
+        task: the task instance (default: built from the settings).
+
+    Returns:
+        (curve, jumps, stats): [(step, held-out acc, training seconds)], one dict per jump,
+        and counts and timings (n_jumps, n_accepted, spike_max, spike_mean, wall_s,
+        forecast_s, guard_s).
+    """
+    cfg = settings.accelerate
+    task_cfg = settings.data.tasks[job.task]
+    task = task if task is not None else make_task(job.task, task_cfg, INIT_SEED + job.seed)
+    X, y = task.train
+    if order is None:
+        order = batches(len(X), task_cfg.batch_sizes[0] or 64, steps, job.seed)
+    model = task.build(job.hidden, INIT_SEED + job.seed)
+    opt = build_optimizer(cfg.optimizer, model.parameters(), {"lr": base_lr(settings, job.task)})
+    stepper: torch.optim.Optimizer | Accelerated = opt
+    if forecaster is not None:
+        stepper = _wrap(opt, model, forecaster, task, cfg, task_cfg.record_every, steps)
+    curve: Curve = [(0, task.loss_and_acc(model, "test")[1], 0.0)]
+    used, train_s = 0, 0.0
+    for s in range(1, steps + 1):
+        t0 = time.perf_counter()
+        if isinstance(stepper, Accelerated) and stepper.jump_due:
+            stepper.step()  # the jump: no minibatch, no gradient
+        else:
+            idx = order[used]
+            used += 1
+            stepper.zero_grad(set_to_none=True)
+            task.loss(model(X[idx]), y[idx]).backward()
+            stepper.step()
+        train_s += time.perf_counter() - t0
+        if s % cfg.eval_every == 0 or s == steps:
+            curve.append((s, task.loss_and_acc(model, "test")[1], train_s))
+    jumps = stepper.jumps if isinstance(stepper, Accelerated) else []
+    spikes = [j.spike for j in jumps if math.isfinite(j.spike)]
+    stats: dict[str, float | int | None] = {
+        "n_jumps": len(jumps),
+        "n_accepted": sum(j.accepted for j in jumps),
+        "spike_max": max(spikes) if spikes else None,
+        "spike_mean": float(np.mean(spikes)) if spikes else None,
+        "wall_s": train_s,
+        "forecast_s": sum(j.forecast_s for j in jumps),
+        "guard_s": sum(j.guard_s for j in jumps),
+    }
+    rows = [
+        {
+            "step": j.step + 1,
+            "horizon": j.horizon,
+            "accepted": j.accepted,
+            "spike": j.spike if math.isfinite(j.spike) else None,
+            "scale": j.scale,
+        }
+        for j in jumps
+    ]
+    return curve, rows, stats
+
+
+def _first_reach(curve: Curve, target: float) -> tuple[int | None, float | None]:
+    """(step, training seconds) of the first evaluation with accuracy >= target."""
+    for step, acc, secs in curve:
+        if acc >= target - 1e-12:
+            return step, secs
+    return None, None
+
+
+def compare(
+    settings: Settings,
+    models: Mapping[str, Forecaster],
+    *,
+    methods: Sequence[str] | None = None,
+    on_run: Callable[[Job, str, bool], None] | None = None,
+) -> Comparison:
+    """Train every job of ``jobs(settings)`` with each method; measure steps to the target.
+
+    ``base`` runs first for each job and fixes its target (its held-out accuracy at the step
+    budget, ``accelerate.steps`` or the task's ``steps``).
+
+    Args:
+        settings: the settings.
+        models: ``{method: forecaster}`` from ``forecasters``.
+        methods: the methods (default ``accelerate.methods``); ``base`` is always run.
+        on_run: called with (job, method, False) before and (job, method, True) after each
+            training run (progress bars).
+
+    Returns:
+        The comparison's tables.
+
+    Raises:
+        ValueError: a method other than ``base`` has no forecaster in ``models``.
+    """
+    cfg = settings.accelerate
+    methods = ["base", *[m for m in (cfg.methods if methods is None else methods) if m != "base"]]
+    missing = [m for m in methods[1:] if m not in models]
+    if missing:
+        raise ValueError(f"`models` must hold a forecaster for {missing}, got {sorted(models)}")
+    rows: list[dict] = []
+    curve_rows: list[dict] = []
+    jump_rows: list[dict] = []
+    for job in jobs(settings):
+        task_cfg = settings.data.tasks[job.task]
+        steps = cfg.steps or task_cfg.steps
+        task = make_task(job.task, task_cfg, INIT_SEED + job.seed)
+        order = batches(len(task.train[0]), task_cfg.batch_sizes[0] or 64, steps, job.seed)
+        key = {"task": job.task, "arch": job.arch, "seed": job.seed}
+        target = base_steps = None
+        for method in methods:
+            if on_run is not None:
+                on_run(job, method, False)
+            curve, jumps, stats = train_one(
+                job, settings, models.get(method), steps=steps, order=order, task=task
+            )
+            if method == "base":
+                target = curve[-1][1]  # fixed before any jump: base accuracy at its budget
+            reached, secs = _first_reach(curve, target)
+            if method == "base":
+                base_steps = reached
+            rows.append(
+                {
+                    "method": method,
+                    **key,
+                    "steps_to_target": reached,
+                    "base_steps_to_target": base_steps,
+                    "final_acc": curve[-1][1],
+                    "holdout_arch": job.holdout,
+                    "speedup": base_steps / reached if reached else None,
+                    "steps_saved": (1.0 - reached / base_steps) if reached else None,
+                    "target_acc": target,
+                    "budget": steps,
+                    **stats,
+                    "wall_to_target_s": secs,
+                }
+            )
+            curve_rows += [
+                {"method": method, **key, "step": s, "acc": a, "train_s": t} for s, a, t in curve
+            ]
+            jump_rows += [{"method": method, **key, **j} for j in jumps]
+            if on_run is not None:
+                on_run(job, method, True)
+    table = pl.DataFrame(rows, infer_schema_length=None)
+    curves = pl.DataFrame(curve_rows, infer_schema_length=None)
+    jump_schema = {
+        "method": pl.String,
+        "task": pl.String,
+        "arch": pl.String,
+        "seed": pl.Int64,
+        "step": pl.Int64,
+        "horizon": pl.Int64,
+        "accepted": pl.Boolean,
+        "spike": pl.Float64,
+        "scale": pl.Float64,
+    }
+    return Comparison(table, curves, pl.DataFrame(jump_rows, schema=jump_schema))
+
+
+def summarize(table: pl.DataFrame) -> pl.DataFrame:
+    """Per method × task × arch: steps to target (mean ± std), speedup, steps saved, accuracy.
+
+        speedup      = mean over seeds of base_steps_to_target / steps_to_target
+        steps_saved  = mean of 1 − steps_to_target / base_steps_to_target
+        reached      = share of seeds that reached the target within the budget
+
+    Seeds that never reach the target count as the budget in the step means (and 1/budget
+    speedup is not defined: they are left out of ``speedup``, shown by ``reached`` < 1).
+    """
+    to_target = pl.col("steps_to_target").fill_null(pl.col("budget"))
+    return (
+        table.group_by("method", "task", "arch", "holdout_arch")
+        .agg(
+            pl.len().alias("seeds"),
+            pl.col("steps_to_target").is_not_null().mean().alias("reached"),
+            to_target.mean().alias("steps_mean"),
+            to_target.std().alias("steps_std"),
+            pl.col("base_steps_to_target").mean().alias("base_steps_mean"),
+            pl.col("speedup").mean().alias("speedup_mean"),
+            pl.col("speedup").median().alias("speedup_median"),
+            (pl.col("base_steps_to_target").mean() / to_target.mean()).alias("speedup_of_means"),
+            pl.col("steps_saved").mean().alias("steps_saved"),
+            pl.col("final_acc").mean().alias("final_acc"),
+            (pl.col("final_acc") - pl.col("target_acc")).mean().alias("acc_vs_base"),
+            pl.col("n_accepted").mean(),
+            pl.col("n_jumps").mean(),
+            pl.col("spike_max").max(),
+            pl.col("wall_s").mean(),
+            pl.col("forecast_s").mean(),
+        )
+        .sort("task", "holdout_arch", "arch", "method")
+    )
+
+
+def write(
+    comparison: Comparison, folder: str | Path, *, stem: str = "accelerate"
+) -> dict[str, Path]:
+    """Write the tables and the plot into ``folder``, each file atomically.
+
+        <stem>.csv          one row per method × task × arch × seed
+        <stem>_curves.csv   held-out accuracy per evaluated step
+        <stem>_jumps.csv    one row per jump (horizon, accepted, loss spike)
+        <stem>_summary.csv  ``summarize``
+        <stem>.png          mean held-out accuracy vs step per method, one panel per task × arch
+
+    Returns:
+        ``{"table", "curves", "jumps", "summary", "plot"}`` -> path.
+    """
+    folder = Path(folder)
+    paths = {
+        "table": folder / f"{stem}.csv",
+        "curves": folder / f"{stem}_curves.csv",
+        "jumps": folder / f"{stem}_jumps.csv",
+        "summary": folder / f"{stem}_summary.csv",
+        "plot": folder / f"{stem}.png",
+    }
+    frames = {
+        "table": comparison.table,
+        "curves": comparison.curves.with_columns(pl.col("acc", "train_s").round(4)),
+        "jumps": comparison.jumps,
+        "summary": summarize(comparison.table),
+    }
+    for name, frame in frames.items():
+        with atomic_path(paths[name]) as tmp:
+            frame.write_csv(tmp)
+    plot_accuracy_curves(comparison.curves, comparison.table, paths["plot"])
+    return paths
