@@ -769,8 +769,14 @@ def read_manifest(root: str | Path) -> Manifest:
 
 
 def settings_params(cfg: DataSettings) -> dict[str, Any]:
-    """The machine-independent DataSettings kept in the manifest (no root, workers, remote)."""
-    return cfg.model_dump(mode="json", exclude={"root", "workers", "remote"})
+    """The DataSettings that decide the dataset, kept in the manifest.
+
+    Not where it lives or how it was computed (root, workers, remote, executor, dask_address):
+    the same params give the same manifest, and the same DVC md5, whichever engine ran them.
+    """
+    return cfg.model_dump(
+        mode="json", exclude={"root", "workers", "remote", "executor", "dask_address"}
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -257,6 +257,11 @@ def test_dask_generation_gives_the_dataset_of_the_single_process_path(prefect_ha
     # then every run trained there, and the dataset's hash is the same
     assert report.trained == report.planned == single.planned > 0
     assert report.manifest.hash == single.manifest.hash
+    # and the manifests are byte-identical, so DVC gives both folders the same md5
+    manifest = "manifest.json"
+    assert (tmp_path / "dask" / manifest).read_bytes() == (
+        tmp_path / "single" / manifest
+    ).read_bytes()
     # and with nothing left to train no cluster is needed
     again = generate_on_dask(cfg)
     assert again.trained == 0 and again.manifest.hash == report.manifest.hash
