@@ -120,7 +120,10 @@ def test_two_tune_workers_share_one_study_without_duplicates(workflow, mlflow_se
 
     # when `gfm tune --workers 2` runs the study
     proc = subprocess.run(
-        [GFM, "tune", "-p", str(workflow), "--workers", "2", "--set", "tune.n_trials=6"],
+        # heartbeat 10 s (grace 20 s): on a loaded CI machine the 1 s of the tiny settings let a
+        # live worker's trial be failed as stale and run twice; no worker is killed here
+        [GFM, "tune", "-p", str(workflow), "--workers", "2"]
+        + ["--set", "tune.n_trials=6", "--set", "tune.heartbeat_s=10"],
         cwd=workflow.parent,
         capture_output=True,
         text=True,
