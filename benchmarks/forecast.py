@@ -28,11 +28,11 @@ import polars as pl
 import torch
 
 from gfm import baselines
+from gfm.bench.forecast import compare, headline, methods, score_for
 from gfm.config import load_settings
 from gfm.data.trajectories import Trajectories
 from gfm.evaluation import horizon_table, to_markdown
-from gfm.experiment import compare, headline, methods, score_for
-from gfm.interface import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index
 from gfm.plots import plot_horizon, plot_trajectories
 
 RESULTS = Path(__file__).parent / "results"

@@ -24,7 +24,7 @@ from gfm.config import TaskSettings, load_settings
 from gfm.data.generate import train_run
 from gfm.data.schema import RunSpec
 from gfm.data.trajectories import Trajectories
-from gfm.interface import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index
 from gfm.model import GFM
 
 matplotlib.use("Agg")

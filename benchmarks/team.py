@@ -45,15 +45,14 @@ CONFS = Path(__file__).resolve().parents[1] / "tests" / "confs"
 def _tuning(postgres: str, folder: Path, workers: list[int], n_trials: int) -> list[dict]:
     import optuna
 
-    from gfm import pipeline, stack
+    from gfm import ops
     from gfm.config import load_settings
     from gfm.data.generate import generate
+    from gfm.ops import stack
 
     data = folder / "tiny-data"
     tiny = CONFS / "valid" / "tiny.yaml"
-    generate(
-        load_settings(tiny, {"data.root": str(data)}, environ={}).data, workers=1, progress=False
-    )
+    generate(load_settings(tiny, {"data.root": str(data)}, environ={}).data, workers=1)
     mlflow_db = f"{postgres}/gfm_bench_mlflow_{uuid.uuid4().hex[:8]}"
     stack.create_database(mlflow_db)
     rows = []
@@ -83,7 +82,7 @@ def _tuning(postgres: str, folder: Path, workers: list[int], n_trials: int) -> l
                     environ={},
                 )
                 start, cpu = time.perf_counter(), _cpu_s()
-                doc = pipeline.tune_step(settings, workers=n)
+                doc = ops.tune_step(settings, workers=n)
                 wall, cpu = time.perf_counter() - start, _cpu_s() - cpu
                 study = optuna.load_study(study_name=doc["study"], storage=storage)
                 done = [t for t in study.trials if t.datetime_complete is not None]
@@ -178,7 +177,7 @@ def _generation(folder: Path, workers: list[int], seeds: int) -> list[dict]:
 
     runner, stamps = _timed(inline)
     start, cpu = time.perf_counter(), _cpu_s()
-    base = generate(cfg(folder / "gen-process", "process", 1), progress=False, runner=runner)
+    base = generate(cfg(folder / "gen-process", "process", 1), runner=runner)
     rows = [row("process", 1, base, time.perf_counter() - start, _cpu_s() - cpu, stamps)]
     original = flow._on_dask
     for n in workers:

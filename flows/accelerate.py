@@ -10,24 +10,27 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import git_root, settings
-from gfm import jumpahead, pipeline
+from gfm import ops, tracking
+from gfm.bench import jumps
 from gfm.config import Settings
 from gfm.tracking.comparison import STATS, log_comparison, read_summary
 
 
 @task(name="compare-jumps", cache_policy=NO_CACHE)
 def compare_jumps(cfg: Settings, model: str | None) -> dict[str, str]:
-    """``gfm.jumpahead``: fit or load the forecasters, train every way, write the files."""
-    models = jumpahead.forecasters(cfg, model=model)
-    comparison = jumpahead.compare(cfg, models)
-    return {k: str(v) for k, v in jumpahead.write(comparison, cfg.accelerate.output_dir).items()}
+    """``gfm.bench.jumps``: fit or load the forecasters, train every way, write the files."""
+    source = model or cfg.accelerate.model
+    gfm = tracking.load_model(source, cfg) if source and "gfm" in cfg.accelerate.methods else None
+    models = jumps.forecasters(cfg, gfm=gfm)
+    comparison = jumps.compare(cfg, models)
+    return {k: str(v) for k, v in jumps.write(comparison, cfg.accelerate.output_dir).items()}
 
 
 @task(name="log-comparison", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def log_results(cfg: Settings, paths: dict[str, str], repo: Path) -> str:
     """One MLflow run: the ``accelerate`` settings, speedups per panel, the files; its id."""
     root = cfg.data.root
-    version = pipeline.dataset_version(root) if root.is_dir() else None  # a --model run needs none
+    version = ops.dataset_version(root) if root.is_dir() else None  # a --model run needs none
     return log_comparison(cfg, paths, dataset_version=version, repo=repo)
 
 
@@ -69,7 +72,7 @@ def accelerate(
     """
     cfg = settings(params, overrides)
     if tuned and model is None and cfg.accelerate.model is None:
-        cfg, _ = jumpahead.with_tuned(cfg, pipeline.layout(cfg).tune_json)
+        cfg, _ = jumps.with_tuned(cfg, ops.layout(cfg).tune_json)
     paths = compare_jumps(cfg, model)
     run_id = log_results(cfg, paths, git_root(params))
     publish(paths["summary"], run_id)

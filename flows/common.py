@@ -8,8 +8,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from gfm import pipeline, versioning
+from gfm import ops
 from gfm.config import Settings, load_settings
+from gfm.ops import versioning
 
 
 def settings(params: str, overrides: Sequence[str] | None) -> Settings:
@@ -18,8 +19,8 @@ def settings(params: str, overrides: Sequence[str] | None) -> Settings:
 
 
 def dvc_repo(params: str, overrides: Sequence[str] | None) -> Path | None:
-    """The DVC repository whose stages run these settings (``gfm.pipeline.dvc_repo``)."""
-    return pipeline.dvc_repo(Path(params), list(overrides or []))
+    """The DVC repository whose stages run these settings (``gfm.ops.dvc_repo``)."""
+    return ops.dvc_repo(Path(params), list(overrides or []))
 
 
 def git_root(params: str) -> Path:

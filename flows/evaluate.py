@@ -10,20 +10,20 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import dvc_repo, git_root, repro, settings
-from gfm import pipeline
+from gfm import ops
 from gfm.config import Settings
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate_models(cfg: Settings, train_info: Path, repo: Path) -> dict:
-    """``gfm.pipeline.evaluate_step``: metrics, table and plots to files and to MLflow."""
-    return pipeline.evaluate_step(cfg, train_info=train_info, repo=repo)
+    """``gfm.ops.evaluate_step``: metrics, table and plots to files and to MLflow."""
+    return ops.evaluate_step(cfg, train_info=train_info, repo=repo)
 
 
 @task(name="publish-results", cache_policy=NO_CACHE)
 def publish(metrics_json: Path, results_md: Path) -> str:
     """A markdown artifact in Prefect: the model's test metrics and the results table."""
-    doc = pipeline.read_json(metrics_json, "evaluate")
+    doc = ops.read_json(metrics_json, "evaluate")
     lines = [
         f"# gfm evaluation (split `{doc['split']}`, {doc['n_test_runs']} test runs)",
         "",
@@ -52,7 +52,7 @@ def evaluate(
     In the project's DVC repository this is ``dvc repro evaluate``, else the step directly.
     """
     cfg = settings(params, overrides)
-    out = pipeline.layout(cfg)
+    out = ops.layout(cfg)
     repo = dvc_repo(params, overrides)
     if repo is not None:
         repro("evaluate", repo)

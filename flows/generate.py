@@ -18,12 +18,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from flows.common import dvc_repo, repro, settings
-from gfm import pipeline, versioning
+from gfm import ops
 from gfm.config import DataSettings, TaskSettings
 from gfm.data.generate import GenerateReport, pending, train_run
 from gfm.data.generate import generate as generate_runs
 from gfm.data.schema import RunRecord, RunSpec
 from gfm.data.validate import check
+from gfm.ops import versioning
 
 
 @task(name="restore-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
@@ -45,7 +46,7 @@ def _counts(report: GenerateReport) -> dict:
 @task(name="generate-data", cache_policy=NO_CACHE)
 def generate_data(cfg: DataSettings) -> dict:
     """Train the planned runs the dataset lacks (``gfm.data.generate``); returns the counts."""
-    return _counts(generate_runs(cfg, progress=False))
+    return _counts(generate_runs(cfg))
 
 
 @task(name="train-run", task_run_name="train {spec.run_id}", cache_policy=NO_CACHE)
@@ -103,13 +104,13 @@ def dask_runner(cfg: DataSettings) -> DaskTaskRunner:
 @flow(name="generate-on-dask")
 def train_on_dask(cfg: DataSettings) -> GenerateReport:
     """Train the missing runs as tasks on the flow's ``DaskTaskRunner``; commit the dataset."""
-    return generate_runs(cfg, progress=False, runner=_on_dask)
+    return generate_runs(cfg, runner=_on_dask)
 
 
 def generate_on_dask(cfg: DataSettings) -> GenerateReport:
     """``gfm.data.generate.generate`` on Dask (``dask_runner``); no cluster when nothing is missing."""
     if not pending(cfg):
-        return generate_runs(cfg, workers=1, progress=False)
+        return generate_runs(cfg, workers=1)
     return train_on_dask.with_options(task_runner=dask_runner(cfg))(cfg)
 
 
@@ -134,8 +135,8 @@ def push_data(root: Path, remote: str) -> None:
 
 @task(name="dataset-version", cache_policy=NO_CACHE)
 def version_of(root: Path) -> str:
-    """The dataset version outside DVC: its content hash (``gfm.pipeline.dataset_version``)."""
-    return pipeline.dataset_version(root)
+    """The dataset version outside DVC: its content hash (``gfm.ops.dataset_version``)."""
+    return ops.dataset_version(root)
 
 
 @flow(name="generate")

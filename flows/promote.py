@@ -9,20 +9,20 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings
-from gfm import pipeline
+from gfm import ops
 from gfm.config import Settings
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_model(cfg: Settings, train_info: Path) -> str:
     """A registry version for the trained model (reused when the run is already registered)."""
-    return pipeline.register_step(cfg, train_info=train_info)
+    return ops.register_step(cfg, train_info=train_info)
 
 
 @task(name="promote-version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def promote_version(cfg: Settings, version: str, train_info: Path, metrics: Path) -> dict:
     """Champion if better than the re-scored champion by the margin, else challenger."""
-    return pipeline.promote_step(cfg, train_info=train_info, metrics=metrics, version=version)
+    return ops.promote_step(cfg, train_info=train_info, metrics=metrics, version=version)
 
 
 @flow(name="promote")
@@ -41,7 +41,7 @@ def promote(
         metrics: metrics.json (default: the layout's).
     """
     cfg = settings(params, overrides)
-    out = pipeline.layout(cfg)
+    out = ops.layout(cfg)
     info = Path(train_info or out.train_json)
     version = register_model(cfg, info)
     return promote_version(cfg, version, info, Path(metrics or out.metrics_json))

@@ -9,14 +9,14 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import dvc_repo, git_root, repro, settings
-from gfm import pipeline
+from gfm import ops
 from gfm.config import Settings
 
 
 @task(name="train-gfm", cache_policy=NO_CACHE)
 def train_model(cfg: Settings, tuned: Path, repo: Path) -> dict:
-    """``gfm.pipeline.train_step``: fit, log the run and the pyfunc model, write the folder."""
-    return pipeline.train_step(cfg, tuned=tuned, repo=repo)
+    """``gfm.ops.train_step``: fit, log the run and the pyfunc model, write the folder."""
+    return ops.train_step(cfg, tuned=tuned, repo=repo)
 
 
 @flow(name="train")
@@ -39,5 +39,5 @@ def train(
     if repo is not None:
         repro("train", repo)
     else:
-        train_model(cfg, Path(tuned or pipeline.layout(cfg).tune_json), git_root(params))
-    return str(pipeline.layout(cfg).train_json)
+        train_model(cfg, Path(tuned or ops.layout(cfg).tune_json), git_root(params))
+    return str(ops.layout(cfg).train_json)

@@ -9,14 +9,14 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import dvc_repo, git_root, repro, settings
-from gfm import pipeline
+from gfm import ops
 from gfm.config import Settings
 
 
 @task(name="tune-study", cache_policy=NO_CACHE)
 def run_study(cfg: Settings, repo: Path) -> dict:
-    """``gfm.pipeline.tune_step``: the study, one nested MLflow run per trial, tune.json."""
-    return pipeline.tune_step(cfg, repo=repo)
+    """``gfm.ops.tune_step``: the study, one nested MLflow run per trial, tune.json."""
+    return ops.tune_step(cfg, repo=repo)
 
 
 @flow(name="tune")
@@ -31,4 +31,4 @@ def tune(params: str = "params.yaml", overrides: Sequence[str] | None = None) ->
         repro("tune", repo)
     else:
         run_study(cfg, git_root(params))
-    return str(pipeline.layout(cfg).tune_json)
+    return str(ops.layout(cfg).tune_json)

@@ -434,7 +434,7 @@ class RegistrySettings(_Frozen):
     challenger_alias: str = "challenger"
     metric: str = Field(
         "test/rel_mse_persistence_median",
-        description="test metric of gfm.pipeline.model_metrics; the median over test runs and "
+        description="test metric of gfm.ops.model_metrics; the median over test runs and "
         "fractions, since the mean of a ratio is swayed by runs that barely move",
     )
     greater_is_better: bool = False

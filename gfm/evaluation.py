@@ -10,16 +10,15 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gfm.data.schema import RunRecord
-from gfm.interface import Forecaster, Prefix, observed_index
+from gfm.forecaster import Forecaster, Prefix, observed_index
 from gfm.metrics import Score, downstream, horizon_mse, mae, mse, rel_mse
 
 __all__ = ["COLUMNS", "GROUP", "evaluate", "horizon_table", "summarise", "to_markdown"]
@@ -112,17 +111,6 @@ def _check_inputs(
         )
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]evaluate[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def evaluate(
     forecasters: Mapping[str, Forecaster],
     runs: Sequence[RunRecord],
@@ -131,7 +119,7 @@ def evaluate(
     split: str,
     score: Score | None = None,
     horizons: bool = True,
-    progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """Forecast every run from every observed fraction with every method and score the result.
 
@@ -148,7 +136,7 @@ def evaluate(
         score: ``score(record, w) -> (loss, acc)`` on held-out data; when None the downstream
             columns are NaN.
         horizons: forecast every later recorded step (error vs horizon) instead of t = 1 only.
-        progress: show a rich progress bar.
+        progress: called as ``progress(done, total)`` after each run (the caller's progress bar).
 
     Returns:
         One row per method × run × fraction with the columns ``COLUMNS``: identifiers; ``k`` and
@@ -165,12 +153,11 @@ def evaluate(
     """
     _check_inputs(forecasters, runs, fractions, split, score)
     rows: list[dict[str, Any]] = []
-    with _progress(progress) as bar:
-        job = bar.add_task(split, total=len(runs) * len(fractions))
-        for i in range(len(runs)):
-            record = runs[i]  # one run in memory at a time
-            rows += _evaluate_run(forecasters, record, fractions, split, score, horizons)
-            bar.advance(job, len(fractions))
+    for i in range(len(runs)):
+        record = runs[i]  # one run in memory at a time
+        rows += _evaluate_run(forecasters, record, fractions, split, score, horizons)
+        if progress is not None:
+            progress(i + 1, len(runs))
     return (
         pl.DataFrame(rows, schema=_SCHEMA, orient="row") if rows else pl.DataFrame(schema=_SCHEMA)
     )

@@ -45,7 +45,7 @@ import torch
 
 from gfm.config import OPTIMIZERS
 from gfm.data.schema import ParamMeta
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 __all__ = [
     "HPARAM_DEFAULTS",

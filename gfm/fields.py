@@ -45,7 +45,7 @@ from torch import nn
 
 from gfm.config import OPTIMIZERS
 from gfm.features import N_LR, N_RUN, Normalizer, resolve_hparams
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 __all__ = [
     "FIELDS",

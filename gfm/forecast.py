@@ -22,7 +22,7 @@ from torchdiffeq._impl.odeint import SOLVERS
 from gfm.config import OPTIMIZERS
 from gfm.features import Normalizer, context, lr_at, lr_features, n_context, run_context
 from gfm.fields import Cond, VectorField
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 __all__ = ["FIXED_STEP", "forecast", "one_thread"]
 
@@ -103,7 +103,7 @@ def _check_inputs(
     if not isinstance(field, VectorField):
         raise TypeError(f"`field` must be a gfm.fields.VectorField, got {type(field).__name__}")
     if not isinstance(prefix, Prefix):
-        raise TypeError(f"`prefix` must be a gfm.interface.Prefix, got {type(prefix).__name__}")
+        raise TypeError(f"`prefix` must be a gfm.forecaster.Prefix, got {type(prefix).__name__}")
     w = prefix.w
     if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
         got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__

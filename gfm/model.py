@@ -17,12 +17,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from gfm.config import OPTIMIZERS, GFMSettings, TrainSettings
-from gfm.data.io import atomic_path
+from gfm.data.atomic import atomic_path
 from gfm.data.schema import RunRecord
 from gfm.features import n_context
 from gfm.fields import FIELDS, FreeField, Surrogate, VectorField
 from gfm.forecast import forecast
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "GFM", "WEIGHTS_FILE"]
 
@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 
 
 class GFM:
-    """Gradient Flow Matching forecaster (implements ``gfm.interface.Forecaster``).
+    """Gradient Flow Matching forecaster (implements ``gfm.forecaster.Forecaster``).
 
     One ``Surrogate`` network is shared by all parameters of all runs (batched over parameters,
     so it serves any architecture and size). Variant ``"optimizer"``: each run is moved by the

@@ -16,7 +16,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gfm.data.io import atomic_path
+from gfm.data.atomic import atomic_path
 from gfm.data.schema import RunRecord
 
 __all__ = ["plot_accuracy_curves", "plot_horizon", "plot_trajectories"]
@@ -163,7 +163,7 @@ def plot_accuracy_curves(curves: pl.DataFrame, table: pl.DataFrame, path: Path) 
     """Seed-mean held-out accuracy vs step per method, one panel per task × arch (jump-ahead).
 
     Args:
-        curves: rows (method, task, arch, seed, step, acc) of ``gfm.jumpahead.compare``.
+        curves: rows (method, task, arch, seed, step, acc) of ``gfm.bench.jumps.compare``.
         table: its per-run table (target_acc, holdout_arch): the target is drawn dashed.
         path: the image file to write.
 

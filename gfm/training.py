@@ -27,7 +27,7 @@ from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
 from gfm.fields import Cond, Grad, scan_states
 from gfm.forecast import forecast, one_thread
-from gfm.interface import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
 
 if TYPE_CHECKING:

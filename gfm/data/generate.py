@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gfm.config import DataSettings, Range, TaskSettings
 from gfm.data.optim import DEFAULTS, OPTIMIZERS, build_optimizer, lr_at
@@ -30,7 +29,7 @@ from gfm.data.schema import RunRecord, RunSpec, arch_name
 from gfm.data.tasks import TASKS, flatten, make_task, param_meta
 
 if TYPE_CHECKING:
-    from gfm.data.io import Manifest
+    from gfm.data.format import Manifest
 
 __all__ = [
     "GenerateReport",
@@ -49,7 +48,7 @@ _ORDER_TAG = 2  # seeds the minibatch order's stream (tasks.py uses 1 for synthe
 
 
 class Writer(Protocol):
-    """Where finished runs go (``gfm.data.io.DatasetWriter``)."""
+    """Where finished runs go (``gfm.data.writer.DatasetWriter``)."""
 
     def has(self, spec: RunSpec) -> bool:
         """Whether the run (or its divergence marker) is already stored."""
@@ -78,7 +77,7 @@ class GenerateReport:
         trained: runs trained now, diverged ones included.
         diverged: (run_id, step) of each run trained now whose loss or weights became non-finite.
         seconds: wall-clock time of the whole call.
-        manifest: what ``writer.commit`` returned (a ``gfm.data.io.Manifest``).
+        manifest: what ``writer.commit`` returned (a ``gfm.data.format.Manifest``).
     """
 
     planned: int
@@ -353,7 +352,7 @@ def _run_all(specs: list[RunSpec], cfg: DataSettings, workers: int) -> Iterator[
 def pending(cfg: DataSettings, writer: Writer | None = None) -> list[RunSpec]:
     """The planned runs the writer (default: the dataset of ``cfg.root``) does not hold yet."""
     if writer is None:
-        from gfm.data.io import DatasetWriter
+        from gfm.data.writer import DatasetWriter
 
         writer = DatasetWriter(cfg.root)
     return [spec for spec in plan_runs(cfg) if not writer.has(spec)]
@@ -363,7 +362,7 @@ def generate(
     cfg: DataSettings,
     *,
     workers: int | None = None,
-    progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
     writer: Writer | None = None,
     runner: Runner | None = None,
 ) -> GenerateReport:
@@ -372,8 +371,9 @@ def generate(
     Args:
         cfg: the dataset settings.
         workers: parallel processes (default ``cfg.workers``); 1 trains inline.
-        progress: show a rich progress bar.
-        writer: where records go (default ``gfm.data.io.DatasetWriter(cfg.root)``); runs for which
+        progress: called as ``progress(done, total)`` after each run trained now (a progress
+            bar of the caller's; gfm itself only logs).
+        writer: where records go (default ``gfm.data.writer.DatasetWriter(cfg.root)``); runs for which
             ``writer.has(spec)`` is true are skipped, so an interrupted generation resumes.
         runner: trains the runs instead of the local process pool (``workers`` is then unused),
             e.g. Prefect tasks on a Dask cluster; records are written here, in this process.
@@ -390,7 +390,7 @@ def generate(
     if n_workers < 1:
         raise ValueError(f"`workers` must be >= 1, got {n_workers}")
     if writer is None:
-        from gfm.data.io import DatasetWriter
+        from gfm.data.writer import DatasetWriter
 
         writer = DatasetWriter(cfg.root)
 
@@ -405,25 +405,16 @@ def generate(
     )
 
     diverged: list[tuple[str, int]] = []
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, disable=not progress) as bar:
-        bar_id = bar.add_task("training runs", total=len(todo))
-        records = (
-            runner(todo, cfg) if runner is not None and todo else _run_all(todo, cfg, n_workers)
-        )
-        for record in records:
-            writer.write_run(record)
-            if record.diverged_at is not None:
-                diverged.append((record.spec.run_id, record.diverged_at))
-                log.warning("%s diverged at step %d", record.spec.run_id, record.diverged_at)
-            else:
-                log.debug("%s done: val_loss %.4g", record.spec.run_id, record.val_loss[-1])
-            bar.advance(bar_id)
+    records = runner(todo, cfg) if runner is not None and todo else _run_all(todo, cfg, n_workers)
+    for done, record in enumerate(records, start=1):
+        writer.write_run(record)
+        if record.diverged_at is not None:
+            diverged.append((record.spec.run_id, record.diverged_at))
+            log.warning("%s diverged at step %d", record.spec.run_id, record.diverged_at)
+        else:
+            log.debug("%s done: val_loss %.4g", record.spec.run_id, record.val_loss[-1])
+        if progress is not None:
+            progress(done, len(todo))
 
     # naming the plan lets the writer drop staged runs of an earlier, different plan
     manifest = writer.commit(cfg, run_ids=[spec.run_id for spec in specs])

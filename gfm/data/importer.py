@@ -22,9 +22,10 @@ import numpy as np
 import polars as pl
 
 from gfm.config import OPTIMIZERS, SplitSettings
-from gfm.data.io import RUN_ID, DatasetWriter, Manifest
+from gfm.data.format import RUN_ID, Manifest
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec, arch_name
 from gfm.data.validate import check
+from gfm.data.writer import DatasetWriter
 
 __all__ = ["METADATA_KEYS", "NPZ_KEYS", "import_arrays", "import_state_dicts"]
 

@@ -35,7 +35,7 @@ from gfm.config import OPTIMIZERS, SCHEDULES
 from gfm.data.importer import _flatten_run
 from gfm.data.optim import lr_at
 from gfm.data.schema import ParamMeta
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 __all__ = ["METADATA_KEYS", "read_prefix", "sidecar"]
 

@@ -15,7 +15,8 @@ from typing import Any, overload
 
 import polars as pl
 
-from gfm.data.io import (
+from gfm.data.checkpoints import read_checkpoints
+from gfm.data.format import (
     CHECKPOINTS_DIR,
     PARAMETERS_FILE,
     PARAMETERS_SCHEMA,
@@ -24,7 +25,6 @@ from gfm.data.io import (
     DatasetError,
     Manifest,
     params_from_table,
-    read_checkpoints,
     read_manifest,
 )
 from gfm.data.schema import SPLIT_KINDS, SPLIT_PARTS, ParamMeta, RunRecord

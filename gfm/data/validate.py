@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from gfm.data.io import (
+from gfm.data.format import (
     CHECKPOINTS_DIR,
     CURVES,
     DIVERGED_DIR,

@@ -1,7 +1,7 @@
 """MLflow record of a jump-ahead comparison (``gfm accelerate``): settings, speedups, files.
 
 Metrics are named ``<task>_<arch>/<method>_<stat>`` (``digits_mlp_32/gfm_speedup_mean``) per
-panel of ``gfm.jumpahead.summarize``, and ``accelerate/<method>_<stat>`` averaged over panels.
+panel of ``gfm.bench.jumps.summarize``, and ``accelerate/<method>_<stat>`` averaged over panels.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ STATS = (  # summary columns logged as metrics
 
 
 def read_summary(path: str | Path) -> pl.DataFrame:
-    """The summary table ``gfm.jumpahead.write`` wrote.
+    """The summary table ``gfm.bench.jumps.write`` wrote.
 
     Architecture names are read as text and the stats as floats, even an empty column.
     """
@@ -82,8 +82,8 @@ def log_comparison(
 
     Args:
         settings: the settings the comparison ran with (``tracking`` locates the store).
-        paths: ``gfm.jumpahead.write``'s files; must hold ``summary``.
-        dataset_version: the dataset's version (``gfm.pipeline.dataset_version``).
+        paths: ``gfm.bench.jumps.write``'s files; must hold ``summary``.
+        dataset_version: the dataset's version (``gfm.ops.dataset_version``).
         repo: the folder whose git commit the run records.
         run_name: the run's name.
 

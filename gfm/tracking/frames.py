@@ -43,7 +43,7 @@ import torch
 
 from gfm.config import OPTIMIZERS
 from gfm.data.schema import PARAM_KINDS, ParamMeta
-from gfm.interface import Forecaster, Prefix
+from gfm.forecaster import Forecaster, Prefix
 
 HPARAM_KEYS = ("lr", "momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
 HPARAM_PREFIX = "hp_"

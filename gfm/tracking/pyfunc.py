@@ -38,7 +38,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types.schema import Array, ColSpec, Schema
 
 import gfm
-from gfm.interface import Forecaster, Prefix
+from gfm.forecaster import Forecaster, Prefix
 from gfm.tracking.frames import (
     HPARAM_KEYS,
     HPARAM_PREFIX,

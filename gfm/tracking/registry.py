@@ -27,10 +27,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
-from gfm.config import RegistrySettings
-from gfm.interface import Forecaster
+from gfm.config import RegistrySettings, Settings
+from gfm.forecaster import Forecaster
 from gfm.tracking.pyfunc import ARTIFACT_KEY, load_forecaster
-from gfm.tracking.runs import TAG_DATASET_VERSION, TAG_GIT_COMMIT
+from gfm.tracking.runs import TAG_DATASET_VERSION, TAG_GIT_COMMIT, use_store
 
 TAG_GIT = "gfm.git_commit"
 TAG_RUN = "gfm.run_id"
@@ -39,6 +39,7 @@ TAG_COMPARED_TO = "gfm.compared_to"
 PARAM_TAG = "param."
 METRIC_TAG = "metric."
 _READY = "READY"
+SCHEME = "models:/"  # a registry source, told apart from a folder
 
 
 class PromotionError(RuntimeError):
@@ -321,3 +322,39 @@ def load(
 def load_pyfunc(alias: str | None = None, cfg: RegistrySettings | None = None) -> PyFuncModel:
     """Load the pyfunc model behind an alias (request frame in, answer frame out)."""
     return mlflow.pyfunc.load_model(model_uri(cfg or RegistrySettings(), alias))
+
+
+def load_model(source: str | Path, settings: Settings | None = None) -> Forecaster:
+    """A forecaster from a folder or from the registry, natively (torch), in one call.
+
+        folder                    -> the forecaster saved there
+        "models:/<name>@<alias>"  -> the version behind the alias, e.g. ``models:/gfm@champion``
+
+    Args:
+        source: a forecaster folder, or a registry URI naming ``registry.model_name``.
+        settings: where the store is (``tracking``) and the model's name (``registry``);
+            default: the store MLflow already points at and the default registry settings.
+
+    Returns:
+        The forecaster (``forecast(prefix, t)``), read into memory.
+
+    Raises:
+        FileNotFoundError: a folder that does not exist.
+        ValueError: a registry URI without an alias, or naming another registered model.
+    """
+    from gfm.jumps import load_forecaster  # the folder loader of the core
+
+    if not (isinstance(source, str) and source.startswith(SCHEME)):
+        return load_forecaster(source)
+    cfg = settings.registry if settings is not None else RegistrySettings()
+    name, sep, alias = source[len(SCHEME) :].partition("@")
+    if not sep or not name or not alias:
+        raise ValueError(f"`source` must be a registry URI models:/<name>@<alias>, got {source!r}")
+    if name != cfg.model_name:
+        raise ValueError(
+            f"`source` must name the configured registered model ({model_uri(cfg, alias)}), "
+            f"got {source!r}"
+        )
+    if settings is not None:
+        use_store(settings.tracking)
+    return load(alias, cfg)

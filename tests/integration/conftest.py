@@ -68,7 +68,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny dataset, generated once per session (read-only for tests: copy to change it)."""
     root = tmp_path_factory.mktemp("tiny-data") / "data"
     settings = load_settings(CONFS / "valid" / "tiny.yaml", {"data.root": str(root)}, environ={})
-    generate(settings.data, workers=1, progress=False)
+    generate(settings.data, workers=1)
     return root
 
 
@@ -135,7 +135,7 @@ POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@12
 def postgres() -> str:
     """The PostgreSQL server URL (no database). In CI (CI=true) a server that does not answer
     fails the team tests; elsewhere they are skipped, and pytest's summary (-ra) says why."""
-    from gfm import stack
+    from gfm.ops import stack
 
     try:
         stack.database_exists(f"{POSTGRES}/postgres")
@@ -148,7 +148,7 @@ def postgres() -> str:
 
 
 def _database_factory(postgres: str, label: str):
-    from gfm import stack
+    from gfm.ops import stack
 
     made: list[str] = []
 
@@ -164,7 +164,7 @@ def _database_factory(postgres: str, label: str):
 @pytest.fixture
 def pg_database(postgres: str):
     """``pg_database("optuna")``: a new, empty PostgreSQL database URL, dropped after the test."""
-    from gfm import stack
+    from gfm.ops import stack
 
     make, made = _database_factory(postgres, "t")
     yield make
@@ -176,7 +176,7 @@ def pg_database(postgres: str):
 def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
     """An ``mlflow server`` on a free loopback port, on its own PostgreSQL database, started
     the way ``gfm stack up`` starts it; stopped and its database dropped after the session."""
-    from gfm import stack
+    from gfm.ops import stack
 
     make, made = _database_factory(postgres, "s")
     folder = tmp_path_factory.mktemp("mlflow-server")

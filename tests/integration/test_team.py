@@ -27,11 +27,11 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from gfm import pipeline, tracking
+from gfm import ops, tracking
 from gfm.cli import app
 from gfm.config import load_settings
 from gfm.data.trajectories import Trajectories
-from gfm.interface import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index
 
 pytestmark = pytest.mark.integration
 CONFS = Path(__file__).resolve().parents[1] / "confs"
@@ -71,10 +71,10 @@ def test_retrain_on_a_team_server_promotes_and_another_process_finds_the_champio
     # then its model is the first champion, its study lives in PostgreSQL, artifacts on the server
     decision = summary["decision"]
     assert (decision["alias"], decision["version"], decision["promoted"]) == ("champion", "1", True)
-    tuned = json.loads(pipeline.layout(settings).tune_json.read_text())
+    tuned = json.loads(ops.layout(settings).tune_json.read_text())
     study = optuna.load_study(study_name=tuned["study"], storage=storage)
     assert len(study.get_trials(states=FINISHED)) == 2
-    trained = json.loads(pipeline.layout(settings).train_json.read_text())
+    trained = json.loads(ops.layout(settings).train_json.read_text())
     client = MlflowClient(tracking_uri=mlflow_server["url"])
     run = client.get_run(trained["run_id"])
     assert run.info.status == "FINISHED" and "test/rel_mse_persistence" in run.data.metrics
@@ -97,9 +97,8 @@ def test_retrain_on_a_team_server_promotes_and_another_process_finds_the_champio
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = tracking.frame_to_forecast(pd.read_parquet(tmp_path / "answer.parquet"))
-    import gfm.registry
 
-    native = gfm.registry.load("champion", settings=settings)
+    native = tracking.load_model("models:/gfm@champion", settings)
     t = torch.arange(prefix.k + 1, prefix.M + 1, dtype=torch.float64) / prefix.M
     np.testing.assert_allclose(served, native.forecast(prefix, t).numpy(), rtol=1e-5, atol=1e-7)
 
@@ -132,7 +131,7 @@ def test_two_tune_workers_share_one_study_without_duplicates(workflow, mlflow_se
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
     # then the study holds exactly the trials the two workers finished, each once
-    doc = json.loads(pipeline.layout(settings).tune_json.read_text())
+    doc = json.loads(ops.layout(settings).tune_json.read_text())
     assert len(doc["workers"]) == 2 and sum(doc["workers"]) == 6 == doc["n_new"]
     study = optuna.load_study(study_name=doc["study"], storage=storage)
     trials = study.get_trials()
@@ -166,9 +165,9 @@ def test_a_killed_worker_trial_is_failed_retried_and_the_study_completes(
         "tune.timeout_s=300",  # a worker that cannot finish fails the test instead of hanging it
     ]
     settings = load_settings(workflow, overrides, environ={})
-    from gfm.tune import open_study
+    from gfm.ops.study import open_study
 
-    study = open_study(settings, pipeline.dataset_version(settings.data.root))
+    study = open_study(settings, ops.dataset_version(settings.data.root))
     name = study.study_name
 
     # and a `gfm tune-worker` killed with SIGKILL while it runs a trial
@@ -194,7 +193,7 @@ def test_a_killed_worker_trial_is_failed_retried_and_the_study_completes(
     before = len(study.get_trials(states=FINISHED))
 
     # when another worker joins the study
-    doc = pipeline.tune_worker_step(settings, study=name)
+    doc = ops.tune_worker_step(settings, study=name)
 
     # then the killed trial is failed, run again with its params, and the study completes
     trials = {t.number: t for t in study.get_trials()}
@@ -208,7 +207,7 @@ def test_a_killed_worker_trial_is_failed_retried_and_the_study_completes(
 
 
 def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(workflow, pg_database):
-    from gfm.tune import open_study, tune
+    from gfm.ops.study import open_study, tune
 
     # given a study on PostgreSQL whose first trial was created by a worker that died before
     # the trial's first heartbeat (Optuna never finds such a trial stale by itself)
@@ -218,7 +217,7 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(workf
         [f"tune.storage={storage}", "tune.n_trials=2", "tune.heartbeat_s=1"],
         environ={},
     )
-    version = pipeline.dataset_version(settings.data.root)
+    version = ops.dataset_version(settings.data.root)
     study = open_study(settings, version)
     orphan = study.ask()
     # when a worker runs the study
@@ -253,7 +252,7 @@ def test_dask_generation_gives_the_dataset_of_the_single_process_path(prefect_ha
         ).data
 
     # given a dataset generated in one process
-    single = generate(settings(tmp_path / "single", "process"), workers=1, progress=False)
+    single = generate(settings(tmp_path / "single", "process"), workers=1)
     # when the same settings train on a local Dask cluster of 2 workers
     cfg = settings(tmp_path / "dask", "dask").model_copy(update={"workers": 2})
     report = generate_on_dask(cfg)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from gfm.config import RegistrySettings, TrackingSettings
 from gfm.data.schema import ParamMeta
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 from gfm.tracking import (
     PromotionError,
     configure,

@@ -24,11 +24,11 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from gfm import pipeline, tracking
+from gfm import ops, tracking
 from gfm.cli import app
 from gfm.config import Settings, load_settings
 from gfm.data.trajectories import Trajectories
-from gfm.interface import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -96,7 +96,7 @@ class Oracle:
 def candidate(forecaster, settings: Settings, folder: Path) -> tuple[Path, Path]:
     """Log a forecaster as a training run would, score it like evaluate; (train.json, metrics.json)."""
     ds = Trajectories(settings.data.root)
-    version = pipeline.dataset_version(ds.root)
+    version = ops.dataset_version(ds.root)
     record = ds.select("seed", "test")[0]
     prefix = Prefix.from_record(record, observed_index(record.weights.shape[0] - 1, 0.5))
     tracking.configure(settings.tracking)
@@ -107,7 +107,7 @@ def candidate(forecaster, settings: Settings, folder: Path) -> tuple[Path, Path]
     train_json = folder / "train.json"
     train_json.write_text(json.dumps({"run_id": run.info.run_id, "model_uri": info.model_uri}))
     metrics_json = folder / "metrics.json"
-    scores = {"metrics": pipeline.score(forecaster, settings, ds), "dataset_version": version}
+    scores = {"metrics": ops.score(forecaster, settings, ds), "dataset_version": version}
     metrics_json.write_text(json.dumps(scores))
     return train_json, metrics_json
 
@@ -122,7 +122,7 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     from flows.retrain import retrain
 
     settings = load_settings(workflow, environ={})
-    out = pipeline.layout(settings)
+    out = ops.layout(settings)
 
     # when the whole workflow runs for the first time
     summary = retrain(str(workflow))
@@ -200,9 +200,8 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = tracking.frame_to_forecast(pd.read_parquet(tmp_path / "answer.parquet"))
-    import gfm.registry
 
-    native = gfm.registry.load("champion", settings=settings)
+    native = tracking.load_model("models:/gfm@champion", settings)
     t = torch.arange(prefix.k + 1, prefix.M + 1, dtype=torch.float64) / prefix.M
     np.testing.assert_allclose(served, native.forecast(prefix, t).numpy(), rtol=1e-5, atol=1e-7)
 
@@ -305,7 +304,7 @@ def test_tuning_killed_midway_resumes_without_losing_trials(workflow):
     time.sleep(2.5)  # past the heartbeat grace period: a trial cut off mid-run is stale now
 
     # when tuning runs again
-    doc = pipeline.tune_step(settings)
+    doc = ops.tune_step(settings)
 
     # then the finished trials are kept as they were, the missing ones ran, none is left running
     study = optuna.load_study(study_name=name, storage=settings.tune.storage)
@@ -317,18 +316,18 @@ def test_tuning_killed_midway_resumes_without_losing_trials(workflow):
 
 
 def optuna_name(settings: Settings) -> str:
-    from gfm.tune import study_name
+    from gfm.ops.study import study_name
 
-    return study_name(settings, pipeline.dataset_version(settings.data.root))
+    return study_name(settings, ops.dataset_version(settings.data.root))
 
 
 def test_tuning_stopped_by_an_error_keeps_its_trials(workflow):
-    from gfm.tune import tune
+    from gfm.ops.study import tune
 
     settings = load_settings(workflow, {"tune.n_trials": 3}, environ={})
     ds = Trajectories(settings.data.root)
     train, val = ds.select("seed", "train"), ds.select("seed", "val")
-    version = pipeline.dataset_version(ds.root)
+    version = ops.dataset_version(ds.root)
     seen = []
 
     def crash_after_first(trial):

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfm import baselines
-from gfm.accelerate import Accelerated, Horizon, jump_baseline, load_forecaster
 from gfm.config import TaskSettings
 from gfm.data.tasks import flatten, make_task, param_meta
+from gfm.jumps import Accelerated, Horizon, jump_baseline, load_forecaster
 from gfm.model import GFM
+from gfm.tracking import load_model
 
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 Y = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
@@ -469,6 +470,8 @@ def test_load_forecaster_from_folders_and_bad_sources(tmp_path):
     with pytest.raises(FileNotFoundError, match="source"):
         load_forecaster(tmp_path / "missing")
     with pytest.raises(ValueError, match="registry URI"):
-        load_forecaster("models:/gfm")
+        load_model("models:/gfm")  # the registry is the MLflow edge's, never the core's
+    with pytest.raises(ValueError, match="configured registered model"):
+        load_model("models:/other@champion")
     with pytest.raises(ValueError, match="train"):
         jump_baseline("wnn")  # a learned baseline needs runs to fit on

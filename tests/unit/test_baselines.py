@@ -8,7 +8,7 @@ import torch
 
 from gfm.baselines import BASELINES, load, make
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
-from gfm.interface import Forecaster, Prefix, observed_index
+from gfm.forecaster import Forecaster, Prefix, observed_index
 
 NAMES = ["persistence", "linear", "geometric", "dmd", "lfd2", "wnn", "lstm", "transformer"]
 LEARNED = ["lfd2", "wnn", "lstm", "transformer"]

@@ -13,7 +13,7 @@ import torch
 from gfm.baselines import make
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.evaluation import evaluate, horizon_table, summarise, to_markdown
-from gfm.interface import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index
 from gfm.plots import plot_horizon, plot_trajectories
 
 REQUIRED = [
@@ -106,9 +106,7 @@ def forecasters() -> dict:
 
 @pytest.fixture(scope="module")
 def table(forecasters, runs) -> pl.DataFrame:
-    return evaluate(
-        forecasters, LazyRuns(runs), FRACTIONS, split="seed", score=score, progress=False
-    )
+    return evaluate(forecasters, LazyRuns(runs), FRACTIONS, split="seed", score=score)
 
 
 def test_one_row_per_method_run_fraction(table, forecasters, runs):
@@ -122,7 +120,7 @@ def test_one_row_per_method_run_fraction(table, forecasters, runs):
 
 def test_runs_are_read_one_index_at_a_time(forecasters, runs):
     lazy = LazyRuns(runs)
-    evaluate(forecasters, lazy, FRACTIONS, split="seed", progress=False)
+    evaluate(forecasters, lazy, FRACTIONS, split="seed")
     assert lazy.reads == len(runs)
 
 
@@ -166,7 +164,7 @@ def test_horizon_lists_end_at_the_final_error(table):
 
 def test_without_score_or_horizons(forecasters, runs):
     # when
-    df = evaluate(forecasters, runs, [0.5], split="arch", horizons=False, progress=False)
+    df = evaluate(forecasters, runs, [0.5], split="arch", horizons=False)
     # then: downstream NaN, recorded accuracies from the run, one horizon (t = 1)
     assert all(math.isnan(x) for x in df["downstream_acc"])
     k = observed_index(M, 0.5)
@@ -238,18 +236,19 @@ def test_plots_write_images(table, runs, tmp_path):
     assert a.stat().st_size > 0 and b.stat().st_size > 0
 
 
-def test_progress_bar_runs(forecasters, runs):
-    df = evaluate(forecasters, runs[:1], [0.5], split="seed", progress=True)
-    assert df.height == len(forecasters)
+def test_progress_is_reported_after_each_run(forecasters, runs):
+    seen = []
+    df = evaluate(forecasters, runs[:2], [0.5], split="seed", progress=lambda *a: seen.append(a))
+    assert df.height == 2 * len(forecasters) and seen == [(1, 2), (2, 2)]
 
 
 def test_bad_inputs_name_the_argument(forecasters, runs):
     with pytest.raises(ValueError, match="fractions"):
-        evaluate(forecasters, runs, [1.5], split="seed", progress=False)
+        evaluate(forecasters, runs, [1.5], split="seed")
     with pytest.raises(ValueError, match="forecasters"):
-        evaluate({}, runs, [0.5], split="seed", progress=False)
+        evaluate({}, runs, [0.5], split="seed")
     with pytest.raises(TypeError, match="score"):
-        evaluate(forecasters, runs, [0.5], split="seed", score="acc", progress=False)
+        evaluate(forecasters, runs, [0.5], split="seed", score="acc")
 
 
 def test_a_forecast_of_the_wrong_shape_is_an_error(runs):
@@ -260,4 +259,4 @@ def test_a_forecast_of_the_wrong_shape_is_an_error(runs):
             return torch.zeros(len(t), prefix.D + 1)
 
     with pytest.raises(ValueError, match="shape"):
-        evaluate({"broken": Broken()}, runs, [0.5], split="seed", progress=False)
+        evaluate({"broken": Broken()}, runs, [0.5], split="seed")

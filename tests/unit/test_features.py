@@ -19,7 +19,7 @@ from gfm.features import (
     run_context,
     trend_features,
 )
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 NAMED = [("b.weight", (3, 4)), ("b.bias", (3,)), ("a.weight", (2, 3))]
 

@@ -21,7 +21,7 @@ from gfm.fields import (
     scan_states,
 )
 from gfm.forecast import forecast
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 D = 6
 

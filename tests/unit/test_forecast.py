@@ -10,7 +10,7 @@ from gfm.data.schema import ParamMeta
 from gfm.features import n_context
 from gfm.fields import FIELDS, AdamField, SGDField, Surrogate
 from gfm.forecast import forecast
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 
 NAMED = [
     ("net.0.weight", (8, 5)),

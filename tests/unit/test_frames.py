@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gfm.data.schema import ParamMeta
-from gfm.interface import Prefix
+from gfm.forecaster import Prefix
 from gfm.tracking.frames import (
     forecast_frame,
     frame_to_forecast,

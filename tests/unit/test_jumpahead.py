@@ -11,7 +11,7 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from gfm import jumpahead
+from gfm.bench import jumps
 from gfm.cli import app
 from gfm.config import AccelerateSettings, GFMSettings, load_settings
 from gfm.model import GFM
@@ -43,7 +43,7 @@ def test_jobs_are_a_seen_and_the_holdout_architecture_per_task_and_seed():
     settings = load_settings(
         TINY, [*TINY_ACCELERATE, "accelerate.tasks=[digits_mlp, mnist_cnn]"], environ={}
     )
-    jobs = jumpahead.jobs(settings)
+    jobs = jumps.jobs(settings)
     # tiny.yaml: digits archs [8], [8, 8] (8-8 held out); mnist [4, 4, 4] (no holdout)
     assert [(j.task, j.arch, j.holdout, j.seed) for j in jobs] == [
         ("digits_mlp", "8", False, 0),
@@ -79,7 +79,7 @@ def test_summary_arithmetic():
         }
     )
     # when
-    gfm = jumpahead.summarize(table).filter(pl.col("method") == "gfm").row(0, named=True)
+    gfm = jumps.summarize(table).filter(pl.col("method") == "gfm").row(0, named=True)
     # then: a seed that never reaches counts as the budget in the steps, not in the speedup
     assert gfm["reached"] == 0.5
     assert gfm["steps_mean"] == pytest.approx((50 + 120) / 2)
@@ -113,7 +113,7 @@ def test_gfm_accelerate_writes_the_table_and_logs_an_mlflow_run(tmp_path, tiny_g
     # then: one row per method × task × arch × seed, with the required columns
     assert result.exit_code == 0, result.output
     table = pl.read_csv(out / "accelerate.csv", schema_overrides={"arch": pl.String})
-    assert table.columns[: len(jumpahead.COLUMNS)] == list(jumpahead.COLUMNS)
+    assert table.columns[: len(jumps.COLUMNS)] == list(jumps.COLUMNS)
     assert len(table) == 3 * 1 * 2 * 2
     assert sorted(table["method"].unique()) == ["base", "gfm", "linear"]
     assert (table.filter(pl.col("method") == "base")["speedup"] == 1.0).all()

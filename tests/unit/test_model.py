@@ -10,7 +10,7 @@ import torch
 
 from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import ParamMeta
-from gfm.interface import Forecaster, Prefix
+from gfm.forecaster import Forecaster, Prefix
 from gfm.model import CONFIG_FILE, GFM, WEIGHTS_FILE
 
 NAMED = [

@@ -1,4 +1,4 @@
-"""gfm.pipeline's pure parts: metrics from a results table, the layout DVC names, the mode."""
+"""gfm.ops: the pure parts: metrics from a results table, the layout DVC names, the mode."""
 
 import math
 from pathlib import Path
@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import yaml
 
-from gfm import pipeline
+from gfm import ops
 from gfm.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,31 +25,28 @@ def test_model_metrics_are_means_over_runs_and_fractions():
         }
     )
     # when / then
-    assert pipeline.model_metrics(table, "gfm") == {
+    assert ops.model_metrics(table, "gfm") == {
         "test/mse_final": 2.0,
         "test/rel_mse_persistence": 1.0,
         "test/rel_mse_persistence_median": 1.0,
         "test/acc_gap": pytest.approx(-0.1),
     }
-    assert (
-        pipeline.model_metrics(table, "linear", prefix="test/linear")["test/linear/mse_final"]
-        == 9.0
-    )
+    assert ops.model_metrics(table, "linear", prefix="test/linear")["test/linear/mse_final"] == 9.0
     with pytest.raises(ValueError, match="no rows of method 'lstm'"):
-        pipeline.model_metrics(table, "lstm")
+        ops.model_metrics(table, "lstm")
 
 
 def test_dvc_stages_write_where_the_steps_do():
     # given the stages of dvc.yaml and the layout of the committed params.yaml
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    out = pipeline.layout(load_settings(ROOT / "params.yaml", environ={}))
+    out = ops.layout(load_settings(ROOT / "params.yaml", environ={}))
 
     def declared(stage: str, kind: str) -> set[Path]:
         items = stages[stage].get(kind, [])
         return {ROOT / (next(iter(i)) if isinstance(i, dict) else i) for i in items}
 
     # then every file a step writes is an output of its stage, and read by the next one
-    assert [*stages] == list(pipeline.STEPS)
+    assert [*stages] == list(ops.STEPS)
     assert declared("tune", "metrics") == {out.tune_json}
     assert declared("train", "outs") == {out.model_dir}
     assert declared("train", "metrics") == {out.train_json}
@@ -69,14 +66,14 @@ def test_steps_run_through_dvc_only_for_the_repository_params(tmp_path):
     (tmp_path / "params.yaml").write_text("")
     (tmp_path / "other.yaml").write_text("")
     # then its own params.yaml goes through DVC; overrides or another file run directly
-    assert pipeline.dvc_repo(tmp_path / "params.yaml") == tmp_path
-    assert pipeline.dvc_repo(tmp_path / "params.yaml", ["gfm.width=8"]) is None
-    assert pipeline.dvc_repo(tmp_path / "other.yaml") is None
-    assert pipeline.dvc_repo(ROOT / "tests" / "confs" / "valid" / "tiny.yaml") is None
+    assert ops.dvc_repo(tmp_path / "params.yaml") == tmp_path
+    assert ops.dvc_repo(tmp_path / "params.yaml", ["gfm.width=8"]) is None
+    assert ops.dvc_repo(tmp_path / "other.yaml") is None
+    assert ops.dvc_repo(ROOT / "tests" / "confs" / "valid" / "tiny.yaml") is None
 
 
 def test_storage_urls_lose_their_password():
-    assert pipeline.redact("postgresql+psycopg://me:s3cret@db:5432/optuna") == (
+    assert ops.redact("postgresql+psycopg://me:s3cret@db:5432/optuna") == (
         "postgresql+psycopg://me:***@db:5432/optuna"
     )
-    assert pipeline.redact("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"
+    assert ops.redact("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"

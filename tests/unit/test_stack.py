@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gfm.cli import app
-from gfm.stack import check_host
+from gfm.ops.stack import check_host
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])

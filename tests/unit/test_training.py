@@ -6,7 +6,7 @@ import torch
 
 from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
-from gfm.interface import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index
 from gfm.model import GFM
 from gfm.training import evaluate, fit
 

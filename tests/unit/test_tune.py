@@ -1,10 +1,10 @@
-"""gfm.tune without training: the search space, the study's name and first trial."""
+"""gfm.ops.study without training: the search space, the study's name and first trial."""
 
 import optuna
 import pytest
 
 from gfm.config import load_settings
-from gfm.tune import open_study, study_name, suggest, tune
+from gfm.ops.study import open_study, study_name, suggest, tune
 
 
 def test_suggest_names_dimensions_by_dotted_key_and_keeps_integer_settings_integer():

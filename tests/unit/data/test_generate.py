@@ -31,7 +31,7 @@ def _settings(**update) -> DataSettings:
 
 
 class MemoryWriter:
-    """In-memory stand-in for gfm.data.io.DatasetWriter (has / write_run / commit)."""
+    """In-memory stand-in for gfm.data.writer.DatasetWriter (has / write_run / commit)."""
 
     def __init__(self, done=()):
         self.done = set(done)
@@ -224,7 +224,7 @@ def test_generate_reports_and_hands_over_diverged_runs():
     cfg = _settings(optimizers={"sgd": huge, "adam": DataSettings().optimizers["adam"]})
     writer = MemoryWriter()
     # when the dataset is generated
-    report = generate(cfg, workers=1, progress=False, writer=writer)
+    report = generate(cfg, workers=1, writer=writer)
     # then every sgd run is reported diverged and handed to the writer as such
     sgd_ids = sorted(s.run_id for s in plan_runs(cfg) if s.optimizer == "sgd")
     assert sorted(rid for rid, _ in report.diverged) == sgd_ids
@@ -235,7 +235,7 @@ def test_generate_reports_and_hands_over_diverged_runs():
 
 
 def test_real_writer_keeps_diverged_runs_out_of_the_dataset(tmp_path):
-    from gfm.data.io import read_manifest
+    from gfm.data.format import read_manifest
 
     huge = OptimizerSpace(lr=Range(low=1e5, high=1e6, log=True))
     cfg = _settings(
@@ -243,7 +243,7 @@ def test_real_writer_keeps_diverged_runs_out_of_the_dataset(tmp_path):
         tasks={"least_squares": _settings().tasks["least_squares"]},
         optimizers={"sgd": huge, "adam": DataSettings().optimizers["adam"]},
     )
-    report = generate(cfg, workers=1, progress=False)
+    report = generate(cfg, workers=1)
     manifest = read_manifest(cfg.root)
     assert sorted(d.run_id for d in manifest.diverged) == sorted(r for r, _ in report.diverged)
     assert (manifest.counts.runs, manifest.counts.diverged) == (3, 3)
@@ -253,8 +253,8 @@ def test_real_writer_keeps_diverged_runs_out_of_the_dataset(tmp_path):
 def test_generate_with_two_workers_equals_inline():
     cfg = _settings()
     inline, parallel = MemoryWriter(), MemoryWriter()
-    generate(cfg, workers=1, progress=False, writer=inline)
-    generate(cfg, workers=2, progress=False, writer=parallel)
+    generate(cfg, workers=1, writer=inline)
+    generate(cfg, workers=2, writer=parallel)
     assert sorted(inline.records) == sorted(parallel.records)
     for run_id, record in inline.records.items():
         _assert_same_record(record, parallel.records[run_id])
@@ -264,8 +264,10 @@ def test_generate_resumes_skipping_runs_the_writer_has():
     cfg = _settings()
     planned = [s.run_id for s in plan_runs(cfg)]
     writer = MemoryWriter(done=planned[:10])
-    report = generate(cfg, workers=1, progress=True, writer=writer)
+    seen = []
+    report = generate(cfg, workers=1, progress=lambda *a: seen.append(a), writer=writer)
     assert (report.planned, report.skipped, report.trained) == (27, 10, 17)
+    assert seen[-1] == (17, 17) and len(seen) == 17
     assert sorted(writer.records) == sorted(planned[10:])
     assert writer.committed == planned
 
@@ -281,31 +283,31 @@ def test_a_runner_trains_only_what_is_missing_and_the_writer_gets_every_record()
         return [train_run(s, settings.tasks[s.task]) for s in reversed(specs)]
 
     inline, via_runner = MemoryWriter(done=planned[:5]), MemoryWriter(done=planned[:5])
-    generate(cfg, workers=1, progress=False, writer=inline)
-    report = generate(cfg, progress=False, writer=via_runner, runner=runner)
+    generate(cfg, workers=1, writer=inline)
+    report = generate(cfg, writer=via_runner, runner=runner)
     # then the runner was handed the missing runs only, and their records are the inline ones
     assert asked == planned[5:] and report.trained == len(planned) - 5
     for run_id, record in inline.records.items():
         _assert_same_record(record, via_runner.records[run_id])
     # and with nothing missing the runner is not called
     asked.clear()
-    generate(cfg, progress=False, writer=MemoryWriter(done=planned), runner=runner)
+    generate(cfg, writer=MemoryWriter(done=planned), runner=runner)
     assert asked == []
 
 
 def test_generate_rejects_zero_workers():
     with pytest.raises(ValueError, match="workers"):
-        generate(_settings(), workers=0, progress=False, writer=MemoryWriter())
+        generate(_settings(), workers=0, writer=MemoryWriter())
 
 
 def test_generate_with_the_real_writer(tiny_settings):
-    from gfm.data.io import read_checkpoints
+    from gfm.data.checkpoints import read_checkpoints
 
     # given the tiny settings (every task and optimizer) and an empty data root
     cfg = tiny_settings.data
     # when the dataset is generated, then generated again
-    first = generate(cfg, workers=1, progress=False)
-    second = generate(cfg, workers=1, progress=False)
+    first = generate(cfg, workers=1)
+    second = generate(cfg, workers=1)
     # then every planned run is kept or marked diverged, and the second call reuses them all
     assert first.manifest.counts.runs + first.manifest.counts.diverged == first.planned
     assert (second.skipped, second.trained) == (first.planned, 0)

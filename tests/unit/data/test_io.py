@@ -11,18 +11,13 @@ import polars as pl
 import pytest
 
 from gfm.config import DataSettings, SplitSettings
-from gfm.data.io import (
-    DatasetWriter,
-    assign_splits,
-    atomic_path,
-    atomic_write_bytes,
-    dataset_hash,
-    read_checkpoints,
-    read_manifest,
-    write_checkpoints,
-)
+from gfm.data.atomic import atomic_path, atomic_write_bytes
+from gfm.data.checkpoints import read_checkpoints, write_checkpoints
+from gfm.data.format import dataset_hash, read_manifest
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.splits import assign_splits
 from gfm.data.validate import validate
+from gfm.data.writer import DatasetWriter
 
 
 def make_record(

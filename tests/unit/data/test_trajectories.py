@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from gfm.config import DataSettings
-from gfm.data.io import DatasetWriter
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.data.trajectories import Trajectories
+from gfm.data.writer import DatasetWriter
 
 BYTES_PER_RECORD = 5 * 12 * 4 + 5 * 8 * 5  # weights (5, 12) float32 + five (5,) arrays
 

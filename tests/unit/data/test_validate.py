@@ -10,9 +10,11 @@ import polars as pl
 import pytest
 
 from gfm.config import DataSettings
-from gfm.data.io import DatasetWriter, read_manifest, write_checkpoints
+from gfm.data.checkpoints import write_checkpoints
+from gfm.data.format import read_manifest
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.data.validate import DatasetError, Problem, check, validate
+from gfm.data.writer import DatasetWriter
 
 
 def make_record(run_id: str, seed: int, D: int = 6) -> RunRecord:

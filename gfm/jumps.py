@@ -5,7 +5,7 @@ guarded by a loss check and rolled back on failure.
 
 The nowcasting line of work reports reaching a target accuracy in 1.25x to ~2x fewer optimizer
 steps by periodically jumping to forecast weights; ``Accelerated`` does this with any
-``gfm.interface.Forecaster`` (GFM, the linear-extrapolation or WNN-style baselines, one of yours).
+``gfm.forecaster.Forecaster`` (GFM, the linear-extrapolation or WNN-style baselines, one of yours).
 
 References:
     [1] Jang et al., "Learning to Boost Training by Periodic Nowcasting Near Future Weights",
@@ -31,7 +31,7 @@ from torch import nn
 
 from gfm import baselines
 from gfm.data.schema import ParamMeta, RunRecord
-from gfm.interface import Forecaster, Prefix
+from gfm.forecaster import Forecaster, Prefix
 from gfm.model import GFM, WEIGHTS_FILE
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
 logger = logging.getLogger("gfm.accelerate")
 
 FRAMES = ("window", "run")  # what a jump's prefix holds (see Accelerated)
-REGISTRY_SCHEME = "models:/"  # how a registry source is told apart from a folder
 _STATE_KEYS = (
     "steps",
     "progress",
@@ -249,46 +248,23 @@ def optimizer_context(optimizer: torch.optim.Optimizer) -> tuple[str, HParams]:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_forecaster(source: str | Path, *, settings: Any = None) -> Forecaster:
-    """A saved forecaster, from a folder or from the model registry.
+def load_forecaster(source: str | Path) -> Forecaster:
+    """A saved forecaster from its folder.
 
         folder with model.safetensors → gfm.model.GFM.load(folder)
         any other folder              → gfm.baselines.load(folder)
-        "models:/<name>@<alias>"      → gfm.registry.load(alias, settings=settings)
 
-    The registry branch imports ``gfm.registry`` (the MLflow edge) inside this function, so
-    importing ``gfm.accelerate`` never imports mlflow.
+    A registry URI (``models:/gfm@champion``) is the MLflow edge's: ``gfm.tracking.load_model``.
 
     Args:
-        source: a folder written by ``GFM.save`` or a baseline's ``save``, or a registry URI
-            such as ``models:/gfm@champion``.
-        settings: ``gfm.config.Settings`` locating the registry (``tracking.uri``, ``registry``);
-            only for a registry URI (default: the store MLflow already points at).
+        source: a folder written by ``GFM.save`` or a baseline's ``save``.
 
     Returns:
         The forecaster.
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: a registry URI without an alias, or one naming another registered model.
     """
-    if isinstance(source, str) and source.startswith(REGISTRY_SCHEME):
-        name, sep, alias = source[len(REGISTRY_SCHEME) :].partition("@")
-        if not sep or not name or not alias:
-            raise ValueError(
-                f"load_forecaster: `source` must be a registry URI models:/<name>@<alias>, "
-                f"got {source!r}"
-            )
-        from gfm import registry  # the MLflow edge, imported only when a registry is asked for
-
-        expected = registry.model_uri(alias, settings)
-        if expected != source:
-            raise ValueError(
-                f"load_forecaster: `source` must name the configured registered model "
-                f"({expected}), got {source!r}"
-            )
-        return registry.load(alias, settings=settings)
-
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: `source` must be a saved forecaster's folder")
@@ -393,7 +369,7 @@ class Accelerated:
         model_params: the module (its ``named_parameters()``, in order: the flat layout of
             ``gfm.data.tasks.flatten`` for modules without buffers), ``named_parameters()``
             pairs, or plain parameters. All must be optimised by ``optimizer``.
-        forecaster: any ``gfm.interface.Forecaster``.
+        forecaster: any ``gfm.forecaster.Forecaster``.
         period: base optimizer steps between two jumps; a multiple of ``record_every``.
         horizon: h in recorded intervals: an integer, a schedule ``step -> h`` (``Horizon``), or
             ``Relative`` (called with ``progress``: NiNo's jumps proportional to the run so far).
@@ -504,7 +480,7 @@ class Accelerated:
             )
         if not callable(getattr(forecaster, "forecast", None)):
             raise TypeError(
-                "`forecaster` must implement gfm.interface.Forecaster (a forecast method), "
+                "`forecaster` must implement gfm.forecaster.Forecaster (a forecast method), "
                 f"got {type(forecaster).__name__}"
             )
         _check_int("record_every", record_every, 1)

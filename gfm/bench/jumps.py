@@ -5,7 +5,7 @@ architecture, ``data.splits.holdout_archs``, which they never see) and seed, one
 trained several ways from the same initialisation and minibatch order:
 
     base     the base optimizer alone, for the step budget S
-    gfm      the same optimizer wrapped in ``gfm.accelerate.Accelerated`` with GFM jumps
+    gfm      the same optimizer wrapped in ``gfm.jumps.Accelerated`` with GFM jumps
     linear   ... with linear-extrapolation jumps
     wnn      ... with WNN-style jumps (fitted on the dataset)
 
@@ -38,13 +38,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from gfm.accelerate import Accelerated, Horizon, Relative, jump_baseline, load_forecaster
 from gfm.config import AccelerateSettings, Settings, apply_params
-from gfm.data.io import atomic_path
+from gfm.data.atomic import atomic_path
 from gfm.data.optim import build_optimizer
 from gfm.data.tasks import Task, make_task
 from gfm.data.trajectories import Trajectories
-from gfm.interface import Forecaster
+from gfm.forecaster import Forecaster
+from gfm.jumps import Accelerated, Horizon, Relative, jump_baseline
 from gfm.model import GFM
 from gfm.plots import plot_accuracy_curves
 
@@ -65,7 +65,7 @@ __all__ = [
     "write",
 ]
 
-log = logging.getLogger("gfm.jumpahead")
+log = logging.getLogger("gfm.bench.jumps")
 
 METHODS = ("base", "gfm", "linear", "wnn")
 INIT_SEED = 100_000  # networks are initialised from INIT_SEED + seed (never a dataset run's)
@@ -196,11 +196,11 @@ def forecasters(
     settings: Settings,
     methods: Sequence[str] | None = None,
     *,
-    model: str | Path | None = None,
+    gfm: Forecaster | None = None,
 ) -> dict[str, Forecaster]:
     """The jump forecasters of ``methods`` (default ``accelerate.methods``), fitted or loaded.
 
-        gfm     ``model`` (a folder, or a registry URI through ``registry``), else GFM fitted
+        gfm     ``gfm`` as given (a loaded model), else GFM fitted
                 on the train part of the architecture split (``accelerate.fit_steps`` steps)
         linear  ``gfm.baselines.Linear`` (window ``evaluate.linear_window``)
         wnn     WNN fitted on the same runs (``accelerate.wnn_steps``)
@@ -210,25 +210,22 @@ def forecasters(
     Args:
         settings: the settings (``data`` locates the dataset).
         methods: method names among ``METHODS``; ``base`` needs no forecaster.
-        model: GFM's source: a folder written by ``GFM.save`` or ``models:/gfm@champion``
-            (default ``accelerate.model``; None fits one). A registry URI is read from the
-            store of ``tracking.uri`` (``gfm.accelerate.load_forecaster``).
+        gfm: a loaded GFM to jump with (``accelerate.model``, read by the caller); None fits
+            one.
 
     Returns:
         ``{method: forecaster}`` for every method but ``base``.
     """
     cfg = settings.accelerate
     methods = list(cfg.methods if methods is None else methods)
-    source = model if model is not None else cfg.model
     out: dict[str, Forecaster] = {}
     train = None
-    if ("gfm" in methods and source is None) or "wnn" in methods:
+    if ("gfm" in methods and gfm is None) or "wnn" in methods:
         train = Trajectories(settings.data.root).select("architecture", "train")
     if "gfm" in methods:
         t0 = time.perf_counter()
-        if source is not None:
-            out["gfm"] = load_forecaster(source, settings=settings)
-            log.info("gfm: loaded %s", source)
+        if gfm is not None:
+            out["gfm"] = gfm
         else:
             steps = cfg.fit_steps or settings.train.steps
             train_cfg = settings.train.model_copy(update={"steps": steps})

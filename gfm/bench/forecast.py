@@ -30,11 +30,11 @@ from gfm.data.schema import RunRecord
 from gfm.data.tasks import evaluate_weights
 from gfm.data.trajectories import Trajectories
 from gfm.evaluation import evaluate
-from gfm.interface import Forecaster
+from gfm.forecaster import Forecaster
 from gfm.metrics import Score
 from gfm.model import GFM
 
-log = logging.getLogger("gfm.experiment")
+log = logging.getLogger("gfm.bench.forecast")
 GFM_VARIANTS = ("optimizer", "free")
 
 

@@ -1,0 +1,55 @@
+"""The ``gfm`` Typer app, its command groups, the options every command shares, settings loading."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+
+from gfm.cli.render import console
+from gfm.config import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Gradient Flow Matching: learn how training moves weights and forecast where a run ends.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+data_app = typer.Typer(help="Trajectory datasets: import, validate, summarise, version.")
+app.add_typer(data_app, name="data")
+stack_app = typer.Typer(
+    help="A local team stack on loopback: MLflow on PostgreSQL, optionally Prefect (docs/team.md)."
+)
+app.add_typer(stack_app, name="stack")
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="Settings file.", show_default=True)
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a setting: `--set data.seeds=8` (repeatable)."),
+]
+
+
+def read_settings(params: Path, overrides: list[str] | None) -> Settings:
+    try:
+        return load_settings(params, overrides or [])
+    except SettingsError as err:
+        console.print(f"[red]Invalid settings[/red]\n{err}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    # no telemetry and no artifact progress bars from MLflow in a terminal's log
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.basicConfig(
+        level=logging.WARNING,  # other libraries: warnings only (Prefect logs on its own)
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    logging.getLogger("gfm").setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -1,0 +1,45 @@
+"""EDGE: the workflow's steps and the services around them, for the CLI, the flows and DVC stages.
+
+One function per step (``tune_step``, ``train_step``, ``evaluate_step``, ``register_step``,
+``promote_step``); steps hand each other files (``Layout``) and MLflow ids, never live objects.
+Also here: the Optuna study (``study``, the only optuna importer), DVC versioning
+(``versioning``) and the local team stack (``stack``). Imports optuna, the dvc CLI and
+``gfm.tracking``; never prefect or typer.
+"""
+
+from gfm.ops.evaluate import MODEL_METRICS, evaluate_step, model_metrics, score
+from gfm.ops.layout import (
+    STEPS,
+    Layout,
+    dataset_version,
+    dvc_repo,
+    layout,
+    open_dataset,
+    parts,
+    read_json,
+    redact,
+)
+from gfm.ops.promote import promote_step, register_step
+from gfm.ops.train import train_step
+from gfm.ops.tune import tune_step, tune_worker_step
+
+__all__ = [
+    "MODEL_METRICS",
+    "STEPS",
+    "Layout",
+    "dataset_version",
+    "dvc_repo",
+    "evaluate_step",
+    "layout",
+    "model_metrics",
+    "open_dataset",
+    "parts",
+    "promote_step",
+    "read_json",
+    "redact",
+    "register_step",
+    "score",
+    "train_step",
+    "tune_step",
+    "tune_worker_step",
+]

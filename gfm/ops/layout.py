@@ -1,0 +1,205 @@
+"""Where the workflow's steps write, and what they share: the layout, JSON files, the dataset.
+
+Steps hand each other files (``Layout``) and MLflow ids, never live objects:
+
+    tune      -> reports/tune.json       best params (dotted keys), study, counts, tune run id
+    train     -> models/gfm/             the forecaster folder
+                 reports/train.json      run id, logged model URI, dataset version, val metrics
+                 reports/train_history.csv
+    evaluate  -> reports/metrics.json    test metrics of the model and each baseline
+                 reports/results.{csv,md}, reports/horizon.{csv,png}, reports/trajectories.png
+    promote   -> reports/promotion.json  version, alias, decision
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from gfm.config import Settings
+from gfm.data.atomic import atomic_write_bytes
+from gfm.data.trajectories import Trajectories
+from gfm.forecaster import Prefix, observed_index
+from gfm.ops import versioning
+
+log = logging.getLogger("gfm.ops")
+
+STEPS = ("generate", "tune", "train", "evaluate")  # the DVC stages, in order
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the steps write, from the settings (``evaluate.output_dir``, ``train.model_dir``)."""
+
+    reports: Path
+    model_dir: Path
+
+    @property
+    def tune_json(self) -> Path:
+        """Best params and the study's counts."""
+        return self.reports / "tune.json"
+
+    @property
+    def train_json(self) -> Path:
+        """The training run: ids, model URI, dataset version, val metrics."""
+        return self.reports / "train.json"
+
+    @property
+    def history_csv(self) -> Path:
+        """Per-evaluation losses of the training run (DVC plot)."""
+        return self.reports / "train_history.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        """Test metrics of the model and each baseline."""
+        return self.reports / "metrics.json"
+
+    @property
+    def results_csv(self) -> Path:
+        """One row per method x run x observed fraction."""
+        return self.reports / "results.csv"
+
+    @property
+    def results_md(self) -> Path:
+        """Per method x task x fraction means, as markdown."""
+        return self.reports / "results.md"
+
+    @property
+    def horizon_csv(self) -> Path:
+        """Error vs horizon (DVC plot)."""
+        return self.reports / "horizon.csv"
+
+    @property
+    def horizon_png(self) -> Path:
+        """Error vs horizon, one panel per observed fraction."""
+        return self.reports / "horizon.png"
+
+    @property
+    def trajectories_png(self) -> Path:
+        """A few parameters of one test run with every method's forecast."""
+        return self.reports / "trajectories.png"
+
+    @property
+    def promotion_json(self) -> Path:
+        """The registry decision."""
+        return self.reports / "promotion.json"
+
+
+def layout(settings: Settings) -> Layout:
+    """The output paths of the steps for these settings."""
+    return Layout(reports=settings.evaluate.output_dir, model_dir=settings.train.model_dir)
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    return path
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """Read a step's JSON output.
+
+    Raises:
+        FileNotFoundError: the file is missing; the message names the step that writes it.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: not found; run `gfm {what}` first")
+    return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def dataset_version(root: Path) -> str:
+    """The dataset's version: DVC's md5 of the folder (``data.dvc``) when it describes it.
+
+    Otherwise (no DVC, or the folder changed since the last ``dvc add``) the dataset's own content
+    hash from its manifest, as ``gfm-<32 hex>``; both fit MLflow's 36-character digest.
+    """
+    md5 = versioning.current_version(root)
+    if md5 is not None:
+        return md5
+    if root.with_suffix(".dvc").is_file():
+        log.warning(
+            "%s.dvc does not describe %s any more (run `dvc add %s`); using the dataset hash",
+            root.name,
+            root,
+            root.name,
+        )
+    return "gfm-" + Trajectories(root).manifest.hash[:32]
+
+
+def open_dataset(settings: Settings) -> Trajectories:
+    """The dataset of ``data.root``.
+
+    Raises:
+        FileNotFoundError: the folder is missing (the message says how to make it).
+    """
+    root = settings.data.root
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset folder not found; run `gfm generate` first")
+    return Trajectories(root)
+
+
+def parts(settings: Settings, ds: Trajectories) -> tuple[Trajectories, Trajectories, Trajectories]:
+    """(train, val, test) of ``train.split``.
+
+    Raises:
+        ValueError: the split has no train or no test runs.
+    """
+    split = settings.train.split
+    train, val, test = (ds.select(split, p) for p in ("train", "val", "test"))
+    if not len(train) or not len(test):
+        raise ValueError(
+            f"{ds.root}: split `{split}` (train.split) must have train and test runs, got "
+            f"{len(train)} train, {len(test)} test (see data.splits in params.yaml)"
+        )
+    return train, val, test
+
+
+def _small_prefix(runs: Sequence[Any], table: pl.DataFrame) -> Prefix:
+    """A prefix of the run with the fewest parameters: the logged model's input example."""
+    i = int(np.argmin(table["n_params"].to_numpy()))
+    record = runs[i]
+    M = record.weights.shape[0] - 1
+    return Prefix.from_record(record, observed_index(M, 0.25))
+
+
+def _history(history: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
+    """The training loop's evaluations with every metric named ``split/name`` (``train/lr``)."""
+    return [
+        {(k if k == "step" or "/" in k else f"train/{k}"): float(v) for k, v in h.items()}
+        for h in history
+    ]
+
+
+def redact(url: str) -> str:
+    """A URL without its password: ``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+# ----------------------------------------------------------------------------- DVC or direct
+
+
+def dvc_repo(params: Path, overrides: Sequence[str] = ()) -> Path | None:
+    """The DVC repository whose stages reproduce these settings, or None.
+
+    DVC reads only the repository's own ``params.yaml``: with another params file or
+    ``--set`` overrides the steps run directly instead.
+    """
+    repo = versioning.find_repo(Path(params).resolve().parent)
+    if repo is None or overrides or Path(params).resolve() != (repo / "params.yaml").resolve():
+        return None
+    return repo if set(STEPS) <= set(versioning.stages(repo)) else None

@@ -1,0 +1,146 @@
+"""The train step: GFM on the train part of ``train.split``, logged to MLflow, the model folder written."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from gfm.config import Settings, apply_params
+from gfm.ops.layout import (
+    _history,
+    _small_prefix,
+    _write_json,
+    dataset_version,
+    layout,
+    open_dataset,
+    parts,
+    read_json,
+)
+
+log = logging.getLogger("gfm.ops")
+
+# ----------------------------------------------------------------------------- train
+
+
+def _history_figure(history: list[dict[str, float]]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [h["step"] for h in history]
+    for key in ("train/loss", "val/rel_mse_persistence"):
+        values = [h.get(key, math.nan) for h in history]
+        if any(math.isfinite(v) for v in values):
+            ax.plot(steps, values, marker=".", label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _replace_dir(build: Callable[[Path], Any], target: Path) -> None:
+    """Build a folder beside ``target`` with ``build(tmp)``, then swap it in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        build(tmp / "new")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp / "new", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_step(
+    settings: Settings, *, tuned: Path | None = None, repo: Path | None = None
+) -> dict[str, Any]:
+    """Train GFM on the train part of ``train.split`` with the best trial's params; log it.
+
+    MLflow: a ``train`` run with params (``gfm.*``, ``train.*``, ``data.seed``/``seeds``), the
+    dataset as input, per-evaluation losses, final val metrics, the loss curve and the model as
+    a pyfunc (``gfm.tracking.log_forecaster``). Files: the forecaster folder
+    (``train.model_dir``), train.json, train_history.csv.
+
+    Args:
+        settings: all settings; ``train.device`` auto trains on CUDA when present.
+        tuned: tune.json of ``tune_step``; its ``best_params`` override ``gfm``/``train``
+            (None, a missing file or empty best params: the settings as they are).
+        repo: folder whose git commit the run records.
+
+    Returns:
+        The content of train.json: ``run_id``, ``model_uri``, ``dataset_version``, ``params``,
+        ``metrics``, ``model_dir``.
+    """
+    from gfm import tracking
+    from gfm.model import GFM
+    from gfm.training import fit
+
+    ds = open_dataset(settings)
+    version = dataset_version(ds.root)
+    train, val, _ = parts(settings, ds)
+    best: dict[str, Any] = {}
+    tune_info: dict[str, Any] = {}
+    if tuned is not None and Path(tuned).is_file():
+        tune_info = read_json(Path(tuned), "tune")
+        best = dict(tune_info.get("best_params") or {})
+        if tune_info.get("dataset_version") not in (None, version):
+            log.warning(
+                "%s was tuned on dataset %s, training on %s: rerun `gfm tune`",
+                tuned,
+                tune_info.get("dataset_version"),
+                version,
+            )
+    cfg = apply_params(settings, best)
+    out = layout(settings)
+    tracking.configure(settings.tracking)
+    tags = {"gfm.step": "train", "gfm.split": cfg.train.split}
+    if tune_info.get("study"):
+        tags |= {"gfm.study": tune_info["study"], "gfm.best_trial": tune_info.get("best_trial")}
+        tags |= {"gfm.tune_run_id": tune_info.get("run_id")}
+    with tracking.start_run("train", dataset_version=version, repo=repo, tags=tags) as run:
+        tracking.log_params_flat(cfg.gfm, "gfm")
+        tracking.log_params_flat(cfg.train.model_dump(mode="json", exclude={"model_dir"}), "train")
+        tracking.log_params_flat({"seed": cfg.data.seed, "seeds": cfg.data.seeds}, "data")
+        tracking.log_dataset(version, ds.root, ds.runs, context="training")
+        model = GFM(cfg.gfm, cfg.train)
+        log.info(
+            "training GFM on %d runs (val %d) for %d steps", len(train), len(val), cfg.train.steps
+        )
+        history = _history(fit(model, train, val if len(val) else None, cfg.train))
+        model.net.cpu()
+        tracking.log_history(history)
+        final = {k: v for k, v in history[-1].items() if k.startswith(("val/", "train/"))}
+        best_val = [h["val/rel_mse_persistence"] for h in history if "val/rel_mse_persistence" in h]
+        if best_val:  # the network kept is the one with the best validation score
+            final["val/best_rel_mse_persistence"] = min(best_val)
+            tracking.log_metrics({"val/best_rel_mse_persistence": min(best_val)})
+        frame = pl.DataFrame(history)
+        fig = _history_figure(history)
+        tracking.log_table_and_plots(frame, "train_history", plots={"loss": fig})
+        _replace_dir(lambda p: tracking.save_forecaster(model, p), out.model_dir)
+        info = tracking.log_forecaster(model, input_example=_small_prefix(train, train.runs))
+        doc = {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "model_uri": info.model_uri,
+            "dataset_version": version,
+            "params": best,
+            "metrics": final,
+            "model_dir": str(out.model_dir),
+        }
+    out.reports.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(out.history_csv)
+    _write_json(out.train_json, doc)
+    log.info("trained: run %s, model %s -> %s", doc["run_id"], out.model_dir, out.train_json)
+    return doc

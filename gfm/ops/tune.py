@@ -1,0 +1,252 @@
+"""The tune step: an Optuna study over GFM's settings (``gfm.ops.study``), each trial logged to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from gfm.config import Settings
+from gfm.ops.layout import (
+    _history,
+    _write_json,
+    dataset_version,
+    layout,
+    open_dataset,
+    parts,
+    redact,
+)
+
+log = logging.getLogger("gfm.ops")
+
+# ----------------------------------------------------------------------------- tune
+
+
+def _trial_logger(
+    settings: Settings, version: str, repo: Path | None, parent_run_id: str | None
+) -> Callable[[Any], None]:
+    """``on_trial`` for ``gfm.ops.study``: one ``trial-<n>`` run per trial, a child of the tune run."""
+    from gfm import tracking
+
+    def on_trial(trial: Any) -> None:
+        tags = {
+            "gfm.step": "trial",
+            "gfm.trial": trial.number,
+            "gfm.trial_state": trial.state,
+        }
+        with tracking.start_run(
+            f"trial-{trial.number}",
+            nested=True,
+            parent_run_id=parent_run_id,
+            dataset_version=version,
+            repo=repo,
+            tags=tags,
+        ):
+            tracking.log_params_flat(trial.params, "")
+            if trial.history:
+                tracking.log_history(_history(trial.history))
+            final = {"trial/seconds": trial.seconds or 0.0}
+            if trial.value is not None:
+                final[settings.tune.metric] = trial.value
+            tracking.log_metrics(final)
+
+    return on_trial
+
+
+def tune_step(
+    settings: Settings, *, repo: Path | None = None, workers: int | None = None
+) -> dict[str, Any]:
+    """Search GFM hyperparameters (``gfm.ops.study``), log the study and each trial, write tune.json.
+
+    MLflow: a ``tune`` run (the tune settings, the dataset as input, best value and params,
+    a table of all trials) with one nested ``trial-<n>`` run per trial this call finished
+    (its params by dotted key, per-evaluation losses, its value and state). An interrupted
+    study resumes: finished trials are kept, only the missing ones run.
+
+    With several workers (``tune.workers``, PostgreSQL storage) the study is opened here and
+    ``workers`` processes run ``tune_worker_step`` on it, logging their trials under this
+    call's ``tune`` run; more workers on other machines may join with ``gfm tune-worker``.
+
+    Args:
+        settings: all settings.
+        repo: folder whose git commit the runs record (default: the working directory).
+        workers: worker processes (default ``tune.workers``).
+
+    Returns:
+        The content of tune.json: ``best_params``, ``best_value``, ``study``, counts,
+        ``run_id``, ``dataset_version`` and ``workers`` (trials finished per worker).
+
+    Raises:
+        ValueError: several workers on storage other than PostgreSQL.
+    """
+    from gfm import tracking
+    from gfm.ops.study import check_shared, open_study, quiet, study_name, summarize, tune
+
+    workers = settings.tune.workers if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"`workers` must be >= 1, got {workers}")
+    ds = open_dataset(settings)
+    version = dataset_version(ds.root)
+    out = layout(settings).tune_json
+    if settings.tune.n_trials == 0:  # no tuning: train with the settings as they are
+        doc = {"best_params": {}, "study": "", "n_trials": 0, "dataset_version": version}
+        _write_json(out, doc)
+        log.info("tune.n_trials is 0: no tuning -> %s", out)
+        return doc
+    train, val, _ = parts(settings, ds)
+    if workers > 1:
+        check_shared(settings.tune.storage)
+    tracking.configure(settings.tracking)
+    name = study_name(settings, version)
+    with tracking.start_run(
+        "tune", dataset_version=version, repo=repo, tags={"gfm.step": "tune", "gfm.study": name}
+    ) as run:
+        # not the storage URL: a team database's may hold a password
+        tracking.log_params_flat(settings.tune.model_dump(mode="json", exclude={"storage"}), "tune")
+        tracking.log_dataset(version, ds.root, ds.runs, context="tuning")
+        if workers == 1:
+            on_trial = _trial_logger(settings, version, repo, run.info.run_id)
+            result = tune(settings, train, val, dataset_version=version, on_trial=on_trial)
+            per_worker = [result.n_new]
+        else:
+            start = time.perf_counter()
+            with quiet():
+                study = open_study(settings, version)
+            log.info(
+                "study %s: %d worker processes until %d trials are finished",
+                name,
+                workers,
+                settings.tune.n_trials,
+            )
+            per_worker = _run_workers(settings, name, run.info.run_id, workers, repo)
+            with quiet():
+                result = summarize(settings, study, n_new=sum(per_worker), start=start)
+        tracking.set_tags({"gfm.best_trial": result.best_trial})
+        counts = {
+            "tune/n_complete": result.n_complete,
+            "tune/n_pruned": result.n_pruned,
+            "tune/n_failed": result.n_failed,
+            "tune/seconds": result.seconds,
+        }
+        if result.best_value is not None and math.isfinite(result.best_value):
+            counts["tune/best_value"] = result.best_value
+        tracking.log_metrics(counts)
+        tracking.set_tags({f"best.{k}": v for k, v in result.best_params.items()})
+        if result.trials:
+            tracking.log_table_and_plots(
+                pl.DataFrame(result.trials, infer_schema_length=None), "trials"
+            )
+        doc = {**result.to_dict(), "run_id": run.info.run_id, "dataset_version": version}
+        doc["storage"] = redact(result.storage)  # tune.json is committed: no passwords
+        doc["workers"] = per_worker
+        _write_json(out, doc)
+    log.info("tuned: %s -> %s", result.best_params, out)
+    return doc
+
+
+def _run_workers(
+    settings: Settings, study: str, parent_run_id: str, workers: int, repo: Path | None
+) -> list[int]:
+    """``workers`` fresh processes running ``tune_worker_step``; the trials each finished."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker, safe with torch's threads (fork is not); the cores
+    # are shared out so that the workers do not oversubscribe them
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
+        futures = [
+            pool.submit(
+                tune_worker_step,
+                settings,
+                study=study,
+                parent_run_id=parent_run_id,
+                worker=i,
+                repo=repo,
+            )
+            for i in range(workers)
+        ]
+        return [int(f.result()["n_new"]) for f in futures]
+
+
+def tune_worker_step(
+    settings: Settings,
+    *,
+    study: str | None = None,
+    parent_run_id: str | None = None,
+    worker: int | None = None,
+    repo: Path | None = None,
+) -> dict[str, Any]:
+    """Work on an existing study until it is finished: ``gfm tune-worker``, on any machine.
+
+    The worker needs the same settings and dataset as the one that started the study (the
+    study's name carries their fingerprint) and PostgreSQL storage. Its trials are logged as
+    children of the study's running ``tune`` run (found by its ``gfm.study`` tag), or of a
+    ``tune-worker`` run of its own when that has ended.
+
+    Args:
+        settings: all settings.
+        study: the study's name as ``gfm tune`` printed it, or ``tune.study_name`` (default).
+        parent_run_id: the run to log trials under (default: found by tag, see above).
+        worker: the worker's index, which seeds its sampler (default: from the process id).
+        repo: folder whose git commit the runs record.
+
+    Returns:
+        ``study``, ``n_new`` (trials this worker finished), ``n_finished`` and ``n_trials``
+        (the study's count and target).
+
+    Raises:
+        ValueError: no such study, other settings or data than the study's, or storage that
+            is not PostgreSQL.
+    """
+    from contextlib import nullcontext
+
+    from gfm import tracking
+    from gfm.ops.study import join_study, progress, quiet, work, worker_seed
+
+    if not logging.getLogger().handlers and not log.handlers:  # a spawned worker process
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+        logging.getLogger("gfm").setLevel(logging.INFO)
+    ds = open_dataset(settings)
+    version = dataset_version(ds.root)
+    train, val, _ = parts(settings, ds)
+    seed = None if worker is None else worker_seed(settings.tune.seed, worker)
+    with quiet():
+        st = join_study(settings, version, study or settings.tune.study_name, seed=seed)
+    tracking.configure(settings.tracking)
+    parent = parent_run_id or tracking.find_active_run(
+        {"gfm.step": "tune", "gfm.study": st.study_name}
+    )
+    context = (
+        nullcontext(None)
+        if parent is not None
+        else tracking.start_run(
+            "tune-worker",
+            dataset_version=version,
+            repo=repo,
+            tags={"gfm.step": "tune-worker", "gfm.study": st.study_name},
+        )
+    )
+    with context as own, quiet():
+        parent = parent or own.info.run_id
+        on_trial = _trial_logger(settings, version, repo, parent)
+        n_new = work(settings, st, train, val, on_trial=on_trial)
+        finished, target = progress(st)
+    log.info(
+        "worker done: %d trial(s) of study %s (%d of %d finished)",
+        n_new,
+        st.study_name,
+        finished,
+        target,
+    )
+    return {"study": st.study_name, "n_new": n_new, "n_finished": finished, "n_trials": target}
