@@ -85,6 +85,14 @@ class Prefix:
         )
 
 
+def target_times(prefix: Prefix) -> torch.Tensor:
+    """The times of every checkpoint after the prefix: t_{k+1}..t_M = (k+1..M)/M, (M − k,) float64.
+
+    What a forecast of the rest of the run asks for (the last one, t_M = 1, the final weights).
+    """
+    return torch.arange(prefix.k + 1, prefix.M + 1, dtype=torch.float64) / prefix.M
+
+
 def observed_index(M: int, fraction: float) -> int:
     """Last observed checkpoint for an observed fraction of the run: k = max(1, round(f * M))."""
     return min(M - 1, max(1, round(fraction * M)))

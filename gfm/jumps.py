@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +31,6 @@ from torch import nn
 from gfm import baselines
 from gfm.data.schema import ParamMeta, RunRecord
 from gfm.forecaster import Forecaster, Prefix
-from gfm.model import GFM, WEIGHTS_FILE
 
 __all__ = [
     "Accelerated",
@@ -40,7 +38,6 @@ __all__ = [
     "Jump",
     "Relative",
     "jump_baseline",
-    "load_forecaster",
     "optimizer_context",
 ]
 
@@ -244,33 +241,8 @@ def optimizer_context(optimizer: torch.optim.Optimizer) -> tuple[str, HParams]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Forecasters for jumps: from a folder, from the registry, or a baseline
+# Baselines as jump forecasters (a saved one: gfm.saved.load; the registry's: gfm.tracking.load_model)
 # ----------------------------------------------------------------------------------------------
-
-
-def load_forecaster(source: str | Path) -> Forecaster:
-    """A saved forecaster from its folder.
-
-        folder with model.safetensors → gfm.model.GFM.load(folder)
-        any other folder              → gfm.baselines.load(folder)
-
-    A registry URI (``models:/gfm@champion``) is the MLflow edge's: ``gfm.tracking.load_model``.
-
-    Args:
-        source: a folder written by ``GFM.save`` or a baseline's ``save``.
-
-    Returns:
-        The forecaster.
-
-    Raises:
-        FileNotFoundError: the folder does not exist.
-    """
-    folder = Path(source)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: `source` must be a saved forecaster's folder")
-    if (folder / WEIGHTS_FILE).is_file():
-        return GFM.load(folder)
-    return baselines.load(folder)
 
 
 def jump_baseline(

@@ -7,28 +7,21 @@ References:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
 
+from gfm import saved
 from gfm.config import OPTIMIZERS, GFMSettings, TrainSettings
-from gfm.data.atomic import atomic_path
 from gfm.data.schema import RunRecord
 from gfm.features import n_context
 from gfm.fields import FIELDS, FreeField, Surrogate, VectorField
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
 
-__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "GFM", "WEIGHTS_FILE"]
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+__all__ = ["GFM"]
 
 
 class GFM:
@@ -108,59 +101,34 @@ class GFM:
         return out.float()
 
     def save(self, path: Path | str) -> None:
-        """Write ``config.json`` (settings) and ``model.safetensors`` (weights) into folder ``path``.
+        """Write the forecaster folder ``path`` (``gfm.saved``): settings as JSON, weights as safetensors.
 
-        Each file is written to a temporary name first and renamed, so a crash never leaves a
+        The folder is built beside ``path`` and swapped in, so a crash never leaves a
         half-written model.
         """
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         config = {
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
             "gfm": self.cfg.model_dump(mode="json"),
             "train": self.train_cfg.model_dump(mode="json"),
             "n_context": self.net.n_context,
         }
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        _atomic(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
-        _atomic(folder / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2)))
+        saved.write(path, kind=self.name, config=config, tensors=self.net.state_dict(), cls=GFM)
 
     @classmethod
     def load(cls, path: Path | str) -> GFM:
-        """Rebuild a saved GFM from its folder (no pickle: JSON settings + safetensors weights).
+        """Rebuild a saved GFM from its folder (``gfm.saved``; no pickle).
 
         Raises:
-            FileNotFoundError: ``config.json`` or ``model.safetensors`` is missing.
-            ValueError: the config is not a GFM config of a known format.
+            FileNotFoundError: no saved forecaster in ``path``.
+            ValueError: it holds another kind of forecaster, or invalid settings.
         """
-        folder = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name}: file not found (not a saved GFM?)")
-        try:
-            config: dict[str, Any] = json.loads((folder / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{folder / CONFIG_FILE}: not valid JSON: {err}") from None
-        version = config.get("format_version") if isinstance(config, dict) else None
-        if version != FORMAT_VERSION or config.get("name") != cls.name:
-            raise ValueError(
-                f"{folder / CONFIG_FILE}: `format_version` must be {FORMAT_VERSION} with name "
-                f"'{cls.name}', got {version!r}, {config.get('name') if isinstance(config, dict) else None!r}"
-            )
+        config, tensors = saved.read(path, kind=cls.name)
         try:
             model = cls(
                 GFMSettings.model_validate(config["gfm"]),
                 TrainSettings.model_validate(config["train"]),
             )
         except (KeyError, ValidationError) as err:
-            raise ValueError(f"{folder / CONFIG_FILE}: invalid settings: {err}") from None
-        model.net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+            raise ValueError(f"{Path(path)}: invalid GFM settings: {err}") from None
+        model.net.load_state_dict(tensors)
         model.net.eval()
         return model
-
-
-def _atomic(target: Path, write: Any) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``target``, then rename it to ``target``."""
-    with atomic_path(target) as tmp:
-        write(tmp)

@@ -2,7 +2,7 @@
 
 Every baseline implements ``gfm.forecaster.Forecaster``: ``fit(train, val)`` on the same lazy
 ``Sequence[RunRecord]`` GFM trains on, ``forecast(prefix, t) -> (T, D)`` for target times
-t_k < t <= 1, ``save(path)`` (``config.json`` + ``state.safetensors``, no pickle) and ``load``.
+t_k < t <= 1, ``save(path)`` (the ``gfm.saved`` folder, no pickle) and ``load``.
 
 Per-run extrapolators (no training): persistence, linear, geometric, DMD. Learned from the training
 runs: LFD-2 (ridge regression), WNN (per-weight MLP), LSTM and Transformer (per-parameter sequence
@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gfm.baselines._base import _Baseline, _read_meta
+from gfm import saved
+from gfm.baselines._base import _Baseline
 from gfm.baselines.extrapolate import DMD, Geometric, Linear, Persistence
 from gfm.baselines.learned import LSTM, WNN, Transformer
 from gfm.baselines.lfd2 import LFD2
@@ -63,13 +64,13 @@ def make(name: str, config: Mapping[str, Any] | None = None, *, device: str = "c
 
 
 def load(path: str | Path, *, device: str = "cpu") -> _Baseline:
-    """Load any saved baseline from its folder, choosing the class by the saved name.
+    """Load any saved baseline from its folder, choosing the class by the saved kind.
 
     Raises:
-        FileNotFoundError: ``path`` has no ``config.json``.
-        ValueError: the saved name is not a key of ``BASELINES``.
+        FileNotFoundError: no saved forecaster in ``path``.
+        ValueError: the saved kind is not a key of ``BASELINES``.
     """
-    meta = _read_meta(Path(path))
-    if meta["name"] not in BASELINES:
-        raise ValueError(f"{path}: `name` must be one of {list(BASELINES)}, got {meta['name']!r}")
-    return BASELINES[meta["name"]].load(Path(path), device=device)
+    kind = saved.kind_in(path)
+    if kind not in BASELINES:
+        raise ValueError(f"{path}: saved `kind` must be one of {list(BASELINES)}, got {kind!r}")
+    return BASELINES[kind].load(Path(path), device=device)

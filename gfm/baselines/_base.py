@@ -13,16 +13,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from gfm.data.atomic import atomic_path
+from gfm import saved
 from gfm.data.schema import RunRecord
 from gfm.forecaster import Prefix
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.safetensors"
 _DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -209,45 +205,18 @@ class _Baseline:
             raise ValueError(f"{self.name}: state must be empty, got tensors {sorted(state)}")
 
     def save(self, path: Path) -> None:
-        """Write ``config.json`` and ``state.safetensors`` into the folder ``path`` (atomically)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"name": self.name, "format_version": FORMAT_VERSION, "config": self.config}
-        _atomic_write(path / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self._state().items()}
-        _atomic_write(path / STATE_FILE, lambda p: save_file(state, str(p)))
+        """Write the forecaster folder ``path`` (``gfm.saved``): config as JSON, tensors as safetensors."""
+        saved.write(path, kind=self.name, config=self.config, tensors=self._state(), cls=type(self))
 
     @classmethod
     def load(cls, path: Path, *, device: str = "cpu") -> _Baseline:
         """Rebuild a saved baseline from its folder.
 
         Raises:
-            FileNotFoundError: ``path`` has no ``config.json``.
-            ValueError: the folder holds another baseline or another format version.
+            FileNotFoundError: no saved forecaster in ``path``.
+            ValueError: the folder holds another kind of forecaster or another format version.
         """
-        meta = _read_meta(Path(path))
-        if meta["name"] != cls.name:
-            raise ValueError(
-                f"{path}: `name` must be {cls.name!r} for {cls.__name__}, got {meta['name']!r}"
-            )
-        model = cls(meta["config"], device=device)
-        state_file = Path(path) / STATE_FILE
-        model._load_state(load_file(str(state_file)) if state_file.exists() else {})
+        config, tensors = saved.read(path, kind=cls.name)
+        model = cls(config, device=device)
+        model._load_state(tensors)
         return model
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    with atomic_path(target) as tmp:
-        write(tmp)
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    file = path / CONFIG_FILE
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: no saved baseline here (missing {CONFIG_FILE})")
-    meta = json.loads(file.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{file}: `format_version` must be {FORMAT_VERSION}, got {meta.get('format_version')!r}"
-        )
-    return meta

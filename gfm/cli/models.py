@@ -95,13 +95,14 @@ def forecast(
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]Bad input[/red]\n{err}", highlight=False)
         raise typer.Exit(2) from None
-    from gfm import tracking
+    from gfm import saved, tracking
+    from gfm.forecaster import target_times
 
     target = model or tracking.model_uri(cfg.registry)
     try:
         if Path(target).is_dir():
-            forecaster = tracking.load_forecaster(Path(target))
-            t = torch_times(prefix)
+            forecaster = saved.load(target)
+            t = target_times(prefix)
             w = forecaster.forecast(prefix, t).detach().cpu().numpy().astype(np.float32)
         else:
             tracking.use_store(cfg.tracking)
@@ -114,14 +115,6 @@ def forecast(
         f"forecast {w.shape[0]} checkpoints (k+1={prefix.k + 1}..M={prefix.M}) of "
         f"{w.shape[1]} parameters with {target} -> [bold]{output}[/bold] (shape {w.shape})"
     )
-
-
-def torch_times(prefix: object) -> object:
-    """t_{k+1}..t_M = (k+1..M)/M as a float64 tensor."""
-    import torch
-
-    k, M = prefix.k, prefix.M  # type: ignore[attr-defined]
-    return torch.arange(k + 1, M + 1, dtype=torch.float64) / M
 
 
 def config_pairs(pairs: list[str], source: str) -> dict[str, object]:

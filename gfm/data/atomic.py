@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "write_json"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -56,3 +62,52 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     with atomic_path(path) as tmp, open(tmp, "xb") as f:
         f.write(data)
+
+
+def write_json(path: str | Path, doc: Any) -> Path:
+    """Write ``doc`` as indented JSON (a trailing newline) atomically; return the path."""
+    path = Path(path)
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to build a folder at; on success it replaces ``path``.
+
+    The block creates the folder at the yielded path (which does not exist yet) and fills it;
+    then the old ``path`` (if any) is renamed aside, the new one renamed in and the old one
+    removed, so readers see the old folder or the complete new one. If the block raises, what
+    it built is removed and ``path`` is untouched.
+
+    Args:
+        path: the destination folder; its parent is created if missing.
+
+    Yields:
+        The path of the folder to build (on the same file system as ``path``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = work / path.name
+    old = path.with_name(f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        if not tmp.is_dir():
+            raise FileNotFoundError(f"{tmp}: the block must create the folder it was given")
+        for file in (f for f in tmp.rglob("*") if f.is_file()):
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+        moved = path.exists()
+        if moved:
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if moved:
+                os.replace(old, path)  # put the previous folder back
+            raise
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

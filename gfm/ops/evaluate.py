@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
+from gfm import saved
 from gfm.config import Settings
 from gfm.data.trajectories import Trajectories
-from gfm.forecaster import Forecaster, Prefix, observed_index
+from gfm.forecaster import Forecaster, Prefix, observed_index, target_times
 from gfm.ops.layout import (
     _write_json,
     dataset_version,
@@ -86,7 +86,7 @@ def _trajectories_plot(test: Trajectories, models: Mapping[str, Forecaster], pat
     M = record.weights.shape[0] - 1
     k = observed_index(M, 0.25)
     prefix = Prefix.from_record(record, k)
-    t = torch.arange(k + 1, M + 1, dtype=torch.float64) / M
+    t = target_times(prefix)
     forecasts = {name: f.forecast(prefix, t) for name, f in models.items()}
     return plot_trajectories(record, forecasts, t, k, path)
 
@@ -127,7 +127,7 @@ def evaluate_step(
     ds = open_dataset(settings)
     version = dataset_version(ds.root)
     _, _, test = parts(settings, ds)
-    model = tracking.load_forecaster(model_dir)
+    model = saved.load(model_dir)
     split = settings.train.split
     names = ["gfm", *[b for b in settings.evaluate.workflow_baselines if b != "gfm"]]
     table, costs = compare(

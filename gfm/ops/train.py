@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from gfm import saved
 from gfm.config import Settings, apply_params
 from gfm.ops.layout import (
     _history,
@@ -44,22 +41,6 @@ def _history_figure(history: list[dict[str, float]]) -> Any:
     ax.set_xlabel("step")
     ax.legend(fontsize=8)
     return fig
-
-
-def _replace_dir(build: Callable[[Path], Any], target: Path) -> None:
-    """Build a folder beside ``target`` with ``build(tmp)``, then swap it in."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old = target.with_name(f".{target.name}.old")
-    try:
-        build(tmp / "new")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp / "new", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def train_step(
@@ -128,7 +109,7 @@ def train_step(
         frame = pl.DataFrame(history)
         fig = _history_figure(history)
         tracking.log_table_and_plots(frame, "train_history", plots={"loss": fig})
-        _replace_dir(lambda p: tracking.save_forecaster(model, p), out.model_dir)
+        saved.save(model, out.model_dir)
         info = tracking.log_forecaster(model, input_example=_small_prefix(train, train.runs))
         doc = {
             "run_id": run.info.run_id,

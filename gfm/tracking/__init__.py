@@ -3,7 +3,7 @@
 The only package of gfm that imports mlflow (and it never imports prefect or typer).
 
     configure(cfg.tracking); with start_run("train", dataset_version=v): log_params_flat(...)
-    info = log_forecaster(model, input_example=prefix)
+    info = log_forecaster(model, input_example=prefix)        # logs the gfm.saved folder
     promote(register(info.model_uri, cfg.registry), metrics, cfg.registry)
     load(cfg=cfg.registry) / load_pyfunc(cfg=cfg.registry)   # models:/gfm@champion
     runs_table(sort="test/rel_mse_persistence")             # gfm compare
@@ -17,12 +17,8 @@ from gfm.tracking.frames import (
 )
 from gfm.tracking.pyfunc import (
     ForecasterModel,
-    forecaster_kinds,
-    load_forecaster,
     log_forecaster,
     predict,
-    register_forecaster,
-    save_forecaster,
 )
 from gfm.tracking.registry import (
     Decision,
@@ -61,12 +57,10 @@ __all__ = [
     "find_version",
     "flatten_params",
     "forecast_frame",
-    "forecaster_kinds",
     "frame_to_forecast",
     "frame_to_prefix",
     "git_commit",
     "load",
-    "load_forecaster",
     "load_model",
     "load_pyfunc",
     "log_dataset",
@@ -80,10 +74,8 @@ __all__ = [
     "prefix_to_frame",
     "promote",
     "register",
-    "register_forecaster",
     "resume_run",
     "runs_table",
-    "save_forecaster",
     "set_tags",
     "start_run",
     "use_store",

@@ -43,7 +43,7 @@ import torch
 
 from gfm.config import OPTIMIZERS
 from gfm.data.schema import PARAM_KINDS, ParamMeta
-from gfm.forecaster import Forecaster, Prefix
+from gfm.forecaster import Forecaster, Prefix, target_times
 
 HPARAM_KEYS = ("lr", "momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
 HPARAM_PREFIX = "hp_"
@@ -170,7 +170,7 @@ def forecast_frame(forecaster: Forecaster, prefix: Prefix) -> pd.DataFrame:
         ValueError: the forecaster returned a tensor that is not (T, D) or not finite.
     """
     checkpoints = np.arange(prefix.k + 1, prefix.M + 1, dtype=np.int64)  # (T,)
-    t = torch.from_numpy(checkpoints / prefix.M).to(torch.float32)  # (T,)
+    t = target_times(prefix)  # (T,) float64, as a native forecast of the rest of the run
     with torch.no_grad():
         w = forecaster.forecast(prefix, t)
     expected = (len(checkpoints), prefix.D)
@@ -185,7 +185,7 @@ def forecast_frame(forecaster: Forecaster, prefix: Prefix) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "checkpoint": checkpoints,
-            "t": checkpoints / prefix.M,
+            "t": t.numpy(),
             "w": [row.tolist() for row in w_np],
         }
     )

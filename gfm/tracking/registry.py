@@ -27,9 +27,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
+from gfm import saved
 from gfm.config import RegistrySettings, Settings
 from gfm.forecaster import Forecaster
-from gfm.tracking.pyfunc import ARTIFACT_KEY, load_forecaster
+from gfm.tracking.pyfunc import ARTIFACT_KEY
 from gfm.tracking.runs import TAG_DATASET_VERSION, TAG_GIT_COMMIT, use_store
 
 TAG_GIT = "gfm.git_commit"
@@ -308,7 +309,7 @@ def load(
         version: a version number instead of an alias.
 
     Returns:
-        The forecaster, rebuilt by ``load_forecaster`` from its config and weights.
+        The forecaster, rebuilt by ``gfm.saved.load`` from its config and weights.
     """
     cfg = cfg or RegistrySettings()
     uri = f"models:/{cfg.model_name}/{version}" if version else model_uri(cfg, alias)
@@ -316,7 +317,7 @@ def load(
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"{uri}/artifacts/{ARTIFACT_KEY}", dst_path=tmp
         )
-        return load_forecaster(Path(local))
+        return saved.load(Path(local))
 
 
 def load_pyfunc(alias: str | None = None, cfg: RegistrySettings | None = None) -> PyFuncModel:
@@ -342,10 +343,8 @@ def load_model(source: str | Path, settings: Settings | None = None) -> Forecast
         FileNotFoundError: a folder that does not exist.
         ValueError: a registry URI without an alias, or naming another registered model.
     """
-    from gfm.jumps import load_forecaster  # the folder loader of the core
-
     if not (isinstance(source, str) and source.startswith(SCHEME)):
-        return load_forecaster(source)
+        return saved.load(source)
     cfg = settings.registry if settings is not None else RegistrySettings()
     name, sep, alias = source[len(SCHEME) :].partition("@")
     if not sep or not name or not alias:

@@ -22,7 +22,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -31,7 +30,7 @@ from gfm import ops, tracking
 from gfm.cli import app
 from gfm.config import load_settings
 from gfm.data.trajectories import Trajectories
-from gfm.forecaster import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index, target_times
 
 pytestmark = pytest.mark.integration
 CONFS = Path(__file__).resolve().parents[1] / "confs"
@@ -99,7 +98,7 @@ def test_retrain_on_a_team_server_promotes_and_another_process_finds_the_champio
     served = tracking.frame_to_forecast(pd.read_parquet(tmp_path / "answer.parquet"))
 
     native = tracking.load_model("models:/gfm@champion", settings)
-    t = torch.arange(prefix.k + 1, prefix.M + 1, dtype=torch.float64) / prefix.M
+    t = target_times(prefix)
     np.testing.assert_allclose(served, native.forecast(prefix, t).numpy(), rtol=1e-5, atol=1e-7)
 
     # and `gfm compare` lists the training run from the server

@@ -29,6 +29,9 @@ from safetensors.torch import load_file, save_file
 from gfm.config import RegistrySettings, TrackingSettings
 from gfm.data.schema import ParamMeta
 from gfm.forecaster import Prefix
+from gfm.saved import load as load_forecaster
+from gfm.saved import register as register_forecaster
+from gfm.saved import save as save_forecaster
 from gfm.tracking import (
     PromotionError,
     configure,
@@ -36,7 +39,6 @@ from gfm.tracking import (
     frame_to_forecast,
     git_commit,
     load,
-    load_forecaster,
     load_pyfunc,
     log_dataset,
     log_forecaster,
@@ -47,8 +49,6 @@ from gfm.tracking import (
     prefix_to_frame,
     promote,
     register,
-    register_forecaster,
-    save_forecaster,
     start_run,
 )
 

@@ -24,11 +24,11 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from gfm import ops, tracking
+from gfm import ops, saved, tracking
 from gfm.cli import app
 from gfm.config import Settings, load_settings
 from gfm.data.trajectories import Trajectories
-from gfm.forecaster import Prefix, observed_index
+from gfm.forecaster import Prefix, observed_index, target_times
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -38,7 +38,7 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout.strip()
 
 
-@tracking.register_forecaster("test-offset")
+@saved.register("test-offset")
 class Offset:
     """w(t) = w_k + offset for every later t: a deliberately bad forecaster."""
 
@@ -62,7 +62,7 @@ class Offset:
         return cls(json.loads((path / "config.json").read_text())["offset"])
 
 
-@tracking.register_forecaster("test-oracle")
+@saved.register("test-oracle")
 class Oracle:
     """The recorded weights of the run whose first checkpoint matches: error 0 on known runs."""
 
@@ -202,7 +202,7 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     served = tracking.frame_to_forecast(pd.read_parquet(tmp_path / "answer.parquet"))
 
     native = tracking.load_model("models:/gfm@champion", settings)
-    t = torch.arange(prefix.k + 1, prefix.M + 1, dtype=torch.float64) / prefix.M
+    t = target_times(prefix)
     np.testing.assert_allclose(served, native.forecast(prefix, t).numpy(), rtol=1e-5, atol=1e-7)
 
     # and `gfm forecast` writes the champion's forecast of a prefix given as .npy + sidecar
@@ -392,7 +392,7 @@ def test_forecast_rejects_bad_input_by_name(workflow, tmp_path):
     from gfm.model import GFM
 
     model = tmp_path / "model"
-    tracking.save_forecaster(GFM(GFMSettings(width=8, depth=1, history=2)), model)
+    GFM(GFMSettings(width=8, depth=1, history=2)).save(model)
     w = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
     meta = {
         "optimizer": "sgd",

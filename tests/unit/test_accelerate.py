@@ -15,8 +15,9 @@ from torch import nn
 from gfm import baselines
 from gfm.config import TaskSettings
 from gfm.data.tasks import flatten, make_task, param_meta
-from gfm.jumps import Accelerated, Horizon, jump_baseline, load_forecaster
+from gfm.jumps import Accelerated, Horizon, jump_baseline
 from gfm.model import GFM
+from gfm.saved import load as load_forecaster
 from gfm.tracking import load_model
 
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
@@ -467,7 +468,7 @@ def test_load_forecaster_from_folders_and_bad_sources(tmp_path):
     linear = load_forecaster(tmp_path / "linear")
     assert isinstance(linear, baselines.Linear) and linear.config["window"] == 4
     assert isinstance(load_forecaster(str(tmp_path / "gfm")), GFM)
-    with pytest.raises(FileNotFoundError, match="source"):
+    with pytest.raises(FileNotFoundError, match="forecaster.json"):
         load_forecaster(tmp_path / "missing")
     with pytest.raises(ValueError, match="registry URI"):
         load_model("models:/gfm")  # the registry is the MLflow edge's, never the core's

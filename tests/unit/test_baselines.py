@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from gfm import saved
 from gfm.baselines import BASELINES, load, make
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.forecaster import Forecaster, Prefix, observed_index
@@ -255,10 +256,8 @@ def test_save_load_round_trip(name, fitted, test_runs, tmp_path):
     by_name = load(tmp_path / name)
     by_class = BASELINES[name].load(tmp_path / name)
     # then
-    assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
-        "config.json",
-        "state.safetensors",
-    ]
+    files = sorted(p.name for p in (tmp_path / name).iterdir())
+    assert files == ([saved.FILE, saved.WEIGHTS] if fitted[name]._state() else [saved.FILE])
     assert by_name.config == fitted[name].config
     assert torch.equal(by_name.forecast(prefix, t), before)
     assert torch.equal(by_class.forecast(prefix, t), before)
@@ -266,9 +265,9 @@ def test_save_load_round_trip(name, fitted, test_runs, tmp_path):
 
 def test_load_refuses_another_baseline(fitted, tmp_path):
     fitted["linear"].save(tmp_path / "m")
-    with pytest.raises(ValueError, match="name"):
+    with pytest.raises(ValueError, match="kind"):
         BASELINES["dmd"].load(tmp_path / "m")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=saved.FILE):
         load(tmp_path / "missing")
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from gfm import saved
 from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import ParamMeta
 from gfm.forecaster import Forecaster, Prefix
-from gfm.model import CONFIG_FILE, GFM, WEIGHTS_FILE
+from gfm.model import GFM
 
 NAMED = [
     ("c1.weight", (16, 1, 3, 3)),
@@ -68,7 +69,7 @@ def test_save_load_round_trip_gives_identical_forecasts(tmp_path, variant):
     model.save(tmp_path / "gfm")
     loaded = GFM.load(tmp_path / "gfm")
     # then
-    assert sorted(p.name for p in (tmp_path / "gfm").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in (tmp_path / "gfm").iterdir()) == [saved.FILE, saved.WEIGHTS]
     assert loaded.cfg == model.cfg and loaded.train_cfg == model.train_cfg
     for o, expected in before.items():
         got = loaded.forecast(_prefix(o), t)
@@ -78,19 +79,22 @@ def test_save_load_round_trip_gives_identical_forecasts(tmp_path, variant):
 
 def test_config_is_plain_json(tmp_path):
     _model("free").save(tmp_path)
-    config = json.loads((tmp_path / CONFIG_FILE).read_text())
-    assert config["name"] == "gfm" and config["gfm"]["variant"] == "free"
+    doc = json.loads((tmp_path / saved.FILE).read_text())
+    assert doc["kind"] == "gfm" and doc["config"]["gfm"]["variant"] == "free"
 
 
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=CONFIG_FILE):
+    with pytest.raises(FileNotFoundError, match=saved.FILE):
         GFM.load(tmp_path)
     _model("optimizer").save(tmp_path)
-    config = json.loads((tmp_path / CONFIG_FILE).read_text())
-    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "format_version": 99}))
+    doc = json.loads((tmp_path / saved.FILE).read_text())
+    (tmp_path / saved.FILE).write_text(json.dumps({**doc, "format_version": 99}))
     with pytest.raises(ValueError, match="format_version"):
         GFM.load(tmp_path)
-    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "gfm": {"widht": 3}}))
+    (tmp_path / saved.FILE).write_text(json.dumps({**doc, "kind": "linear"}))
+    with pytest.raises(ValueError, match="kind"):
+        GFM.load(tmp_path)
+    (tmp_path / saved.FILE).write_text(json.dumps({**doc, "config": {"gfm": {"widht": 3}}}))
     with pytest.raises(ValueError, match="widht"):
         GFM.load(tmp_path)
 

@@ -1,0 +1,139 @@
+"""One factory for the records, prefixes and runs the tests build (instead of a copy per file).
+
+make_record(W, ...)   a RunRecord around a trajectory W (M+1, D)
+gd_run(seed, ...)     (stochastic) gradient descent on a random least-squares problem
+make_prefix(...)      a Prefix: a drifting random walk over a small layer layout
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.forecaster import Prefix
+
+D_IN = 5  # inputs of the least-squares problems; D = D_IN + 1 parameters (weight, bias)
+LINEAR = [("linear.weight", (1, D_IN)), ("linear.bias", (1,))]
+NAMED = [("net.0.weight", (2, 2)), ("net.0.bias", (2,)), ("scale", ())]  # D = 4 + 2 + 1 = 7
+
+
+def make_record(
+    W: np.ndarray,
+    *,
+    lr: float | np.ndarray = 0.1,
+    seed: int = 0,
+    run_id: str | None = None,
+    task: str = "least_squares",
+    optimizer: str = "sgd",
+    hparams: dict[str, float | bool] | None = None,
+    layout: Sequence[tuple[str, tuple[int, ...]]] | None = None,
+    record_every: int = 1,
+    losses: np.ndarray | None = None,
+    val_acc: np.ndarray | None = None,
+) -> RunRecord:
+    """A RunRecord whose weights are the trajectory ``W`` (M+1, D).
+
+    Args:
+        W: the recorded weights, one row per checkpoint.
+        lr: the learning rate (a constant, or one per checkpoint).
+        seed: the run's seed index (and init seed); the run id is ``run-<seed>`` by default.
+        task, optimizer, hparams: the spec's fields (hparams default ``{"lr": lr}``).
+        layout: ``[(name, shape)]`` of the D parameters (default: one linear layer).
+        record_every: optimizer steps between two checkpoints.
+        losses: train and val loss per checkpoint (default zeros).
+        val_acc: held-out accuracy per checkpoint (default NaN: regression).
+    """
+    M = W.shape[0] - 1
+    lr_curve = np.broadcast_to(np.asarray(lr, dtype=np.float64), (M + 1,)).copy()
+    losses = np.zeros(M + 1) if losses is None else losses
+    spec = RunSpec(
+        run_id=run_id or f"run-{seed}",
+        task=task,
+        hidden=(),
+        optimizer=optimizer,
+        hparams=dict(hparams) if hparams is not None else {"lr": float(lr_curve[0])},
+        schedule="constant",
+        batch_size=None,
+        seed=seed,
+        init_seed=seed,
+        steps=M * record_every,
+        record_every=record_every,
+    )
+    if layout is None:
+        layout = [("linear.weight", (1, W.shape[1] - 1)), ("linear.bias", (1,))]
+    return RunRecord(
+        spec=spec,
+        steps=np.arange(M + 1) * record_every,
+        lr=lr_curve,
+        train_loss=losses,
+        val_loss=losses,
+        val_acc=np.full(M + 1, np.nan) if val_acc is None else val_acc,
+        weights=np.asarray(W, dtype=np.float32),
+        params=ParamMeta.from_named_shapes(list(layout)),
+    )
+
+
+def gd_run(seed: int, *, M: int = 20, noise: float = 0.0, **fields) -> RunRecord:
+    """(Stochastic-)gradient descent on a random least-squares problem, recorded every step.
+
+        w_{i+1} = w_i − α·(Xᵀ(Xw_i − y)/n + noise·ξ_i),   α = U(0.5, 1) / λ_max(XᵀX/n)
+
+    Without noise an affine recurrence w_{i+1} = A·w_i + b with A = I − α·H. ``fields`` go to
+    ``make_record`` (optimizer, task, ...).
+    """
+    rng = np.random.default_rng(seed)
+    n = 64
+    X = np.hstack([rng.normal(size=(n, D_IN)), np.ones((n, 1))])
+    y = X @ rng.normal(size=D_IN + 1) + 0.1 * rng.normal(size=n)
+    lr = float(rng.uniform(0.5, 1.0) / np.linalg.eigvalsh(X.T @ X / n).max())
+    w = rng.normal(size=D_IN + 1)
+    ws = [w]
+    for _ in range(M):
+        w = w - lr * (X.T @ (X @ w - y) / n + noise * rng.normal(size=D_IN + 1))
+        ws.append(w)
+    W = np.asarray(ws)
+    losses = 0.5 * np.mean((W @ X.T - y) ** 2, axis=1)
+    return make_record(W, lr=lr, seed=seed, losses=losses, **fields)
+
+
+def make_prefix(
+    *,
+    k: int = 2,
+    M: int = 6,
+    optimizer: str = "adam",
+    layout: Sequence[tuple[str, tuple[int, ...]]] = NAMED,
+    seed: int = 0,
+    **overrides,
+) -> Prefix:
+    """A Prefix of k+1 checkpoints of a run of M intervals: a drifting random walk.
+
+    ``overrides`` replace any field (``w``, ``lr``, ``hparams``, ``record_every``, ...).
+    """
+    params = ParamMeta.from_named_shapes(list(layout))
+    g = torch.Generator().manual_seed(seed)
+    D = len(params)
+    drift = torch.randn(D, generator=g) * 0.05
+    steps = drift + 0.02 * torch.randn(k, D, generator=g)
+    w = torch.cat([torch.randn(1, D, generator=g), steps]).cumsum(0)  # (k+1, D)
+    hparams = {
+        "sgd": {},
+        "momentum": {"momentum": 0.9, "nesterov": False},
+        "rmsprop": {"alpha": 0.95},
+        "adam": {"beta1": 0.9, "beta2": 0.99},
+        "adamw": {"beta1": 0.9, "beta2": 0.99, "weight_decay": 0.01},
+    }[optimizer]
+    lr = 0.01 * 0.5 * (1 + torch.cos(torch.pi * torch.arange(M + 1, dtype=torch.float64) / M))
+    fields = dict(
+        w=w.float(),
+        M=M,
+        lr=lr + 1e-4,
+        optimizer=optimizer,
+        hparams={"lr": 0.01, **hparams},
+        record_every=4,
+        params=params,
+    )
+    fields.update(overrides)
+    return Prefix(**fields)
