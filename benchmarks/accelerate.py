@@ -1,9 +1,9 @@
 """Jump-ahead training: optimizer steps to a target accuracy with GFM, linear and WNN jumps.
 
-``gfm accelerate --no-mlflow`` with this script's arguments: for each
-task, architecture (a seen one and the holdout one) and seed, the base optimizer alone vs the
-same optimizer with GFM, linear-extrapolation and WNN-style jumps (``accelerate`` in
-params.yaml). Writes, under ``accelerate.output_dir`` (default ``benchmarks/results/``):
+``gfm.ops.jump_step`` without MLflow, as ``gfm bench jumps --no-mlflow`` runs it: for each task,
+architecture (a seen one and the holdout one) and seed, the base optimizer alone vs the same
+optimizer with GFM, linear-extrapolation and WNN-style jumps (``accelerate`` in params.yaml).
+Writes, under ``accelerate.output_dir`` (default ``benchmarks/results/``):
 
   accelerate.csv          one row per method × task × arch × seed
   accelerate_curves.csv   held-out accuracy per evaluated step (the plot's data)
@@ -22,11 +22,14 @@ import logging
 
 import torch
 
-from gfm.cli import app
+from gfm import ops
+from gfm.config import load_settings
+from gfm.evaluation import to_markdown
+from gfm.ops.jumps import jump_overrides
 
 
 def main() -> None:
-    """Run the comparison on the settings and overrides given; print the summary."""
+    """Run the benchmark on the settings and overrides given; print the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[])
@@ -43,20 +46,13 @@ def main() -> None:
     logging.getLogger("gfm").setLevel(logging.INFO)
     torch.set_num_threads(1)  # the machine is shared; every method gets the same single core
 
-    argv = ["accelerate", "--params", args.params, "--no-mlflow"]
-    argv += ["--tuned"] if args.tuned else ["--no-tuned"]
-    for option, value in (
-        ("--model", args.model),
-        ("--seeds", args.seeds),
-        ("--first-seed", args.first_seed),
-        ("--tasks", ",".join(args.tasks) if args.tasks else None),
-        ("--steps", args.steps),
-    ):
-        if value is not None:
-            argv += [option, str(value)]
-    for override in args.overrides:
-        argv += ["--set", override]
-    app(argv)
+    extra = jump_overrides(
+        seeds=args.seeds, first_seed=args.first_seed, tasks=args.tasks, steps=args.steps
+    )
+    settings = load_settings(args.params, [*args.overrides, *extra])
+    doc = ops.jump_step(settings, model=args.model, tuned=args.tuned, log_mlflow=False)
+    print(to_markdown(doc["summary"], precision=3))
+    print("\n".join(str(p) for p in doc["paths"].values()))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import polars as pl
 import torch
 
 from gfm import baselines
-from gfm.bench.forecast import compare, headline, methods, score_for
+from gfm.bench.forecast import fit_and_evaluate, headline, methods, score_for
 from gfm.config import load_settings
 from gfm.data.trajectories import Trajectories
 from gfm.evaluation import horizon_table, to_markdown
@@ -149,7 +149,7 @@ def main() -> None:
                 # a method with no training seed gives the same forecasts for every seed:
                 # computed once, its rows are repeated per seed (zero spread, honestly so)
                 seeded = seeded_method(name)
-                table, costs = compare(
+                table, costs = fit_and_evaluate(
                     settings,
                     ds,
                     method_names=[name],

@@ -516,10 +516,10 @@ class TeamSettings(_Frozen):
 
 
 class AccelerateSettings(_Frozen):
-    """Jump-ahead training compared (``gfm accelerate``): base optimizer alone vs with jumps.
+    """The jump benchmark (``gfm bench jumps``): base optimizer alone vs with jumps.
 
     Each jump replaces one optimizer step with a forecast ``horizon`` recorded intervals ahead
-    (``gfm.accelerate.Accelerated``); the target is the base optimizer's held-out accuracy at
+    (``gfm.jumps.JumpAhead``); the target is the base optimizer's held-out accuracy at
     its step budget. Explore on seeds >= 100 (``first_seed``), report seeds 0..9. The defaults
     were chosen on seeds 100..107 (BENCHMARKS.md, "Jump-ahead training").
     """

@@ -1,7 +1,7 @@
 """Evaluate forecasters side by side on held-out runs: a tidy table, horizon errors and summaries.
 
 One row per method × run × observed fraction (``evaluate``); error vs horizon (``horizon_table``);
-mean ± std per method × task × optimizer × fraction × split (``summarise``); Markdown
+mean ± std per method × task × optimizer × fraction × split (``summarize``); Markdown
 (``to_markdown``). Metrics are those of ``gfm.metrics``; plots live in ``gfm.plots``.
 """
 
@@ -21,7 +21,7 @@ from gfm.data.schema import RunRecord
 from gfm.forecaster import Forecaster, Prefix, observed_index
 from gfm.metrics import Score, downstream, horizon_mse, mae, mse, rel_mse
 
-__all__ = ["COLUMNS", "GROUP", "evaluate", "horizon_table", "summarise", "to_markdown"]
+__all__ = ["COLUMNS", "GROUP", "evaluate", "horizon_table", "summarize", "to_markdown"]
 
 COLUMNS = [
     "method",
@@ -295,7 +295,7 @@ def horizon_table(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def summarise(df: pl.DataFrame) -> pl.DataFrame:
+def summarize(df: pl.DataFrame) -> pl.DataFrame:
     """Mean ± std of each metric per method × task × optimizer × observed fraction × split.
 
     Args:
@@ -332,7 +332,7 @@ def to_markdown(df: pl.DataFrame, *, precision: int = 4) -> str:
     List columns (the horizon lists) are left out.
 
     Args:
-        df: any table, e.g. from ``summarise``.
+        df: any table, e.g. from ``summarize``.
         precision: significant digits of floats.
 
     Returns:

@@ -4,7 +4,7 @@ Each jump moves the weights to a forecast of where the run will be h recorded in
 guarded by a loss check and rolled back on failure.
 
 The nowcasting line of work reports reaching a target accuracy in 1.25x to ~2x fewer optimizer
-steps by periodically jumping to forecast weights; ``Accelerated`` does this with any
+steps by periodically jumping to forecast weights; ``JumpAhead`` does this with any
 ``gfm.forecaster.Forecaster`` (GFM, the linear-extrapolation or WNN-style baselines, one of yours).
 
 References:
@@ -33,7 +33,7 @@ from gfm.data.schema import ParamMeta, RunRecord
 from gfm.forecaster import Forecaster, Prefix
 
 __all__ = [
-    "Accelerated",
+    "JumpAhead",
     "Horizon",
     "Jump",
     "Relative",
@@ -41,9 +41,9 @@ __all__ = [
     "optimizer_context",
 ]
 
-logger = logging.getLogger("gfm.accelerate")
+logger = logging.getLogger("gfm.jumps")
 
-FRAMES = ("window", "run")  # what a jump's prefix holds (see Accelerated)
+FRAMES = ("window", "run")  # what a jump's prefix holds (see JumpAhead)
 _STATE_KEYS = (
     "steps",
     "progress",
@@ -300,10 +300,10 @@ def _named(model_params: ModelParams) -> list[tuple[str, nn.Parameter]]:
 
 def _check_int(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Accelerated: `{name}` must be an integer >= {low}, got {value!r}")
+        raise ValueError(f"JumpAhead: `{name}` must be an integer >= {low}, got {value!r}")
 
 
-class Accelerated:
+class JumpAhead:
     """A torch optimizer that every ``period`` base steps takes one forecast jump instead.
 
     Training alternates ``period`` base optimizer steps with one jump (a cycle of period + 1
@@ -390,18 +390,16 @@ class Accelerated:
         named = _named(model_params)
         self._check_inputs(optimizer, named, forecaster, period, horizon, history, record_every)
         if not (isinstance(guard, int | float) and guard > 0 and math.isfinite(guard)):
-            raise ValueError(f"Accelerated: `guard` must be a positive number, got {guard!r}")
+            raise ValueError(f"JumpAhead: `guard` must be a positive number, got {guard!r}")
         if not (isinstance(shrink, int | float) and 0.0 < shrink < 1.0):
-            raise ValueError(f"Accelerated: `shrink` must lie in (0, 1), got {shrink!r}")
+            raise ValueError(f"JumpAhead: `shrink` must lie in (0, 1), got {shrink!r}")
         _check_int("warmup", warmup, 0)
         if frame not in FRAMES:
-            raise ValueError(f"Accelerated: `frame` must be one of {list(FRAMES)}, got {frame!r}")
+            raise ValueError(f"JumpAhead: `frame` must be one of {list(FRAMES)}, got {frame!r}")
         if total_steps is not None:
             _check_int("total_steps", total_steps, 1)
         if not (isinstance(max_scale, int | float) and max_scale > 0 and math.isfinite(max_scale)):
-            raise ValueError(
-                f"Accelerated: `max_scale` must be a positive number, got {max_scale!r}"
-            )
+            raise ValueError(f"JumpAhead: `max_scale` must be a positive number, got {max_scale!r}")
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"`loss_fn` must be callable or None, got {type(loss_fn).__name__}")
         if len({g.get("lr") for g in optimizer.param_groups}) > 1:
@@ -442,12 +440,12 @@ class Accelerated:
         record_every: Any,
     ) -> None:
         if not named:
-            raise ValueError("Accelerated: `model_params` must hold at least one parameter, got 0")
+            raise ValueError("JumpAhead: `model_params` must hold at least one parameter, got 0")
         optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in named if id(p) not in optimised]
         if missing:
             raise ValueError(
-                f"Accelerated: `model_params` must all be optimised by `optimizer`, got {missing} "
+                f"JumpAhead: `model_params` must all be optimised by `optimizer`, got {missing} "
                 "outside its param groups"
             )
         if not callable(getattr(forecaster, "forecast", None)):
@@ -459,7 +457,7 @@ class Accelerated:
         _check_int("period", period, 1)
         if period % record_every:
             raise ValueError(
-                f"Accelerated: `period` must be a multiple of record_every = {record_every}, "
+                f"JumpAhead: `period` must be a multiple of record_every = {record_every}, "
                 f"got {period}"
             )
         _check_int("history", history, 2)
@@ -765,12 +763,12 @@ class Accelerated:
         missing = sorted(set(_STATE_KEYS) - set(state))
         if missing:
             raise ValueError(
-                f"Accelerated.load_state_dict: `state` must hold {missing}, got {sorted(state)}"
+                f"JumpAhead.load_state_dict: `state` must hold {missing}, got {sorted(state)}"
             )
         history = torch.as_tensor(state["history"], dtype=torch.float32)
         if history.ndim != 2 or history.shape[1] != self.D:
             raise ValueError(
-                f"Accelerated.load_state_dict: `history` must be (n, D) = (n, {self.D}), "
+                f"JumpAhead.load_state_dict: `history` must be (n, D) = (n, {self.D}), "
                 f"got {tuple(history.shape)}"
             )
         self.steps = int(state["steps"])
@@ -788,7 +786,7 @@ class Accelerated:
 
     def __repr__(self) -> str:
         return (
-            f"Accelerated({type(self.optimizer).__name__}, {type(self.forecaster).__name__}, "
+            f"JumpAhead({type(self.optimizer).__name__}, {type(self.forecaster).__name__}, "
             f"period={self.period}, horizon={self.horizon!r}, history={self.history}, "
             f"record_every={self.record_every}, guard={self.guard})"
         )

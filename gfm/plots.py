@@ -163,7 +163,7 @@ def plot_accuracy_curves(curves: pl.DataFrame, table: pl.DataFrame, path: Path) 
     """Seed-mean held-out accuracy vs step per method, one panel per task × arch (jump-ahead).
 
     Args:
-        curves: rows (method, task, arch, seed, step, acc) of ``gfm.bench.jumps.compare``.
+        curves: rows (method, task, arch, seed, step, acc) of ``gfm.bench.jumps.run``.
         table: its per-run table (target_acc, holdout_arch): the target is drawn dashed.
         path: the image file to write.
 

@@ -33,7 +33,7 @@ from gfm.paths import LinearPath
 if TYPE_CHECKING:
     from gfm.model import GFM
 
-__all__ = ["EVAL_FRACTION", "TRAIN_FRACTIONS", "evaluate", "fit"]
+__all__ = ["EVAL_FRACTION", "TRAIN_FRACTIONS", "fit", "validate"]
 
 log = logging.getLogger("gfm.training")
 
@@ -247,7 +247,7 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
 def _forecast_errors(
     model: GFM, runs: Sequence[RunRecord], fraction: float, max_runs: int, max_params: int
 ) -> tuple[list[float], list[float]]:
-    """Per-run final-weight MSE and MSE relative to persistence (see ``evaluate``)."""
+    """Per-run final-weight MSE and MSE relative to persistence (see ``validate``)."""
     n = min(len(runs), max_runs)
     picks = np.unique(np.linspace(0, len(runs) - 1, n).round().astype(int)) if n else []
     rng = np.random.default_rng(0)
@@ -283,7 +283,7 @@ def _forecast_errors(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: GFM,
     runs: Sequence[RunRecord],
     *,
@@ -414,7 +414,7 @@ def _loop(
             running, seen = 0.0, 0
             if val is not None and len(val):
                 net.eval()
-                metrics.update(evaluate(model, val))
+                metrics.update(validate(model, val))
                 net.train()
                 score = metrics["val/rel_mse_persistence"]
                 if score < best_score:  # keep the best network (cheap: a few thousand floats)

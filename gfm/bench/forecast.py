@@ -1,9 +1,9 @@
-"""Side-by-side comparison of GFM and the baselines on a dataset's generalisation splits.
+"""The forecast benchmark: GFM and the baselines side by side on the generalisation splits.
 
 For each split kind (``seed``: unseen initialisations; ``architecture``: an unseen architecture of
 the same task; ``optimizer``: an unseen optimizer) every method is fitted on that split's train
 part (validated on its val part when there is one) and forecasts its test part from each observed
-fraction. The benchmark (``benchmarks/forecast.py``) and the evaluate flow both call ``compare``,
+fraction. The benchmark (``benchmarks/forecast.py``) and the evaluate flow both call ``fit_and_evaluate``,
 so the published table and the workflow's metrics are the same computation.
 
 Method names: ``gfm`` (the configured default variant, the one the workflow promotes),
@@ -143,7 +143,7 @@ def split_parts(
     return train, (val if len(val) else None), test
 
 
-def compare(
+def fit_and_evaluate(
     settings: Settings,
     ds: Trajectories,
     *,

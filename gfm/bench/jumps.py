@@ -1,11 +1,11 @@
-"""The jump-ahead comparison: optimizer steps to a target accuracy with and without forecast jumps.
+"""The jump benchmark: optimizer steps to a target accuracy with and without forecast jumps.
 
 For each task, architecture (the first one the forecasters train on and the task's holdout
 architecture, ``data.splits.holdout_archs``, which they never see) and seed, one network is
 trained several ways from the same initialisation and minibatch order:
 
     base     the base optimizer alone, for the step budget S
-    gfm      the same optimizer wrapped in ``gfm.jumps.Accelerated`` with GFM jumps
+    gfm      the same optimizer wrapped in ``gfm.jumps.JumpAhead`` with GFM jumps
     linear   ... with linear-extrapolation jumps
     wnn      ... with WNN-style jumps (fitted on the dataset)
 
@@ -13,9 +13,10 @@ trained several ways from the same initialisation and minibatch order:
     steps_to_target = first evaluated step with held-out accuracy >= target (a jump is a step)
     speedup         = base_steps_to_target / steps_to_target
 
-Everything here is core: it returns polars tables and writes files; the CLI (``gfm
-accelerate``), the Prefect flow (``flows/accelerate.py``) and ``python -m benchmarks.accelerate``
-call it and log to MLflow themselves.
+Everything here is core: it returns polars tables and writes files. The one step around it,
+``gfm.ops.jump_step`` (loading a model, tuned params, the MLflow run), is what ``gfm bench
+jumps``, the ``jump-benchmark`` flow (``flows/jumps.py``) and ``python -m benchmarks.accelerate``
+call.
 
 References:
     [1] Jang et al., "Learning to Boost Training by Periodic Nowcasting Near Future Weights",
@@ -26,7 +27,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -38,13 +38,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from gfm.config import AccelerateSettings, Settings, apply_params
+from gfm.config import AccelerateSettings, Settings
 from gfm.data.atomic import atomic_path
 from gfm.data.optim import build_optimizer
 from gfm.data.tasks import Task, make_task
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Forecaster
-from gfm.jumps import Accelerated, Horizon, Relative, jump_baseline
+from gfm.jumps import Horizon, JumpAhead, Relative, jump_baseline
 from gfm.model import GFM
 from gfm.plots import plot_accuracy_curves
 
@@ -52,16 +52,15 @@ __all__ = [
     "COLUMNS",
     "INIT_SEED",
     "METHODS",
-    "Comparison",
+    "Results",
     "Job",
     "base_lr",
     "batches",
-    "compare",
     "forecasters",
     "jobs",
+    "run",
     "summarize",
     "train_one",
-    "with_tuned",
     "write",
 ]
 
@@ -104,8 +103,8 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """What ``compare`` measured.
+class Results:
+    """What ``run`` measured.
 
     Attributes:
         table: one row per method × task × arch × seed (``COLUMNS`` first).
@@ -145,26 +144,6 @@ def jobs(settings: Settings) -> list[Job]:
         seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
         out += [Job(task, hidden, held, seed) for hidden, held in grid for seed in seeds]
     return out
-
-
-def with_tuned(settings: Settings, tune_json: str | Path | None) -> tuple[Settings, dict]:
-    """Settings with the tuned GFM hyperparameters of ``gfm tune`` applied, as ``gfm train`` does.
-
-    Only matters when the comparison fits its own GFM (``accelerate.model`` null): it is then
-    fitted with the params the registered model was trained with, on the architecture split.
-
-    Args:
-        settings: the settings.
-        tune_json: ``reports/tune.json`` (its ``best_params``: ``gfm.width``, ``train.lr``, ...);
-            None or a missing file changes nothing.
-
-    Returns:
-        (settings, the params applied).
-    """
-    if tune_json is None or not Path(tune_json).is_file():
-        return settings, {}
-    best = dict(json.loads(Path(tune_json).read_text()).get("best_params") or {})
-    return apply_params(settings, best), best
 
 
 def base_lr(settings: Settings, task: str) -> float:
@@ -265,10 +244,10 @@ def _wrap(
     cfg: AccelerateSettings,
     record_every: int,
     steps: int,
-) -> Accelerated:
+) -> JumpAhead:
     X, y = task.train
     Xg, yg = X[: cfg.guard_rows], y[: cfg.guard_rows]  # the guard's fixed batch
-    return Accelerated(
+    return JumpAhead(
         opt,
         model,
         forecaster,
@@ -323,14 +302,14 @@ def train_one(
         order = batches(len(X), task_cfg.batch_sizes[0] or 64, steps, job.seed)
     model = task.build(job.hidden, INIT_SEED + job.seed)
     opt = build_optimizer(cfg.optimizer, model.parameters(), {"lr": base_lr(settings, job.task)})
-    stepper: torch.optim.Optimizer | Accelerated = opt
+    stepper: torch.optim.Optimizer | JumpAhead = opt
     if forecaster is not None:
         stepper = _wrap(opt, model, forecaster, task, cfg, task_cfg.record_every, steps)
     curve: Curve = [(0, task.loss_and_acc(model, "test")[1], 0.0)]
     used, train_s = 0, 0.0
     for s in range(1, steps + 1):
         t0 = time.perf_counter()
-        if isinstance(stepper, Accelerated) and stepper.jump_due:
+        if isinstance(stepper, JumpAhead) and stepper.jump_due:
             stepper.step()  # the jump: no minibatch, no gradient
         else:
             idx = order[used]
@@ -341,7 +320,7 @@ def train_one(
         train_s += time.perf_counter() - t0
         if s % cfg.eval_every == 0 or s == steps:
             curve.append((s, task.loss_and_acc(model, "test")[1], train_s))
-    jumps = stepper.jumps if isinstance(stepper, Accelerated) else []
+    jumps = stepper.jumps if isinstance(stepper, JumpAhead) else []
     spikes = [j.spike for j in jumps if math.isfinite(j.spike)]
     stats: dict[str, float | int | None] = {
         "n_jumps": len(jumps),
@@ -373,13 +352,13 @@ def _first_reach(curve: Curve, target: float) -> tuple[int | None, float | None]
     return None, None
 
 
-def compare(
+def run(
     settings: Settings,
     models: Mapping[str, Forecaster],
     *,
     methods: Sequence[str] | None = None,
     on_run: Callable[[Job, str, bool], None] | None = None,
-) -> Comparison:
+) -> Results:
     """Train every job of ``jobs(settings)`` with each method; measure steps to the target.
 
     ``base`` runs first for each job and fixes its target (its held-out accuracy at the step
@@ -393,7 +372,7 @@ def compare(
             training run (progress bars).
 
     Returns:
-        The comparison's tables.
+        The tables of the run.
 
     Raises:
         ValueError: a method other than ``base`` has no forecaster in ``models``.
@@ -459,7 +438,7 @@ def compare(
         "spike": pl.Float64,
         "scale": pl.Float64,
     }
-    return Comparison(table, curves, pl.DataFrame(jump_rows, schema=jump_schema))
+    return Results(table, curves, pl.DataFrame(jump_rows, schema=jump_schema))
 
 
 def summarize(table: pl.DataFrame) -> pl.DataFrame:
@@ -497,9 +476,7 @@ def summarize(table: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def write(
-    comparison: Comparison, folder: str | Path, *, stem: str = "accelerate"
-) -> dict[str, Path]:
+def write(results: Results, folder: str | Path, *, stem: str = "accelerate") -> dict[str, Path]:
     """Write the tables and the plot into ``folder``, each file atomically.
 
         <stem>.csv          one row per method × task × arch × seed
@@ -520,13 +497,13 @@ def write(
         "plot": folder / f"{stem}.png",
     }
     frames = {
-        "table": comparison.table,
-        "curves": comparison.curves.with_columns(pl.col("acc", "train_s").round(4)),
-        "jumps": comparison.jumps,
-        "summary": summarize(comparison.table),
+        "table": results.table,
+        "curves": results.curves.with_columns(pl.col("acc", "train_s").round(4)),
+        "jumps": results.jumps,
+        "summary": summarize(results.table),
     }
     for name, frame in frames.items():
         with atomic_path(paths[name]) as tmp:
             frame.write_csv(tmp)
-    plot_accuracy_curves(comparison.curves, comparison.table, paths["plot"])
+    plot_accuracy_curves(results.curves, results.table, paths["plot"])
     return paths

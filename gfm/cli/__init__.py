@@ -3,12 +3,12 @@
 Every command takes ``--params`` (default ``params.yaml``) and repeatable ``--set key=value``
 overrides; bad settings print ``params.yaml: <key>: <problem>`` and exit with status 2.
 The app is assembled from one module per command group (``data``, ``workflow``, ``models``,
-``stack``); ``render`` holds everything that prints.
+``bench``, ``stack``); ``render`` holds everything that prints.
 """
 
 # isort: off
 # each module registers its commands on `app`; `gfm --help` lists them in this order
-from gfm.cli import data, workflow, models, stack  # noqa: F401
+from gfm.cli import data, workflow, models, bench, stack  # noqa: F401
 
 # isort: on
 from gfm.cli._app import app

@@ -24,6 +24,10 @@ stack_app = typer.Typer(
     help="A local team stack on loopback: MLflow on PostgreSQL, optionally Prefect (docs/team.md)."
 )
 app.add_typer(stack_app, name="stack")
+bench_app = typer.Typer(
+    help="Benchmarks: `gfm bench jumps` (training steps saved by forecast jumps)."
+)
+app.add_typer(bench_app, name="bench")
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="Settings file.", show_default=True)

@@ -1,8 +1,7 @@
-"""Commands on models and runs: `gfm forecast`, `gfm compare` (runs table), `gfm accelerate`."""
+"""Commands on models and runs: `gfm forecast` with a model, `gfm runs` (the runs table)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.table import Table
 
 from gfm.cli._app import ParamsOpt, SetOpt, app, read_settings
-from gfm.cli.render import StepErrors, cell, console, fail, produced
+from gfm.cli.render import cell, console, fail
 from gfm.config import SettingsError
 
 
@@ -71,7 +70,7 @@ def forecast(
     """
     import numpy as np
 
-    from gfm.data.prefix import read_prefix, read_sidecar, sidecar
+    from gfm.data.request import read_prefix, read_sidecar, sidecar
 
     cfg = read_settings(params, set_)
     try:
@@ -127,8 +126,7 @@ def config_pairs(pairs: list[str], source: str) -> dict[str, object]:
         raise ValueError(str(err)) from None
 
 
-@app.command()
-def compare(
+def runs(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     sort: Annotated[
@@ -166,9 +164,9 @@ def compare(
     Each row: run id, experiment, run name, user, git commit, dataset version, step, status,
     start time, then metrics and params. Examples:
 
-        gfm compare --sort test/rel_mse_persistence_median
-        gfm compare --user alice --dataset-version 5ff06b47 --param gfm.width --output runs.md
-        gfm compare --experiment gfm --experiment gfm-bob --filter "metrics.`test/mse_final` < 0.01"
+        gfm runs --sort test/rel_mse_persistence_median
+        gfm runs --user alice --dataset-version 5ff06b47 --param gfm.width --output runs.md
+        gfm runs --experiment gfm --experiment gfm-bob --filter "metrics.`test/mse_final` < 0.01"
     """
     cfg = read_settings(params, set_)
     from gfm import tracking
@@ -193,7 +191,7 @@ def compare(
             max_results=limit,
         )
     except Exception as err:  # a malformed filter surfaces as MlflowException
-        raise fail("gfm compare", err, code=2 if isinstance(err, ValueError) else 1) from None
+        raise fail("gfm runs", err, code=2 if isinstance(err, ValueError) else 1) from None
     table = Table(title=f"{len(frame)} run(s) in {cfg.tracking.uri}")
     shown = [c for c in frame.columns if c != "start_time"]
     for c in shown:
@@ -212,145 +210,5 @@ def compare(
         console.print(f"wrote {len(frame)} run(s) to [bold]{output}[/bold]")
 
 
-@app.command()
-def accelerate(
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="GFM to jump with: a folder or models:/gfm@champion (default: accelerate.model; null fits one on the architecture split)."
-        ),
-    ] = None,
-    seeds: Annotated[int | None, typer.Option(help="Seeds per task and architecture.")] = None,
-    first_seed: Annotated[int | None, typer.Option(help="First seed (explore on >= 100).")] = None,
-    tasks: Annotated[
-        list[str] | None, typer.Option(help="Task (repeatable, or comma-separated).")
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="Step budget (default: each task's data.tasks.<task>.steps).")
-    ] = None,
-    methods: Annotated[
-        list[str] | None,
-        typer.Option(help="base, gfm, linear, wnn (repeatable or comma-separated)."),
-    ] = None,
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Folder for the csv files and the plot.")
-    ] = None,
-    log_mlflow: Annotated[
-        bool, typer.Option("--mlflow/--no-mlflow", help="Log the comparison as an MLflow run.")
-    ] = True,
-    use_tuned: Annotated[
-        bool,
-        typer.Option(
-            "--tuned/--no-tuned",
-            help="Fit GFM with the best params of reports/tune.json (when it fits one).",
-        ),
-    ] = True,
-) -> None:
-    """Fewer training steps with forecast jumps: base optimizer alone vs GFM, linear, WNN jumps.
-
-    For each task, architecture (one the forecasters trained on and the holdout one) and seed,
-    a network is trained with the base optimizer alone and wrapped in `gfm.accelerate` with each
-    forecaster's jumps (`accelerate` in params.yaml: period, horizons, guard, ...). The target
-    is the base optimizer's held-out accuracy at its step budget; a jump counts as one step.
-    Writes accelerate.csv (one row per method x task x arch x seed), accelerate_curves.csv,
-    accelerate_jumps.csv, accelerate_summary.csv and accelerate.png to `accelerate.output_dir`
-    and logs them to MLflow. Examples:
-
-        gfm accelerate                                         # the benchmark: 10 seeds, both tasks
-        gfm accelerate --model models:/gfm@champion --seeds 3 --tasks digits_mlp
-        gfm accelerate --first-seed 100 --seeds 3 --set accelerate.period=40 --no-mlflow
-    """
-
-    def listed(values: list[str] | None) -> list[str] | None:
-        return [v for item in values for v in item.split(",") if v] if values else None
-
-    derived = {
-        "accelerate.seeds": seeds,
-        "accelerate.first_seed": first_seed,
-        "accelerate.tasks": listed(tasks),
-        "accelerate.steps": steps,
-        "accelerate.methods": listed(methods),
-        "accelerate.output_dir": str(output_dir) if output_dir is not None else None,
-    }
-    extra = [f"{k}={json.dumps(v)}" for k, v in derived.items() if v is not None]
-    cfg = read_settings(params, [*(set_ or []), *extra])
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from gfm import ops, tracking
-    from gfm.bench import jumps
-
-    acc = cfg.accelerate
-    tuned: dict = {}
-    if use_tuned and model is None and acc.model is None and "gfm" in acc.methods:
-        cfg, tuned = jumps.with_tuned(cfg, ops.layout(cfg).tune_json)
-    try:
-        with console.status("fitting or loading the jump forecasters ..."):
-            source = model or cfg.accelerate.model
-            gfm = (
-                tracking.load_model(source, cfg)
-                if source and "gfm" in cfg.accelerate.methods
-                else None
-            )
-            models = jumps.forecasters(cfg, gfm=gfm)
-        runs = len(jumps.jobs(cfg)) * len({"base", *acc.methods})
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
-            bar = progress.add_task("training", total=runs)
-
-            def on_run(job: jumps.Job, method: str, finished: bool) -> None:
-                label = f"{job.task} {job.arch} seed {job.seed} {method}"
-                progress.update(bar, advance=int(finished), description=label)
-
-            comparison = jumps.compare(cfg, models, on_run=on_run)
-        paths = jumps.write(comparison, acc.output_dir)
-    except StepErrors as err:
-        raise fail("gfm accelerate", err) from None
-    summary = jumps.summarize(comparison.table)
-    table = Table(title="Steps to the base optimizer's final held-out accuracy (seed means)")
-    shown = {
-        "method": "method",
-        "task": "task",
-        "arch": "arch",
-        "holdout_arch": "unseen",
-        "steps_mean": "steps",
-        "steps_std": "± std",
-        "base_steps_mean": "base",
-        "speedup_mean": "speedup",
-        "steps_saved": "saved",
-        "reached": "reached",
-        "final_acc": "final acc",
-        "acc_vs_base": "vs base",
-        "n_accepted": "jumps kept",
-        "spike_max": "max spike",
-    }
-    for title in shown.values():
-        table.add_column(title, justify="left" if title in ("method", "task", "arch") else "right")
-    for row in summary.iter_rows(named=True):
-        table.add_row(*[cell(row[c], c) for c in shown])
-    console.print(table)
-    run_id = None
-    if log_mlflow:
-        from gfm.tracking.comparison import log_comparison
-
-        try:
-            run_id = log_comparison(
-                cfg,
-                paths,
-                dataset_version=(
-                    ops.dataset_version(cfg.data.root) if cfg.data.root.is_dir() else None
-                ),
-                repo=params.resolve().parent,
-            )
-        except Exception as err:  # MLflow raises several types for an unreachable store
-            raise fail("logging to MLflow", err) from None
-    produced(
-        "gfm accelerate",
-        [
-            ("tuned GFM params", ", ".join(f"{k}={v}" for k, v in tuned.items())),
-            ("files", ", ".join(str(p) for p in paths.values())),
-            ("MLflow run", f"{run_id} (experiment {cfg.tracking.experiment})" if run_id else None),
-        ],
-        cfg,
-    )
+app.command("runs")(runs)
+app.command("compare", hidden=True)(runs)  # the old name, for one release

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gfm.config import DataSettings, Range, TaskSettings
-from gfm.data.optim import DEFAULTS, OPTIMIZERS, build_optimizer, lr_at
+from gfm.data.optim import DEFAULTS, OPTIMIZERS, build_optimizer, scheduled_lr
 from gfm.data.schema import RunRecord, RunSpec, arch_name
 from gfm.data.tasks import TASKS, flatten, make_task, param_meta
 
@@ -272,7 +272,7 @@ def _train(spec: RunSpec, task_cfg: TaskSettings) -> RunRecord:
 
     for step in range(spec.steps + 1):
         # the lr of the update w_step -> w_step+1, also what checkpoint `step` records
-        lr = lr_at(spec.schedule, base_lr, step, spec.steps)
+        lr = scheduled_lr(spec.schedule, base_lr, step, spec.steps)
 
         # record before updating, so checkpoint i holds w after i·record_every updates
         if step % spec.record_every == 0:

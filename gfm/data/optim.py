@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "build_optimizer", "lr_at"]
+__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "build_optimizer", "scheduled_lr"]
 
 Params = Iterable[torch.nn.Parameter]
 
@@ -112,7 +112,7 @@ SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
 }
 
 
-def lr_at(schedule: str, base_lr: float, step: int, total_steps: int) -> float:
+def scheduled_lr(schedule: str, base_lr: float, step: int, total_steps: int) -> float:
     """Learning rate in effect at optimizer step ``step`` (the update from w_step to w_{step+1}).
 
         constant:  lr(s) = lr0

@@ -1,13 +1,14 @@
 """EDGE: the workflow's steps and the services around them, for the CLI, the flows and DVC stages.
 
 One function per step (``tune_step``, ``train_step``, ``evaluate_step``, ``register_step``,
-``promote_step``); steps hand each other files (``Layout``) and MLflow ids, never live objects.
+``promote_step``, and the jump benchmark's ``jump_step``); steps hand each other files (``Layout``) and MLflow ids, never live objects.
 Also here: the Optuna study (``study``, the only optuna importer), DVC versioning
 (``versioning``) and the local team stack (``stack``). Imports optuna, the dvc CLI and
 ``gfm.tracking``; never prefect or typer.
 """
 
 from gfm.ops.evaluate import MODEL_METRICS, evaluate_step, model_metrics, score
+from gfm.ops.jumps import jump_step, log_jumps
 from gfm.ops.layout import (
     STEPS,
     Layout,
@@ -17,6 +18,7 @@ from gfm.ops.layout import (
     open_dataset,
     parts,
     read_json,
+    read_tuned,
     redact,
 )
 from gfm.ops.promote import promote_step, register_step
@@ -30,12 +32,15 @@ __all__ = [
     "dataset_version",
     "dvc_repo",
     "evaluate_step",
+    "jump_step",
     "layout",
+    "log_jumps",
     "model_metrics",
     "open_dataset",
     "parts",
     "promote_step",
     "read_json",
+    "read_tuned",
     "redact",
     "register_step",
     "score",

@@ -100,7 +100,7 @@ def evaluate_step(
 ) -> dict[str, Any]:
     """Evaluate the trained model and ``evaluate.workflow_baselines`` on the test part.
 
-    Calls ``gfm.bench.forecast.compare`` (as the benchmark does) with the trained model as the
+    Calls ``gfm.bench.forecast.fit_and_evaluate`` (as the benchmark does) with the trained model as the
     fitted ``gfm``; the baselines are fitted on the same train part. MLflow: the test metrics,
     results table and plots are added to the training run named in train.json (so one run
     holds the model, its params and its test scores), or to a new ``evaluate`` run without it.
@@ -116,8 +116,8 @@ def evaluate_step(
         (``test/<method>/*``), ``run_id``, ``dataset_version``, ``split``, ``n_test_runs``.
     """
     from gfm import tracking
-    from gfm.bench.forecast import compare
-    from gfm.evaluation import horizon_table, summarise, to_markdown
+    from gfm.bench.forecast import fit_and_evaluate
+    from gfm.evaluation import horizon_table, summarize, to_markdown
     from gfm.plots import plot_horizon
 
     out = layout(settings)
@@ -130,7 +130,7 @@ def evaluate_step(
     model = saved.load(model_dir)
     split = settings.train.split
     names = ["gfm", *[b for b in settings.evaluate.workflow_baselines if b != "gfm"]]
-    table, costs = compare(
+    table, costs = fit_and_evaluate(
         settings,
         ds,
         method_names=names,
@@ -142,7 +142,7 @@ def evaluate_step(
     baselines: dict[str, float] = {}
     for name in names[1:]:
         baselines |= model_metrics(table, name, prefix=f"test/{name}")
-    summary = summarise(table)
+    summary = summarize(table)
     horizon = horizon_table(table)
     out.reports.mkdir(parents=True, exist_ok=True)
     flat = table.select([c for c in table.columns if not isinstance(table.schema[c], pl.List)])

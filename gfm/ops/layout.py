@@ -114,6 +114,16 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def read_tuned(path: Path | None) -> dict[str, Any]:
+    """tune.json of the tune step (``best_params`` by dotted key, study, best trial, run id).
+
+    None or a missing file is ``{}``: train with the settings as they are.
+    """
+    if path is None or not Path(path).is_file():
+        return {}
+    return read_json(Path(path), "tune")
+
+
 # ----------------------------------------------------------------------------- data
 
 

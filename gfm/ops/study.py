@@ -55,7 +55,7 @@ __all__ = [
     "quiet",
     "study_name",
     "suggest",
-    "summarize",
+    "study_result",
     "tune",
     "work",
     "worker_seed",
@@ -556,7 +556,9 @@ def progress(study: optuna.Study) -> tuple[int, int]:
     return _count(study, *_FINISHED), target
 
 
-def summarize(settings: Settings, study: optuna.Study, *, n_new: int, start: float) -> TuneResult:
+def study_result(
+    settings: Settings, study: optuna.Study, *, n_new: int, start: float
+) -> TuneResult:
     """The study's state as a ``TuneResult`` (``n_new``: trials finished by this call)."""
     t = settings.tune
     completed = _count(study, TrialState.COMPLETE)
@@ -641,7 +643,7 @@ def tune(
                 t.n_trials,
             )
         new = work(settings, study, train, val, on_trial=on_trial)
-        return summarize(settings, study, n_new=new, start=start)
+        return study_result(settings, study, n_new=new, start=start)
 
 
 @contextmanager

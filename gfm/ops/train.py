@@ -19,7 +19,7 @@ from gfm.ops.layout import (
     layout,
     open_dataset,
     parts,
-    read_json,
+    read_tuned,
 )
 
 log = logging.getLogger("gfm.ops")
@@ -70,18 +70,15 @@ def train_step(
     ds = open_dataset(settings)
     version = dataset_version(ds.root)
     train, val, _ = parts(settings, ds)
-    best: dict[str, Any] = {}
-    tune_info: dict[str, Any] = {}
-    if tuned is not None and Path(tuned).is_file():
-        tune_info = read_json(Path(tuned), "tune")
-        best = dict(tune_info.get("best_params") or {})
-        if tune_info.get("dataset_version") not in (None, version):
-            log.warning(
-                "%s was tuned on dataset %s, training on %s: rerun `gfm tune`",
-                tuned,
-                tune_info.get("dataset_version"),
-                version,
-            )
+    tune_info = read_tuned(tuned)
+    best = dict(tune_info.get("best_params") or {})
+    if tune_info.get("dataset_version") not in (None, version):
+        log.warning(
+            "%s was tuned on dataset %s, training on %s: rerun `gfm tune`",
+            tuned,
+            tune_info.get("dataset_version"),
+            version,
+        )
     cfg = apply_params(settings, best)
     out = layout(settings)
     tracking.configure(settings.tracking)

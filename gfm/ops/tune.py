@@ -87,7 +87,7 @@ def tune_step(
         ValueError: several workers on storage other than PostgreSQL.
     """
     from gfm import tracking
-    from gfm.ops.study import check_shared, open_study, quiet, study_name, summarize, tune
+    from gfm.ops.study import check_shared, open_study, quiet, study_name, study_result, tune
 
     workers = settings.tune.workers if workers is None else workers
     if workers < 1:
@@ -127,7 +127,7 @@ def tune_step(
             )
             per_worker = _run_workers(settings, name, run.info.run_id, workers, repo)
             with quiet():
-                result = summarize(settings, study, n_new=sum(per_worker), start=start)
+                result = study_result(settings, study, n_new=sum(per_worker), start=start)
         tracking.set_tags({"gfm.best_trial": result.best_trial})
         counts = {
             "tune/n_complete": result.n_complete,

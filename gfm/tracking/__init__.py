@@ -6,7 +6,7 @@ The only package of gfm that imports mlflow (and it never imports prefect or typ
     info = log_forecaster(model, input_example=prefix)        # logs the gfm.saved folder
     promote(register(info.model_uri, cfg.registry), metrics, cfg.registry)
     load(cfg=cfg.registry) / load_pyfunc(cfg=cfg.registry)   # models:/gfm@champion
-    runs_table(sort="test/rel_mse_persistence")             # gfm compare
+    runs_table(sort="test/rel_mse_persistence")             # gfm runs
 """
 
 from gfm.tracking.frames import (
@@ -15,6 +15,7 @@ from gfm.tracking.frames import (
     frame_to_prefix,
     prefix_to_frame,
 )
+from gfm.tracking.jumps import jump_metrics, log_jump_benchmark, read_summary
 from gfm.tracking.pyfunc import (
     ForecasterModel,
     log_forecaster,
@@ -60,12 +61,14 @@ __all__ = [
     "frame_to_forecast",
     "frame_to_prefix",
     "git_commit",
+    "jump_metrics",
     "load",
     "load_model",
     "load_pyfunc",
     "log_dataset",
     "log_forecaster",
     "log_history",
+    "log_jump_benchmark",
     "log_metrics",
     "log_params_flat",
     "log_table_and_plots",
@@ -73,6 +76,7 @@ __all__ = [
     "predict",
     "prefix_to_frame",
     "promote",
+    "read_summary",
     "register",
     "resume_run",
     "runs_table",

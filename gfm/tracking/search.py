@@ -1,6 +1,6 @@
 """Runs across experiments and people, as one table: who ran what, on which commit and data.
 
-``runs_table`` is what ``gfm compare`` prints and writes: one row per run with its experiment,
+``runs_table`` is what ``gfm runs`` prints and writes: one row per run with its experiment,
 name, user (``mlflow.user``), git commit, dataset version (``gfm.dataset_version``), step
 (``gfm.step``: tune, trial, train), status, start time, then the chosen metrics and params.
 """

@@ -105,7 +105,7 @@ def test_a_baseline_folder_serves_the_cli_and_the_jump_benchmark(workflow, tmp_p
     np.testing.assert_allclose(_forecast_cli(workflow, folder, prefix, tmp_path), expected)
     # and the jump benchmark jumps with it
     out = tmp_path / "results"
-    args = ["accelerate", "-p", str(workflow), "--model", str(folder), "--no-mlflow"]
+    args = ["bench", "jumps", "-p", str(workflow), "--model", str(folder), "--no-mlflow"]
     args += ["--output-dir", str(out), "--steps", "12", *[a for s in JUMPS for a in ("--set", s)]]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -116,7 +116,7 @@ def test_a_baseline_folder_serves_the_cli_and_the_jump_benchmark(workflow, tmp_p
 def test_the_jump_benchmark_jumps_with_the_trained_folder(workflow, trained, tmp_path):
     model_dir, _, _ = trained
     out = tmp_path / "results"
-    args = ["accelerate", "-p", str(workflow), "--model", str(model_dir), "--no-mlflow"]
+    args = ["bench", "jumps", "-p", str(workflow), "--model", str(model_dir), "--no-mlflow"]
     args += ["--output-dir", str(out), "--steps", "12", *[a for s in JUMPS for a in ("--set", s)]]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -101,10 +101,10 @@ def test_retrain_on_a_team_server_promotes_and_another_process_finds_the_champio
     t = target_times(prefix)
     np.testing.assert_allclose(served, native.forecast(prefix, t).numpy(), rtol=1e-5, atol=1e-7)
 
-    # and `gfm compare` lists the training run from the server
+    # and `gfm runs` lists the training run from the server
     runs = tmp_path / "runs.csv"
     result = CliRunner().invoke(
-        app, ["compare", "-p", str(workflow), "--experiment", experiment, "-o", str(runs)]
+        app, ["runs", "-p", str(workflow), "--experiment", experiment, "-o", str(runs)]
     )
     assert result.exit_code == 0, result.output
     assert trained["run_id"] in pd.read_csv(runs)["run_id"].tolist()

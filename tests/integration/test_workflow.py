@@ -361,7 +361,7 @@ def test_compare_lists_runs_of_two_experiments_sorted_by_a_metric(workflow, tmp_
     # when
     md, csv = tmp_path / "runs.md", tmp_path / "runs.csv"
     args = [
-        "compare",
+        "runs",
         "-p",
         str(workflow),
         "--sort",

@@ -16,27 +16,37 @@ COMMANDS = [
     "evaluate",
     "promote",
     "forecast",
-    "compare",
+    "runs",
     "schedule",
     "generate",
     "tune-worker",
-    "accelerate",
+    "bench jumps",
 ]
+OLD_NAMES = {"compare": "runs", "accelerate": "bench jumps"}  # hidden aliases for one release
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_examples(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert f"gfm {command}" in result.output  # an example line
 
 
+@pytest.mark.parametrize(("old", "new"), OLD_NAMES.items())
+def test_old_command_names_still_work_but_are_hidden(old, new):
+    result = runner.invoke(app, [old, "--help"])
+    assert result.exit_code == 0 and f"gfm {new}" in result.output
+    listed = runner.invoke(app, ["--help"]).output
+    assert f" {old} " not in listed and f" {new.split()[0]} " in listed
+
+
 @pytest.mark.parametrize(
     "command",
-    ["run", "tune", "train", "evaluate", "promote", "compare", "schedule", "accelerate"],
+    ["run", "tune", "train", "evaluate", "promote", "runs", "schedule", "bench jumps"],
 )
 def test_bad_settings_exit_2_naming_the_key(command):
-    result = runner.invoke(app, [command, "-p", str(CONFS / "invalid" / "unknown_key.yaml")])
+    bad = CONFS / "invalid" / "unknown_key.yaml"
+    result = runner.invoke(app, [*command.split(), "-p", str(bad)])
     assert result.exit_code == 2, result.output
     assert "data.seedz" in result.output
 

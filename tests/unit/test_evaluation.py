@@ -12,7 +12,7 @@ import torch
 
 from gfm.baselines import make
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
-from gfm.evaluation import evaluate, horizon_table, summarise, to_markdown
+from gfm.evaluation import evaluate, horizon_table, summarize, to_markdown
 from gfm.forecaster import Prefix, observed_index
 from gfm.plots import plot_horizon, plot_trajectories
 
@@ -199,7 +199,7 @@ def test_horizon_table(table, runs):
 
 def test_summarise_mean_and_std(table):
     # when
-    s = summarise(table)
+    s = summarize(table)
     # then
     assert s.height == 3 * 2 * len(FRACTIONS)  # methods × optimizers × fractions (one task, split)
     row = s.filter(
@@ -218,11 +218,11 @@ def test_summarise_mean_and_std(table):
 
 
 def test_to_markdown(table):
-    md = to_markdown(summarise(table))
+    md = to_markdown(summarize(table))
     lines = md.strip().split("\n")
     assert lines[0].startswith("| method | task | optimizer |")
     assert "mse_final" in lines[0] and "mse_final_mean" not in lines[0]
-    assert len(lines) == 2 + summarise(table).height
+    assert len(lines) == 2 + summarize(table).height
     assert "±" in lines[2]
 
 

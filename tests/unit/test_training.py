@@ -8,7 +8,7 @@ from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.forecaster import Prefix, observed_index
 from gfm.model import GFM
-from gfm.training import evaluate, fit
+from gfm.training import fit, validate
 
 
 def least_squares_run(
@@ -109,10 +109,10 @@ def test_history_reports_metrics_at_every_evaluation(trained):
     assert history[-1]["train/loss"] < history[0]["train/loss"]
 
 
-def test_evaluate_matches_a_direct_computation(trained):
+def test_validate_matches_a_direct_computation(trained):
     model, _ = trained
     runs = [least_squares_run(s) for s in (300, 301)]
-    metrics = evaluate(model, runs, prefix_name="test")
+    metrics = validate(model, runs, prefix_name="test")
     rel = []
     for r in runs:
         k = observed_index(r.weights.shape[0] - 1, 0.25)

@@ -12,7 +12,7 @@ import pytest
 
 from gfm.config import DataSettings, OptimizerSpace, Range, TaskSettings
 from gfm.data.generate import generate, plan_runs, train_run
-from gfm.data.optim import DEFAULTS, lr_at
+from gfm.data.optim import DEFAULTS, scheduled_lr
 from gfm.data.tasks import evaluate_weights, flatten, make_task
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -153,7 +153,9 @@ def test_train_run_records_every_checkpoint():
     # M + 1 = 20 / 5 + 1 checkpoints, step 0 first
     np.testing.assert_array_equal(rec.steps, [0, 5, 10, 15, 20])
     assert rec.weights.shape == (5, len(rec.params)) and rec.weights.dtype == np.float32
-    expected_lr = [lr_at(spec.schedule, spec.hparams["lr"], int(s), spec.steps) for s in rec.steps]
+    expected_lr = [
+        scheduled_lr(spec.schedule, spec.hparams["lr"], int(s), spec.steps) for s in rec.steps
+    ]
     np.testing.assert_allclose(rec.lr, expected_lr)
     # checkpoint 0 is the initialisation, and 20 small Adam steps already help
     task = make_task(spec.task, task_cfg, spec.init_seed)

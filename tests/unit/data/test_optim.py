@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.data.optim import DEFAULTS, OPTIMIZERS, SCHEDULES, build_optimizer, lr_at
+from gfm.data.optim import DEFAULTS, OPTIMIZERS, SCHEDULES, build_optimizer, scheduled_lr
 
 
 def _quadratic_run(name: str, hparams: dict, steps: int, w0: float = 1.0) -> float:
@@ -82,12 +82,12 @@ def test_bad_hparams_are_rejected(hparams, field):
 
 
 def test_constant_schedule():
-    assert all(lr_at("constant", 0.3, s, 10) == 0.3 for s in range(11))
+    assert all(scheduled_lr("constant", 0.3, s, 10) == 0.3 for s in range(11))
 
 
 def test_cosine_schedule_formula_and_floor():
     S, lr = 40, 0.2
-    got = np.array([lr_at("cosine", lr, s, S) for s in range(S + 1)])
+    got = np.array([scheduled_lr("cosine", lr, s, S) for s in range(S + 1)])
     s = np.arange(S + 1)
     expected = 0.01 + (0.2 - 0.01) * (1 + np.cos(np.pi * s / S)) / 2
     np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -96,14 +96,14 @@ def test_cosine_schedule_formula_and_floor():
 
 
 def test_step_schedule_drops_at_half_and_three_quarters():
-    got = [lr_at("step", 1.0, s, 100) for s in (0, 49, 50, 74, 75, 100)]
+    got = [scheduled_lr("step", 1.0, s, 100) for s in (0, 49, 50, 74, 75, 100)]
     assert got == pytest.approx([1.0, 1.0, 0.3, 0.3, 0.09, 0.09])
 
 
 def test_unknown_schedule_lists_valid_keys():
     assert set(SCHEDULES) == {"constant", "cosine", "step"}
     with pytest.raises(ValueError, match="constant.*cosine.*step"):
-        lr_at("linear", 0.1, 0, 10)
+        scheduled_lr("linear", 0.1, 0, 10)
 
 
 @pytest.mark.parametrize(
@@ -113,4 +113,4 @@ def test_unknown_schedule_lists_valid_keys():
 )  # fmt: skip
 def test_lr_at_rejects_out_of_range(args, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
-        lr_at("cosine", *args)
+        scheduled_lr("cosine", *args)

@@ -1,4 +1,4 @@
-"""The `accelerate` flow under the Prefect test server, jumping with the registry's champion."""
+"""The jump-benchmark flow under the Prefect test server, jumping with the registry's champion."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 CONFS = Path(__file__).resolve().parents[1] / "confs"
 
 
-def test_accelerate_flow_jumps_with_the_champion_and_logs_the_comparison(
+def test_jump_flow_jumps_with_the_champion_and_logs_the_benchmark(
     tmp_path, template_store, prefect_harness
 ):
     # given: tiny digits settings, an MLflow store whose champion is a (tiny, untrained) GFM
@@ -44,10 +44,10 @@ def test_accelerate_flow_jumps_with_the_champion_and_logs_the_comparison(
         info = tracking.log_forecaster(GFM(GFMSettings(width=8, depth=1, history=2)))
     version = tracking.register(info.model_uri, cfg.registry)
     MlflowClient().set_registered_model_alias("gfm", "champion", version)
-    from flows.accelerate import accelerate
+    from flows.jumps import jump_benchmark
 
     # when
-    out = accelerate(str(params), model="models:/gfm@champion")
+    out = jump_benchmark(str(params), model="models:/gfm@champion")
     # then: the table has every method × arch, and the run holds the speedups and files
     table = pl.read_csv(out["table"], schema_overrides={"arch": pl.String})
     assert sorted(table["method"].unique()) == ["base", "gfm", "linear"]

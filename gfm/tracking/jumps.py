@@ -1,4 +1,4 @@
-"""MLflow record of a jump-ahead comparison (``gfm accelerate``): settings, speedups, files.
+"""The MLflow record of a jump benchmark (``gfm bench jumps``): its settings, speedups and files.
 
 Metrics are named ``<task>_<arch>/<method>_<stat>`` (``digits_mlp_32/gfm_speedup_mean``) per
 panel of ``gfm.bench.jumps.summarize``, and ``accelerate/<method>_<stat>`` averaged over panels.
@@ -16,7 +16,7 @@ import polars as pl
 from gfm.config import Settings
 from gfm.tracking.runs import configure, log_metrics, log_params_flat, start_run
 
-__all__ = ["STATS", "comparison_metrics", "log_comparison", "read_summary"]
+__all__ = ["STATS", "jump_metrics", "log_jump_benchmark", "read_summary"]
 
 STATS = (  # summary columns logged as metrics
     "speedup_mean",
@@ -44,7 +44,7 @@ def read_summary(path: str | Path) -> pl.DataFrame:
     )
 
 
-def comparison_metrics(summary: pl.DataFrame) -> dict[str, float]:
+def jump_metrics(summary: pl.DataFrame) -> dict[str, float]:
     """``{"<task>_<arch>/<method>_<stat>": value}`` plus means over panels ``accelerate/...``.
 
     Missing values (a method that never reached the target has no speedup) are left out.
@@ -66,7 +66,7 @@ def comparison_metrics(summary: pl.DataFrame) -> dict[str, float]:
     return out
 
 
-def log_comparison(
+def log_jump_benchmark(
     settings: Settings,
     paths: Mapping[str, str | Path],
     *,
@@ -74,16 +74,16 @@ def log_comparison(
     repo: str | Path | None = None,
     run_name: str = "accelerate",
 ) -> str:
-    """Log a written comparison as one MLflow run in ``tracking.experiment``.
+    """Log a written jump benchmark as one MLflow run in ``tracking.experiment``.
 
     Params: the ``accelerate`` section (dotted, ``accelerate.period``); metrics:
-    ``comparison_metrics`` of the summary; artifacts: every file of ``paths`` under
+    ``jump_metrics`` of the summary; artifacts: every file of ``paths`` under
     ``accelerate/``; tags: ``gfm.step=accelerate``, the dataset version and git commit.
 
     Args:
-        settings: the settings the comparison ran with (``tracking`` locates the store).
+        settings: the settings the benchmark ran with (``tracking`` locates the store).
         paths: ``gfm.bench.jumps.write``'s files; must hold ``summary``.
-        dataset_version: the dataset's version (``gfm.ops.dataset_version``).
+        dataset_version: the dataset's version (``gfm.ops.dataset_version``), if any.
         repo: the folder whose git commit the run records.
         run_name: the run's name.
 
@@ -95,15 +95,17 @@ def log_comparison(
     """
     missing = [str(p) for p in paths.values() if not Path(p).is_file()]
     if missing or "summary" not in paths:
-        raise FileNotFoundError(f"log_comparison: `paths` must name existing files, got {missing}")
+        raise FileNotFoundError(
+            f"log_jump_benchmark: `paths` must name existing files, got {missing}"
+        )
     summary = read_summary(paths["summary"])
     configure(settings.tracking)
     tags = {"gfm.step": "accelerate"}
     with start_run(run_name, dataset_version=dataset_version, tags=tags, repo=repo) as run:
         log_params_flat(settings.accelerate, "accelerate")
         if settings.accelerate.model is None and "gfm" in settings.accelerate.methods:
-            log_params_flat(settings.gfm, "gfm")  # the GFM fitted for the comparison
-        log_metrics(comparison_metrics(summary))
+            log_params_flat(settings.gfm, "gfm")  # the GFM fitted for the benchmark
+        log_metrics(jump_metrics(summary))
         for path in paths.values():
             mlflow.log_artifact(str(path), "accelerate")
     return run.info.run_id

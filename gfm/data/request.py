@@ -33,7 +33,7 @@ import torch
 
 from gfm.config import OPTIMIZERS, SCHEDULES
 from gfm.data.importer import _flatten_run
-from gfm.data.optim import lr_at
+from gfm.data.optim import scheduled_lr
 from gfm.data.schema import ParamMeta
 from gfm.forecaster import Prefix
 
@@ -213,7 +213,7 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
             raise ValueError(f"{where}: `lr` must be finite and positive, got {lr_value!r}")
         total_steps = M * record_every
         lr = np.asarray(
-            [lr_at(schedule, base, i * record_every, total_steps) for i in range(n_total)]
+            [scheduled_lr(schedule, base, i * record_every, total_steps) for i in range(n_total)]
         )
     if not np.isfinite(lr).all() or (lr < 0).any() or base <= 0:
         raise ValueError(f"{where}: `lr` must be finite and positive, got {lr_value!r:.80}")

@@ -1,5 +1,4 @@
-"""The jump-ahead comparison: its grid, its arithmetic, its files, and `gfm accelerate` end to end
-(a tiny digits setup, a saved GFM, an MLflow sqlite store in a temp folder)."""
+"""The jump benchmark harness: its grid of jobs, its summary arithmetic, its files on a tiny run."""
 
 from __future__ import annotations
 
@@ -7,16 +6,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
-from mlflow import MlflowClient
-from typer.testing import CliRunner
 
 from gfm.bench import jumps
-from gfm.cli import app
-from gfm.config import AccelerateSettings, GFMSettings, load_settings
-from gfm.model import GFM
+from gfm.config import AccelerateSettings, load_settings
+from gfm.jumps import jump_baseline
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "tests" / "confs" / "valid" / "tiny.yaml"
 # digits only (sklearn's, no download), 12 steps, a jump every 4 base steps
 TINY_ACCELERATE = [
@@ -89,50 +84,33 @@ def test_summary_arithmetic():
     assert gfm["spike_max"] == 3.0
 
 
-@pytest.fixture
-def tiny_gfm(tmp_path: Path) -> Path:
-    """An untrained, tiny GFM saved to a folder: a forecaster that needs no dataset."""
-    folder = tmp_path / "gfm"
-    GFM(GFMSettings(width=8, depth=1, time_embedding=4, history=2)).save(folder)
-    return folder
-
-
-def test_gfm_accelerate_writes_the_table_and_logs_an_mlflow_run(tmp_path, tiny_gfm):
-    # given: the tiny settings, a saved GFM and an MLflow store in the temp folder
-    db = tmp_path / "mlflow.db"
-    params = tmp_path / "params.yaml"
-    tree = yaml.safe_load(TINY.read_text())
-    tree["data"]["root"] = str(tmp_path / "no-data")  # a --model run needs no dataset
-    tree["tracking"] = {"uri": f"sqlite:///{db}", "experiment": "accelerate-test"}
-    params.write_text(yaml.safe_dump(tree))
-    out = tmp_path / "results"
-    args = ["accelerate", "-p", str(params), "--model", str(tiny_gfm), "--output-dir", str(out)]
-    args += [a for s in TINY_ACCELERATE for a in ("--set", s)]
+def test_a_tiny_run_measures_steps_to_target_and_writes_its_files(tmp_path):
+    # given: digits, 12 steps, one seed, the base optimizer and linear-extrapolation jumps
+    overrides = [*TINY_ACCELERATE, "accelerate.methods=[base, linear]", "accelerate.seeds=1"]
+    settings = load_settings(TINY, [*overrides, "accelerate.steps=12"], environ={})
+    models = {"linear": jump_baseline("linear", config={"window": 3})}
+    seen = []
     # when
-    result = CliRunner().invoke(app, [*args, "--steps", "12", "--seeds", "2"])
-    # then: one row per method × task × arch × seed, with the required columns
-    assert result.exit_code == 0, result.output
-    table = pl.read_csv(out / "accelerate.csv", schema_overrides={"arch": pl.String})
+    results = jumps.run(settings, models, on_run=lambda job, m, done: seen.append((m, done)))
+    paths = jumps.write(results, tmp_path)
+    # then: one row per method x arch (a seen and the holdout one), base first for each job
+    table = results.table
     assert table.columns[: len(jumps.COLUMNS)] == list(jumps.COLUMNS)
-    assert len(table) == 3 * 1 * 2 * 2
-    assert sorted(table["method"].unique()) == ["base", "gfm", "linear"]
+    assert sorted(zip(table["method"], table["arch"], strict=True)) == [
+        ("base", "8"),
+        ("base", "8-8"),
+        ("linear", "8"),
+        ("linear", "8-8"),
+    ]
     assert (table.filter(pl.col("method") == "base")["speedup"] == 1.0).all()
-    assert table.filter(pl.col("method") != "base")["n_jumps"].min() >= 1
-    for name in ("accelerate_curves.csv", "accelerate_jumps.csv", "accelerate.png"):
-        assert (out / name).is_file()
-    # ... and a finished MLflow run with the settings, speedups and files
-    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    (run,) = client.search_runs([client.get_experiment_by_name("accelerate-test").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_id in " ".join(result.output.split())
-    assert run.data.params["accelerate.period"] == "4"
-    assert run.data.metrics["digits_mlp_8/base_speedup_mean"] == 1.0
-    assert "accelerate/gfm_steps_mean" in run.data.metrics
-    logged = {f.path for f in client.list_artifacts(run.info.run_id, "accelerate")}
-    assert "accelerate/accelerate.csv" in logged and "accelerate/accelerate.png" in logged
-
-
-def test_gfm_accelerate_has_help_with_examples_and_rejects_bad_settings():
-    result = CliRunner().invoke(app, ["accelerate", "--help"])
-    assert result.exit_code == 0 and "gfm accelerate --model models:/gfm@champion" in result.output
-    bad = CliRunner().invoke(app, ["accelerate", "-p", str(TINY), "--set", "accelerate.guard=0"])
-    assert bad.exit_code == 2 and "accelerate.guard" in bad.output
+    assert table.filter(pl.col("method") == "linear")["n_jumps"].min() >= 1
+    assert seen[:2] == [("base", False), ("base", True)]
+    assert set(results.curves["step"].to_list()) >= {0, 12}
+    assert {p.name for p in paths.values()} == {
+        "accelerate.csv",
+        "accelerate_curves.csv",
+        "accelerate_jumps.csv",
+        "accelerate_summary.csv",
+        "accelerate.png",
+    }
+    assert all(p.is_file() for p in paths.values())

@@ -1,4 +1,4 @@
-"""Accelerated: jumps that change nothing leave the base optimizer's run untouched, bad jumps roll
+"""JumpAhead: jumps that change nothing leave the base optimizer's run untouched, bad jumps roll
 back and shorten the horizon, the state round-trips mid-training, prefixes are framed as
 documented, and a linear jump on a linear trajectory lands where the base optimizer would."""
 
@@ -15,7 +15,7 @@ from torch import nn
 from gfm import baselines
 from gfm.config import TaskSettings
 from gfm.data.tasks import flatten, make_task, param_meta
-from gfm.jumps import Accelerated, Horizon, jump_baseline
+from gfm.jumps import Horizon, JumpAhead, jump_baseline
 from gfm.model import GFM
 from gfm.saved import load as load_forecaster
 from gfm.tracking import load_model
@@ -102,7 +102,7 @@ def test_identity_jumps_equal_the_base_run_with_no_op_steps(opt_name, frame):
     jump_calls = {P + j * (P + 1) for j in range(N) if P + j * (P + 1) < N}
     model, base = _model(), _model()
     opt, base_opt = _optimizer(opt_name, model), _optimizer(opt_name, base)
-    acc = Accelerated(
+    acc = JumpAhead(
         opt,
         model,
         IdentityForecaster(),
@@ -137,7 +137,7 @@ def test_a_jump_that_raises_the_loss_is_rolled_back_and_the_horizon_shortens(for
     jump_calls = {4, 9, 14, 19}
     model, base = _model(), _model()
     opt, base_opt = _optimizer("adam", model), _optimizer("adam", base)
-    acc = Accelerated(
+    acc = JumpAhead(
         opt, model, forecaster, period=P, horizon=8, record_every=2, loss_fn=_guard_loss(model)
     )
     # when
@@ -160,7 +160,7 @@ def test_state_dict_round_trip_mid_training_continues_identically(opt_name, fram
     # given: a run with real (linear extrapolation) jumps, stopped between two jumps
     def make(seed):
         model = _model(seed)
-        acc = Accelerated(
+        acc = JumpAhead(
             _optimizer(opt_name, model),
             model,
             jump_baseline("linear"),
@@ -210,7 +210,7 @@ def test_the_prefix_frames_the_kept_checkpoints_as_a_run_ending_at_the_jump(opt_
     model = _model()
     forecaster = RecordingForecaster()
     opt = _optimizer(opt_name, model)
-    acc = Accelerated(opt, model, forecaster, period=6, horizon=5, history=3, record_every=2)
+    acc = JumpAhead(opt, model, forecaster, period=6, horizon=5, history=3, record_every=2)
     seen = [acc.flat()]
     # when
     for i in range(7):
@@ -238,7 +238,7 @@ def test_lr_schedule_is_read_at_the_effective_step_and_warmup_delays_to_a_checkp
     def schedule(s):
         return 0.1 / (1 + s)
 
-    acc = Accelerated(
+    acc = JumpAhead(
         opt,
         model,
         forecaster,
@@ -263,7 +263,7 @@ def test_a_linear_jump_on_a_linear_trajectory_lands_where_sgd_would():
     c = torch.tensor([1.0, -2.0, 0.5])
     w = nn.Parameter(torch.zeros(3))
     lr, r, P, h = 0.01, 2, 8, 3
-    acc = Accelerated(
+    acc = JumpAhead(
         torch.optim.SGD([w], lr=lr),
         [w],
         jump_baseline("linear"),
@@ -302,7 +302,7 @@ def test_calibration_scales_an_under_predicting_forecaster_onto_the_sgd_path():
     c = torch.tensor([1.0, -2.0, 0.5])
     w = nn.Parameter(torch.zeros(3))
     lr, r, P, h = 0.01, 2, 8, 3
-    acc = Accelerated(
+    acc = JumpAhead(
         torch.optim.SGD([w], lr=lr),
         [w],
         Shrunk(),
@@ -329,7 +329,7 @@ def test_run_frame_keeps_the_run_from_its_start_and_the_jump_path():
     # given: the "run" frame with a 24-step budget, checkpoints every 2 steps
     model = _model()
     forecaster = RecordingForecaster()
-    acc = Accelerated(
+    acc = JumpAhead(
         _optimizer("adam", model),
         model,
         forecaster,
@@ -355,7 +355,7 @@ def test_run_frame_keeps_the_run_from_its_start_and_the_jump_path():
 def test_run_frame_thins_its_history_to_twice_the_spacing():
     # given: at most 4 kept checkpoints in the "run" frame, one every 2 steps, no jump yet
     model = _model()
-    acc = Accelerated(
+    acc = JumpAhead(
         _optimizer("adam", model),
         model,
         RecordingForecaster(),
@@ -376,7 +376,7 @@ def test_works_with_a_task_network():
     # given: a digits MLP from gfm.data.tasks
     task = make_task("digits_mlp", TaskSettings(archs=[[8]], steps=10, record_every=2), 0)
     model = task.build((8,), 0)
-    acc = Accelerated(
+    acc = JumpAhead(
         torch.optim.Adam(model.parameters(), lr=0.01),
         model,
         jump_baseline("linear"),
@@ -419,13 +419,13 @@ def test_bad_options_are_rejected_by_name(kwargs, match):
     model = _model()
     options = {"period": 4, "horizon": 2, "record_every": 2} | kwargs
     with pytest.raises(ValueError, match=match):
-        Accelerated(_optimizer("adam", model), model, IdentityForecaster(), **options)
+        JumpAhead(_optimizer("adam", model), model, IdentityForecaster(), **options)
 
 
 def test_bad_optimizer_parameters_and_forecasts_are_rejected():
     model = _model()
     with pytest.raises(ValueError, match="optimizer"):
-        Accelerated(
+        JumpAhead(
             torch.optim.Adagrad(model.parameters()),
             model,
             IdentityForecaster(),
@@ -433,7 +433,7 @@ def test_bad_optimizer_parameters_and_forecasts_are_rejected():
             horizon=1,
         )
     with pytest.raises(ValueError, match="model_params"):
-        Accelerated(
+        JumpAhead(
             torch.optim.Adam(model[0].parameters()),
             model,
             IdentityForecaster(),
@@ -445,17 +445,17 @@ def test_bad_optimizer_parameters_and_forecasts_are_rejected():
         def forecast(self, prefix, t):
             return prefix.w
 
-    acc = Accelerated(_optimizer("adam", model), model, WrongShape(), period=2, horizon=1)
+    acc = JumpAhead(_optimizer("adam", model), model, WrongShape(), period=2, horizon=1)
     with pytest.raises(ValueError, match=r"shape \(T, D\)"):
         _train(model, acc, range(3))
 
 
 def test_load_state_dict_rejects_another_architecture():
     model = _model()
-    acc = Accelerated(_optimizer("adam", model), model, IdentityForecaster(), period=2, horizon=1)
+    acc = JumpAhead(_optimizer("adam", model), model, IdentityForecaster(), period=2, horizon=1)
     _train(model, acc, range(3))
     small = nn.Linear(2, 2)
-    acc_small = Accelerated(
+    acc_small = JumpAhead(
         _optimizer("adam", small), small, IdentityForecaster(), period=2, horizon=1
     )
     with pytest.raises(ValueError, match="history"):

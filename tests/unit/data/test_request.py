@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.data.optim import lr_at
-from gfm.data.prefix import read_prefix, read_sidecar, sidecar
+from gfm.data.optim import scheduled_lr
+from gfm.data.request import read_prefix, read_sidecar, sidecar
 
 META = {
     "optimizer": "adam",
@@ -28,7 +28,7 @@ def npy(tmp_path):
 def test_npy_and_metadata_make_a_prefix_with_the_schedule_applied(npy):
     prefix = read_prefix(npy, {**META, "schedule": "cosine", "hparams": {"beta1": 0.8}})
     assert (prefix.k, prefix.M, prefix.D) == (3, 10, 8)
-    expected = [lr_at("cosine", 0.01, 5 * i, 50) for i in range(11)]
+    expected = [scheduled_lr("cosine", 0.01, 5 * i, 50) for i in range(11)]
     np.testing.assert_allclose(prefix.lr.numpy(), expected)
     assert prefix.hparams == {"lr": 0.01, "beta1": 0.8}
     assert list(prefix.params.kind[-2:]) == ["bias", "bias"] and prefix.params.fan_in[0] == 3
