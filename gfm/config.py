@@ -28,9 +28,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
-TASKS = ("least_squares", "mlp_regression", "digits_mlp", "mnist_cnn")
+from gfm.data.names import OPTIMIZERS, SCHEDULES, TASKS
+
 ENV_PREFIX = "GFM_"
 
 

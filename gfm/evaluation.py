@@ -323,7 +323,7 @@ def _cell(value: Any, precision: int) -> str:
         return ""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.{precision}g}"
-    return str(value)
+    return str(value).replace("|", "\\|")
 
 
 def to_markdown(df: pl.DataFrame, *, precision: int = 4) -> str:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gfm.config import OPTIMIZERS
+from gfm.data.names import OPTIMIZERS
 from gfm.data.schema import ParamMeta
 from gfm.forecaster import Prefix
 

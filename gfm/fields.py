@@ -43,7 +43,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from gfm.config import OPTIMIZERS
+from gfm.data.names import OPTIMIZERS
 from gfm.features import N_LR, N_RUN, Normalizer, resolve_hparams
 from gfm.forecaster import Prefix
 

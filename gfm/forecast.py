@@ -11,20 +11,20 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 
-from gfm.config import OPTIMIZERS
+from gfm._torch import one_thread
+from gfm.data.names import OPTIMIZERS
 from gfm.features import Normalizer, context, lr_at, lr_features, n_context, run_context
 from gfm.fields import Cond, VectorField
 from gfm.forecaster import Prefix
 
-__all__ = ["FIXED_STEP", "forecast", "one_thread"]
+__all__ = ["FIXED_STEP", "forecast"]
 
 FIXED_STEP = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 _METHODS = tuple(m for m in SOLVERS if m not in ("scipy_solver", "fixed_adams"))
@@ -38,22 +38,6 @@ _HPARAM_RANGES: dict[str, tuple[float, float, str]] = {
     "eps": (0.0, math.inf, "()"),
     "lr": (0.0, math.inf, "()"),
 }
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch's CPU ops on one intra-op thread inside the block, restoring the setting after.
-
-    GFM's ops are small (a parameter chunk × K per ODE stage), so a second thread costs more in
-    synchronisation than it saves, and on a shared machine a waiting thread makes every op wait
-    (measured 25× slower training with two threads on two busy cores).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Dynamics(nn.Module):
@@ -104,17 +88,8 @@ def _check_inputs(
         raise TypeError(f"`field` must be a gfm.fields.VectorField, got {type(field).__name__}")
     if not isinstance(prefix, Prefix):
         raise TypeError(f"`prefix` must be a gfm.forecaster.Prefix, got {type(prefix).__name__}")
+    prefix.check()  # shapes: w (k+1, D), 1 <= k < M, lr (M+1,), params D
     w = prefix.w
-    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
-        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-        raise ValueError(f"`prefix.w` must be a 2-D float tensor (k+1, D), got {got}")
-    if not isinstance(prefix.M, int) or prefix.M < 2:
-        raise ValueError(f"`prefix.M` must be an integer >= 2, got {prefix.M!r}")
-    if not 1 <= prefix.k < prefix.M:
-        raise ValueError(
-            f"`prefix.w` must hold k+1 checkpoints with 1 <= k < M={prefix.M}, "
-            f"got {w.shape[0]} checkpoints"
-        )
     if not torch.isfinite(w).all():
         raise ValueError("`prefix.w` must be finite, got NaN or inf values")
     if not isinstance(prefix.record_every, int) or prefix.record_every < 1:
@@ -122,18 +97,10 @@ def _check_inputs(
             f"`prefix.record_every` must be a positive integer, got {prefix.record_every!r}"
         )
     lr = prefix.lr
-    if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (prefix.M + 1,):
-        got = tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__
-        raise ValueError(f"`prefix.lr` must have shape (M+1,) = ({prefix.M + 1},), got {got}")
     if not torch.isfinite(lr).all() or (lr < 0).any() or not lr[prefix.k] > 0:
         raise ValueError(
             f"`prefix.lr` must be finite and >= 0 with lr[k] > 0, got min {float(lr.min())}, "
             f"lr[k] = {float(lr[prefix.k])}"
-        )
-    if len(prefix.params) != prefix.D:
-        raise ValueError(
-            f"`prefix.params` must describe D={prefix.D} parameters (the columns of `prefix.w`), "
-            f"got {len(prefix.params)}"
         )
     if prefix.optimizer not in OPTIMIZERS:
         raise ValueError(

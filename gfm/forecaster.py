@@ -63,6 +63,38 @@ class Prefix:
         """Number of parameters."""
         return self.w.shape[1]
 
+    def check(self, where: str = "") -> None:
+        """Check the prefix's shapes: what every forecaster relies on.
+
+            w (k+1, D) float with 1 <= k < M,   M >= 2,   lr (M+1,),   params describing D
+
+        (Values, such as finite weights and learning rates, are each forecaster's own checks.)
+
+        Raises:
+            ValueError: a field does not fit; the message names it, prefixed by ``where``.
+        """
+        at = f"{where}: " if where else ""
+        w = self.w
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+            got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise ValueError(f"{at}`prefix.w` must be a 2-D float tensor (k+1, D), got {got}")
+        if not isinstance(self.M, int) or self.M < 2:
+            raise ValueError(f"{at}`prefix.M` must be an integer >= 2, got {self.M!r}")
+        if not 1 <= self.k < self.M:
+            raise ValueError(
+                f"{at}`prefix.w` must hold k+1 checkpoints with 1 <= k < M={self.M}, "
+                f"got {w.shape[0]} checkpoints"
+            )
+        lr = self.lr
+        if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (self.M + 1,):
+            got = tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__
+            raise ValueError(f"{at}`prefix.lr` must have shape (M+1,) = ({self.M + 1},), got {got}")
+        if len(self.params) != self.D:
+            raise ValueError(
+                f"{at}`prefix.params` must describe D={self.D} parameters (the columns of "
+                f"`prefix.w`), got {len(self.params)}"
+            )
+
     @staticmethod
     def from_record(record: RunRecord, k: int) -> Prefix:
         """The first k+1 checkpoints of a recorded run.

@@ -14,7 +14,8 @@ import torch
 from pydantic import ValidationError
 
 from gfm import saved
-from gfm.config import OPTIMIZERS, GFMSettings, TrainSettings
+from gfm.config import GFMSettings, TrainSettings
+from gfm.data.names import OPTIMIZERS
 from gfm.data.schema import RunRecord
 from gfm.features import n_context
 from gfm.fields import FIELDS, FreeField, Surrogate, VectorField

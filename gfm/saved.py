@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from gfm.data.atomic import atomic_dir
+from gfm.data.atomic import atomic_dir, read_json_object
 from gfm.forecaster import Forecaster
 
 __all__ = [
@@ -190,20 +190,10 @@ def write(
     return path
 
 
-def _json(file: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{file}: must be a JSON object, got {type(doc).__name__}")
-    return doc
-
-
 def _locate(path: Path) -> tuple[str, Path, dict[str, Any]]:
     """(kind, the folder its class reads, the document naming the kind) of a saved forecaster."""
     if (path / FILE).is_file():
-        doc = _json(path / FILE)
+        doc = read_json_object(path / FILE, "a saved forecaster's manifest")
         if doc.get("format") == 1 and (path / _LEGACY_MODEL_DIR).is_dir():
             return str(doc.get("kind")), path / _LEGACY_MODEL_DIR, doc
         if doc.get("format_version") != FORMAT_VERSION:
@@ -213,7 +203,7 @@ def _locate(path: Path) -> tuple[str, Path, dict[str, Any]]:
             )
         return str(doc.get("kind")), path, doc
     if (path / _LEGACY_CONFIG).is_file():
-        doc = _json(path / _LEGACY_CONFIG)
+        doc = read_json_object(path / _LEGACY_CONFIG, "a saved forecaster's config")
         if doc.get("format_version") == 1 and "name" in doc:
             return str(doc["name"]), path, doc
         raise ValueError(

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gfm._torch import one_thread, resolve_device
 from gfm.config import TrainSettings
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
 from gfm.fields import Cond, Grad, scan_states
-from gfm.forecast import forecast, one_thread
+from gfm.forecast import forecast
 from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
 
@@ -78,27 +79,8 @@ class _Batch:
         return _Batch(**moved)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _check_run(record: RunRecord) -> None:
-    w = record.weights
-    if w.ndim != 2 or w.shape[0] < 3:
-        raise ValueError(
-            f"{record.spec.run_id}: `weights` must be (M+1, D) with M >= 2, got shape {w.shape}"
-        )
-    if record.lr.shape != (w.shape[0],):
-        raise ValueError(
-            f"{record.spec.run_id}: `lr` must have shape ({w.shape[0]},), got {record.lr.shape}"
-        )
-    if len(record.params) != w.shape[1]:
-        raise ValueError(
-            f"{record.spec.run_id}: `params` must describe {w.shape[1]} parameters, "
-            f"got {len(record.params)}"
-        )
+    record.check_shapes()  # weights (M+1, D) with M >= 2, lr (M+1,), params D
 
 
 def _example(
@@ -355,7 +337,7 @@ def fit(
     """
     if len(train) == 0:
         raise ValueError("`train` must hold at least one run, got 0")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     with one_thread() if device.type == "cpu" else contextlib.nullcontext():
         return _loop(model, train, val, cfg, device, on_eval)
 

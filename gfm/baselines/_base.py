@@ -16,25 +16,13 @@ import torch
 from torch import Tensor
 
 from gfm import saved
+from gfm._torch import resolve_device
 from gfm.data.schema import RunRecord
 from gfm.forecaster import Prefix
-
-_DEVICES = ("cpu", "cuda", "auto")
-
 
 # ----------------------------------------------------------------------------------------------
 # Input checking (one place) and small shared helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device not in _DEVICES:
-        raise ValueError(f"`device` must be one of {list(_DEVICES)}, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("`device` must be 'cpu' or 'auto' on this machine (no CUDA), got 'cuda'")
-    return torch.device(device)
 
 
 def _merge_config(
@@ -56,22 +44,7 @@ def _check_inputs(prefix: Prefix, t: Tensor | Sequence[float], where: str) -> np
         raise TypeError(
             f"{where}: `prefix` must be a gfm.forecaster.Prefix, got {type(prefix).__name__}"
         )
-    w = prefix.w
-    if not isinstance(w, Tensor) or w.ndim != 2 or w.shape[0] < 2:
-        shape = tuple(w.shape) if hasattr(w, "shape") else type(w).__name__
-        raise ValueError(f"{where}: `prefix.w` must be a (k+1, D) tensor with k >= 1, got {shape}")
-    if not prefix.k < prefix.M:
-        raise ValueError(f"{where}: `prefix.M` must exceed k = {prefix.k}, got {prefix.M}")
-    if tuple(prefix.lr.shape) != (prefix.M + 1,):
-        raise ValueError(
-            f"{where}: `prefix.lr` must have shape (M+1,) = ({prefix.M + 1},), "
-            f"got {tuple(prefix.lr.shape)}"
-        )
-    if len(prefix.params) != prefix.D:
-        raise ValueError(
-            f"{where}: `prefix.params` must describe D = {prefix.D} parameters, "
-            f"got {len(prefix.params)}"
-        )
+    prefix.check(where)
     tt = torch.as_tensor(t).detach().to("cpu", torch.float64).numpy()
     if tt.ndim != 1 or tt.size == 0:
         raise ValueError(f"{where}: `t` must be a non-empty 1-D tensor (T,), got shape {tt.shape}")
@@ -90,20 +63,6 @@ def _check_runs(runs: Sequence[RunRecord], where: str, *, min_runs: int) -> None
         )
     if len(runs) < min_runs:
         raise ValueError(f"{where}: `train` must hold at least {min_runs} run(s), got {len(runs)}")
-
-
-def _check_record(record: RunRecord, where: str) -> None:
-    w = record.weights
-    if w.ndim != 2 or w.shape[0] < 3:
-        raise ValueError(
-            f"{where}: run {record.spec.run_id!r}: `weights` must be (M+1, D) with M >= 2, "
-            f"got shape {w.shape}"
-        )
-    if len(record.params) != w.shape[1]:
-        raise ValueError(
-            f"{where}: run {record.spec.run_id!r}: `params` must describe D = {w.shape[1]} "
-            f"parameters, got {len(record.params)}"
-        )
 
 
 def _prefix_w(prefix: Prefix) -> np.ndarray:
@@ -153,7 +112,7 @@ class _Baseline:
     def __init__(self, config: Mapping[str, Any] | None = None, *, device: str = "cpu") -> None:
         """Build the baseline from a config dict (unknown keys are rejected) on ``device``."""
         self.config = _merge_config(self.name, self.defaults, config)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self._check_config()
 
     def _check_config(self) -> None:

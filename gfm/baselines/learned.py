@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gfm.baselines._base import _Baseline, _check_record
+from gfm.baselines._base import _Baseline
 from gfm.data.schema import RunRecord
 from gfm.features import N_LR, Normalizer, context, lr_features, n_context
 from gfm.forecaster import Prefix, observed_index
@@ -269,7 +269,7 @@ class _Learned(_Baseline):
         parts: list[tuple[Tensor, ...]] = []
         for _ in range(cfg["batch_runs"]):
             record = train[int(rng.integers(len(train)))]
-            _check_record(record, f"{self.name}.fit")
+            record.check_shapes(f"{self.name}.fit")
             M, D = record.weights.shape[0] - 1, record.weights.shape[1]
             k = observed_index(M, float(rng.uniform(*cfg["fraction_range"])))
             prefix = Prefix.from_record(record, k)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gfm.baselines._base import _Baseline, _check_record, _interp_rows
+from gfm.baselines._base import _Baseline, _interp_rows
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, context_names
 from gfm.forecaster import Prefix, observed_index
@@ -85,7 +85,7 @@ class LFD2(_Baseline):
         rng = np.random.default_rng(cfg["seed"])
         for i in range(len(train)):
             record = train[i]  # one run in memory at a time
-            _check_record(record, "lfd2.fit")
+            record.check_shapes("lfd2.fit")
             M, D = record.weights.shape[0] - 1, record.weights.shape[1]
             n = min(D, cfg["params_per_run"])
             idx = np.sort(rng.choice(D, size=n, replace=False))

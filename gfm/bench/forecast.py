@@ -128,21 +128,6 @@ def fit(
     return Fitted(forecaster, seconds, n_parameters(forecaster))
 
 
-def split_parts(
-    ds: Trajectories, split: str
-) -> tuple[Trajectories, Trajectories | None, Trajectories]:
-    """(train, val or None, test) views of one split kind."""
-    train = ds.select(split, "train")
-    val = ds.select(split, "val")
-    test = ds.select(split, "test")
-    if not len(train) or not len(test):
-        raise ValueError(
-            f"{ds.root}: split `{split}` must have train and test runs, got {len(train)} train, "
-            f"{len(test)} test (see data.splits in params.yaml)"
-        )
-    return train, (val if len(val) else None), test
-
-
 def fit_and_evaluate(
     settings: Settings,
     ds: Trajectories,
@@ -183,7 +168,7 @@ def fit_and_evaluate(
         score = score_for(settings)
     tables, costs = [], []
     for split in splits or settings.evaluate.splits:
-        train, val, test = split_parts(ds, split)
+        train, val, test = ds.parts(split)
         for seed in seeds:
             models: dict[str, Forecaster] = {}
             for name in names:

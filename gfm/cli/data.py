@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -72,7 +71,7 @@ def generate(
 
 
 def _write_summary(path: Path, root: Path, report: object) -> None:
-    from gfm.data.atomic import atomic_write_bytes
+    from gfm.data.atomic import write_json
     from gfm.data.trajectories import Trajectories
 
     ds = Trajectories(root)
@@ -82,8 +81,7 @@ def _write_summary(path: Path, root: Path, report: object) -> None:
         "checkpoints": int(ds.runs["n_checkpoints"].sum()),
         "hash": ds.manifest.hash,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    write_json(path, doc)
 
 
 @data_app.command("summary")

@@ -1,4 +1,4 @@
-"""Atomic writes: a temporary file beside the target, fsynced, then renamed over it."""
+"""Files on disk: atomic writes (a temporary beside the target, fsynced, renamed over it), JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "write_json"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "read_json_object", "write_json"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -69,6 +69,23 @@ def write_json(path: str | Path, doc: Any) -> Path:
     path = Path(path)
     atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
     return path
+
+
+def read_json_object(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """A JSON object read from ``path``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON, or not an object; the message names the file and ``what``.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: {what} must be valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 @contextlib.contextmanager

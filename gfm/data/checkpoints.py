@@ -11,13 +11,10 @@ import polars as pl
 
 from gfm.data.atomic import atomic_write_bytes
 from gfm.data.format import (
-    CURVES,
-    HPARAM_KEYS,
     META_EXTRA,
     META_LAYERS,
     META_SPEC,
     META_VERSION,
-    RUN_ID,
     DatasetError,
     _dumps,
     checkpoint_schema,
@@ -27,6 +24,7 @@ from gfm.data.format import (
     spec_to_json,
 )
 from gfm.data.schema import (
+    CURVES,
     FORMAT_VERSION,
     ParamMeta,
     RunRecord,
@@ -36,79 +34,6 @@ from gfm.data.schema import (
 # --------------------------------------------------------------------------------------------
 # One run <-> one Parquet file
 # --------------------------------------------------------------------------------------------
-
-
-def _check_run_id(run_id: str, where: str) -> None:
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        raise ValueError(
-            f"{where}: `run_id` must be 1-200 characters of letters, digits, '.', '_' or '-' "
-            f"starting with a letter or digit, got {run_id!r}"
-        )
-
-
-def _check_record(record: RunRecord) -> None:
-    """Reject a record that would not make a valid checkpoint file (see docs/data-format.md)."""
-    spec = record.spec
-    _check_run_id(spec.run_id, "RunRecord.spec")
-    where = f"run {spec.run_id}"
-    unknown = sorted(set(spec.hparams) - set(HPARAM_KEYS))
-    if unknown:
-        raise ValueError(
-            f"{where}: `hparams` keys must be among {list(HPARAM_KEYS)}, got {unknown}"
-        )
-    w = np.asarray(record.weights)
-    if w.ndim != 2:
-        raise ValueError(
-            f"{where}: `weights` must be 2-D (checkpoints, params), got shape {w.shape}"
-        )
-    if not np.issubdtype(w.dtype, np.floating):
-        raise ValueError(f"{where}: `weights` must be a floating-point array, got dtype {w.dtype}")
-    n, D = w.shape
-    if n < 2 or D < 1:
-        raise ValueError(
-            f"{where}: `weights` must have >= 2 checkpoints and >= 1 param, got shape {w.shape}"
-        )
-    if n != spec.n_checkpoints:
-        raise ValueError(
-            f"{where}: `weights` must have spec.steps // spec.record_every + 1 = "
-            f"{spec.n_checkpoints} rows, got {n}"
-        )
-    for name in ("steps", "lr", *CURVES):
-        shape = np.shape(getattr(record, name))
-        if shape != (n,):
-            raise ValueError(
-                f"{where}: `{name}` must have shape ({n},) like `weights`, got {shape}"
-            )
-    if len(record.params) != D:
-        raise ValueError(
-            f"{where}: `params` must describe D={D} parameters, got {len(record.params)}"
-        )
-    steps = np.asarray(record.steps)
-    if not np.issubdtype(steps.dtype, np.integer):
-        raise ValueError(f"{where}: `steps` must be integers, got dtype {steps.dtype}")
-    if steps[0] != 0 or np.any(np.diff(steps) <= 0):
-        raise ValueError(
-            f"{where}: `steps` must start at 0 and increase strictly, got {steps.tolist()[:8]}..."
-        )
-    bad = ~np.isfinite(w.astype(np.float32, copy=False)).all(axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(
-            f"{where}: `weights` must be finite (as float32), got a non-finite value at step "
-            f"{int(steps[i])} (set `diverged_at` to keep a diverged run out of the dataset)"
-        )
-    for name in ("lr", *CURVES):
-        x = np.asarray(getattr(record, name), dtype=np.float64)
-        finite = np.isfinite(x)
-        if name == "lr" and not finite.all():
-            i = int(np.argmin(finite))
-            raise ValueError(f"{where}: `lr` must be finite, got {x[i]} at step {int(steps[i])}")
-        if not finite.all() and not np.isnan(x).all():
-            i = int(np.argmin(finite))
-            raise ValueError(
-                f"{where}: `{name}` must be all finite (or all NaN when not recorded), "
-                f"got {x[i]} at step {int(steps[i])}"
-            )
 
 
 def _checkpoint_bytes(record: RunRecord) -> bytes:
@@ -154,7 +79,7 @@ def write_checkpoints(path: str | Path, record: RunRecord) -> None:
             f"run {record.spec.run_id}: a diverged record (`diverged_at`={record.diverged_at}) "
             "must not be written as checkpoints; use DatasetWriter.write_run"
         )
-    _check_record(record)
+    record.check()
     atomic_write_bytes(path, _checkpoint_bytes(record))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gfm.config import DataSettings
+from gfm.data.names import HPARAM_KEYS
 from gfm.data.schema import (
     FORMAT_VERSION,
     ParamMeta,
@@ -37,8 +37,6 @@ DIVERGED_DIR = "diverged"
 RUNS_FILE = "runs.parquet"
 PARAMETERS_FILE = "parameters.parquet"
 MANIFEST_FILE = "manifest.json"
-HPARAM_KEYS = ("lr", "momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
-CURVES = ("train_loss", "val_loss", "val_acc")
 
 # Parquet key-value metadata of a checkpoint file (all values are strings).
 META_VERSION = "gfm.format_version"
@@ -46,7 +44,6 @@ META_SPEC = "gfm.spec"
 META_LAYERS = "gfm.layers"
 META_EXTRA = "gfm.extra"
 
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 RUNS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),

@@ -16,17 +16,18 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
+from gfm._torch import one_thread
 from gfm.config import DataSettings, Range, TaskSettings
-from gfm.data.optim import DEFAULTS, OPTIMIZERS, build_optimizer, scheduled_lr
+from gfm.data.names import OPTIMIZERS
+from gfm.data.optim import DEFAULTS, build_optimizer, scheduled_lr
 from gfm.data.schema import RunRecord, RunSpec, arch_name
-from gfm.data.tasks import TASKS, flatten, make_task, param_meta
+from gfm.data.tasks import TASK_CLASSES, flatten, make_task, param_meta
 
 if TYPE_CHECKING:
     from gfm.data.format import Manifest
@@ -125,7 +126,7 @@ def _check_plan(cfg: DataSettings) -> None:
             raise ValueError(f"data.tasks.{task}.archs must be distinct, got {names}")
         for arch in task_cfg.archs:
             try:
-                TASKS[task].check_hidden(tuple(arch))
+                TASK_CLASSES[task].check_hidden(tuple(arch))
             except ValueError as err:
                 raise ValueError(f"data.tasks.{task}.archs: {err}") from None
 
@@ -195,21 +196,6 @@ def plan_runs(cfg: DataSettings) -> list[RunSpec]:
     return specs
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread, restoring the caller's setting afterwards.
-
-    Float reductions split over threads can round differently, so one thread everywhere is what
-    makes a run bit-identical inline and in a worker process.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _check_spec(spec: RunSpec) -> None:
     if spec.optimizer not in OPTIMIZERS:
         raise ValueError(
@@ -248,7 +234,7 @@ def train_run(spec: RunSpec, task_cfg: TaskSettings) -> RunRecord:
             out of range.
     """
     _check_spec(spec)
-    with _one_thread():
+    with one_thread():
         return _train(spec, task_cfg)
 
 

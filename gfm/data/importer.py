@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gfm.config import OPTIMIZERS, SplitSettings
-from gfm.data.format import RUN_ID, Manifest
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec, arch_name
+from gfm.config import SplitSettings
+from gfm.data.format import Manifest
+from gfm.data.names import OPTIMIZERS
+from gfm.data.schema import ParamMeta, RunRecord, RunSpec, arch_name, check_run_id
 from gfm.data.validate import check
 from gfm.data.writer import DatasetWriter
 
@@ -205,15 +206,6 @@ def _describe(
         "init_seed": _int(row, "init_seed", where, low=0),
         "record_every": _int(row, "record_every", where, low=1),
     }
-
-
-def _check_run_id(run_id: Any, where: str) -> str:
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        raise ValueError(
-            f"{where}: `run_id` must be letters, digits, '.', '_' or '-' (a file name), "
-            f"got {run_id!r}"
-        )
-    return run_id
 
 
 def _grid(
@@ -479,7 +471,7 @@ def import_arrays(
     fields, run_ids = [], []
     for i, row in enumerate(rows):
         where = f"{meta_name or name}: run {i}"
-        run_ids.append(_check_run_id(row.get("run_id", f"run-{i:0{len(str(R - 1))}d}"), where))
+        run_ids.append(check_run_id(row.get("run_id", f"run-{i:0{len(str(R - 1))}d}"), where))
         fields.append(_describe(row, where, task=task, optimizer=optimizer, lr=lr))
         if fields[-1]["record_every"] is None:
             fields[-1]["record_every"] = record_every
@@ -677,7 +669,7 @@ def import_state_dicts(
 
     fields, run_ids = [], []
     for run_dir in run_dirs:
-        run_id = _check_run_id(run_dir.name, str(run_dir))
+        run_id = check_run_id(run_dir.name, str(run_dir))
         where = f"{meta_name}: run {run_id}" if meta_name else str(run_dir)
         run_ids.append(run_id)
         fields.append(_describe(rows.get(run_id, {}), where, task=task, optimizer=optimizer, lr=lr))

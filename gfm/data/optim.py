@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "build_optimizer", "scheduled_lr"]
+__all__ = ["BUILDERS", "DEFAULTS", "RULES", "build_optimizer", "scheduled_lr"]
 
 Params = Iterable[torch.nn.Parameter]
 
@@ -52,7 +52,7 @@ def _adamw(params: Params, lr: float, hp: dict[str, float | bool]) -> torch.opti
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=float(hp["weight_decay"]))
 
 
-OPTIMIZERS: dict[str, Callable[[Params, float, dict[str, float | bool]], torch.optim.Optimizer]] = {
+BUILDERS: dict[str, Callable[[Params, float, dict[str, float | bool]], torch.optim.Optimizer]] = {
     "sgd": _sgd,
     "momentum": _momentum,
     "rmsprop": _rmsprop,
@@ -67,7 +67,7 @@ def build_optimizer(
     """The torch optimizer ``name`` over ``params`` with hyperparameters ``hparams``.
 
     Args:
-        name: a key of ``OPTIMIZERS``.
+        name: a key of ``BUILDERS`` (``gfm.data.names.OPTIMIZERS``).
         params: the parameters to optimise.
         hparams: ``lr`` (required, > 0) plus any of the optimizer's keys in ``DEFAULTS[name]``;
             absent ones take the default there.
@@ -79,8 +79,8 @@ def build_optimizer(
         ValueError: unknown ``name``, missing or non-positive ``lr``, or a key the optimizer
             does not use.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {name!r}")
+    if name not in BUILDERS:
+        raise ValueError(f"`optimizer` must be one of {list(BUILDERS)}, got {name!r}")
     allowed = {"lr", *DEFAULTS[name]}
     unknown = sorted(set(hparams) - allowed)
     if unknown:
@@ -88,7 +88,7 @@ def build_optimizer(
     lr = hparams.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
         raise ValueError(f"`hparams['lr']` must be a positive number, got {lr!r}")
-    return OPTIMIZERS[name](params, float(lr), {**DEFAULTS[name], **hparams})
+    return BUILDERS[name](params, float(lr), {**DEFAULTS[name], **hparams})
 
 
 def _constant(base_lr: float, step: int, total_steps: int) -> float:
@@ -105,7 +105,7 @@ def _step(base_lr: float, step: int, total_steps: int) -> float:
     return base_lr * 0.3**drops
 
 
-SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
+RULES: dict[str, Callable[[float, int, int], float]] = {
     "constant": _constant,
     "cosine": _cosine,
     "step": _step,
@@ -123,7 +123,7 @@ def scheduled_lr(schedule: str, base_lr: float, step: int, total_steps: int) -> 
     Source: cosine annealing, Loshchilov & Hutter 2017 (SGDR), eq. 5 without restarts.
 
     Args:
-        schedule: a key of ``SCHEDULES``.
+        schedule: a key of ``RULES`` (``gfm.data.names.SCHEDULES``).
         base_lr: lr0 > 0, the run's base learning rate.
         step: s in [0, S].
         total_steps: S > 0, the run's number of optimizer steps.
@@ -134,12 +134,12 @@ def scheduled_lr(schedule: str, base_lr: float, step: int, total_steps: int) -> 
     Raises:
         ValueError: unknown ``schedule``, or ``step``/``total_steps``/``base_lr`` out of range.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if schedule not in RULES:
+        raise ValueError(f"`schedule` must be one of {list(RULES)}, got {schedule!r}")
     if total_steps <= 0:
         raise ValueError(f"`total_steps` must be positive, got {total_steps}")
     if not 0 <= step <= total_steps:
         raise ValueError(f"`step` must be in [0, {total_steps}], got {step}")
     if not base_lr > 0:
         raise ValueError(f"`base_lr` must be positive, got {base_lr}")
-    return SCHEDULES[schedule](base_lr, step, total_steps)
+    return RULES[schedule](base_lr, step, total_steps)

@@ -23,7 +23,6 @@ Shapes: k+1 observed checkpoints, M+1 in the whole run, D parameters.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfm.config import OPTIMIZERS, SCHEDULES
+from gfm.data.atomic import read_json_object
 from gfm.data.importer import _flatten_run
+from gfm.data.names import HPARAM_KEYS, OPTIMIZERS, SCHEDULES
 from gfm.data.optim import scheduled_lr
 from gfm.data.schema import ParamMeta
 from gfm.forecaster import Prefix
@@ -49,7 +49,6 @@ METADATA_KEYS = (
     "layout",
     "task",
 )
-HPARAM_KEYS = ("momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
 
 
 def sidecar(source: Path) -> Path:
@@ -242,12 +241,4 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: the file is not a JSON object.
     """
-    if not path.is_file():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: metadata must be valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: metadata must be a JSON object, got {type(doc).__name__}")
-    return doc
+    return read_json_object(path, "metadata") if path.is_file() else {}

@@ -1,6 +1,6 @@
 """Tiny real training problems whose runs are recorded: data splits, a model family and a loss.
 
-Each task is a small class chosen by key from ``TASKS``; an instance holds the train split, the
+Each task is a small class chosen by key from ``TASK_CLASSES``; an instance holds the train split, the
 held-out split and the recorded-train-loss subsample of one run (synthetic tasks draw their
 problem from the run's ``init_seed``; real datasets use one fixed split, loaded once per process).
 
@@ -23,7 +23,7 @@ from gfm.config import TaskSettings
 from gfm.data.schema import ParamMeta, RunSpec
 
 __all__ = [
-    "TASKS",
+    "TASK_CLASSES",
     "Task",
     "LeastSquares",
     "MLPRegression",
@@ -316,7 +316,7 @@ class MNISTCNN(Task):
         return _he_init(net)
 
 
-TASKS: dict[str, type[Task]] = {
+TASK_CLASSES: dict[str, type[Task]] = {  # keys: gfm.data.names.TASKS
     "least_squares": LeastSquares,
     "mlp_regression": MLPRegression,
     "digits_mlp": DigitsMLP,
@@ -328,11 +328,11 @@ def make_task(name: str, cfg: TaskSettings, seed: int) -> Task:
     """The task ``name`` with settings ``cfg``; synthetic tasks draw their problem from ``seed``.
 
     Raises:
-        ValueError: ``name`` is not a key of ``TASKS``.
+        ValueError: ``name`` is not a key of ``TASK_CLASSES``.
     """
-    if name not in TASKS:
-        raise ValueError(f"`task` must be one of {list(TASKS)}, got {name!r}")
-    return TASKS[name](cfg, seed)
+    if name not in TASK_CLASSES:
+        raise ValueError(f"`task` must be one of {list(TASK_CLASSES)}, got {name!r}")
+    return TASK_CLASSES[name](cfg, seed)
 
 
 def flatten(model: nn.Module) -> np.ndarray:

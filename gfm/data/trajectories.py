@@ -218,6 +218,20 @@ class Trajectories(Sequence[RunRecord]):
             raise ValueError(f"`part` must be one of {list(SPLIT_PARTS)}, got {part!r}")
         return self.filter(pl.col(f"split_{split}") == part)
 
+    def parts(self, split: str) -> tuple[Trajectories, Trajectories, Trajectories]:
+        """(train, val, test) of one split kind; val may be empty.
+
+        Raises:
+            ValueError: unknown split, or the split has no train or no test runs.
+        """
+        train, val, test = (self.select(split, part) for part in SPLIT_PARTS)
+        if not len(train) or not len(test):
+            raise ValueError(
+                f"{self.root}: split `{split}` must have train and test runs, got {len(train)} "
+                f"train, {len(test)} test (see data.splits in params.yaml)"
+            )
+        return train, val, test
+
     def filter(self, *predicates: pl.Expr | Any, **constraints: Any) -> Trajectories:
         """A view of the runs whose ``runs`` row matches, e.g. ``filter(pl.col("lr") > 0.01)``.
 

@@ -17,14 +17,12 @@ import polars as pl
 
 from gfm.data.format import (
     CHECKPOINTS_DIR,
-    CURVES,
     DIVERGED_DIR,
     MANIFEST_FILE,
     META_LAYERS,
     META_SPEC,
     PARAMETERS_FILE,
     PARAMETERS_SCHEMA,
-    RUN_ID,
     RUNS_FILE,
     RUNS_SCHEMA,
     DatasetError,
@@ -38,7 +36,7 @@ from gfm.data.format import (
     spec_from_json,
     spec_row,
 )
-from gfm.data.schema import SPLIT_KINDS, SPLIT_PARTS
+from gfm.data.schema import CURVES, RUN_ID, SPLIT_KINDS, SPLIT_PARTS
 
 __all__ = ["DatasetError", "Problem", "check", "validate"]
 

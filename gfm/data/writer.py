@@ -15,7 +15,6 @@ import polars as pl
 from gfm.config import DataSettings, SplitSettings
 from gfm.data.atomic import _fsync_dir, _temp_name, atomic_write_bytes
 from gfm.data.checkpoints import (
-    _check_run_id,
     _read_frame,
     _short,
     read_run_spec,
@@ -23,14 +22,12 @@ from gfm.data.checkpoints import (
 )
 from gfm.data.format import (
     CHECKPOINTS_DIR,
-    CURVES,
     DIVERGED_DIR,
     MANIFEST_FILE,
     META_LAYERS,
     META_SPEC,
     PARAMETERS_FILE,
     PARAMETERS_SCHEMA,
-    RUN_ID,
     RUNS_FILE,
     RUNS_SCHEMA,
     Counts,
@@ -52,12 +49,15 @@ from gfm.data.format import (
     spec_to_json,
 )
 from gfm.data.schema import (
+    CURVES,
     FORMAT_VERSION,
+    RUN_ID,
     SPLIT_KINDS,
     SPLIT_PARTS,
     RunRecord,
     RunSpec,
     arch_name,
+    check_run_id,
 )
 from gfm.data.splits import assign_splits
 
@@ -140,7 +140,7 @@ class DatasetWriter:
         Returns:
             True when nothing needs to be trained for this run.
         """
-        _check_run_id(spec.run_id, "RunSpec")
+        check_run_id(spec.run_id, "RunSpec")
         key = spec_to_json(spec)
         checkpoint, marker = self._paths(spec.run_id)
         for path, read in ((checkpoint, _file_spec), (marker, _marker_spec)):
@@ -179,7 +179,7 @@ class DatasetWriter:
             ValueError: the record is inconsistent (see ``write_checkpoints``).
         """
         run_id = record.spec.run_id
-        _check_run_id(run_id, "RunRecord.spec")
+        check_run_id(run_id, "RunRecord.spec")
         checkpoint, marker = self._paths(run_id)
         if record.diverged:
             step = int(record.diverged_at)  # type: ignore[arg-type]

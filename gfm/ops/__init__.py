@@ -16,12 +16,11 @@ from gfm.ops.layout import (
     dvc_repo,
     layout,
     open_dataset,
-    parts,
     read_json,
     read_tuned,
-    redact,
 )
 from gfm.ops.promote import promote_step, register_step
+from gfm.ops.stack import redact
 from gfm.ops.train import train_step
 from gfm.ops.tune import tune_step, tune_worker_step
 
@@ -37,7 +36,6 @@ __all__ = [
     "log_jumps",
     "model_metrics",
     "open_dataset",
-    "parts",
     "promote_step",
     "read_json",
     "read_tuned",

@@ -13,14 +13,13 @@ import polars as pl
 
 from gfm import saved
 from gfm.config import Settings
+from gfm.data.atomic import write_json
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Forecaster, Prefix, observed_index, target_times
 from gfm.ops.layout import (
-    _write_json,
     dataset_version,
     layout,
     open_dataset,
-    parts,
     read_json,
 )
 
@@ -65,7 +64,7 @@ def score(forecaster: Forecaster, settings: Settings, ds: Trajectories) -> dict[
     from gfm.bench.forecast import score_for
     from gfm.evaluation import evaluate
 
-    _, _, test = parts(settings, ds)
+    _, _, test = ds.parts(settings.train.split)
     downstream = settings.evaluate.downstream and "acc" in settings.registry.metric
     table = evaluate(
         {"gfm": forecaster},
@@ -126,7 +125,7 @@ def evaluate_step(
     info = read_json(train_info, "train") if train_info.is_file() else {}
     ds = open_dataset(settings)
     version = dataset_version(ds.root)
-    _, _, test = parts(settings, ds)
+    _, _, test = ds.parts(settings.train.split)
     model = saved.load(model_dir)
     split = settings.train.split
     names = ["gfm", *[b for b in settings.evaluate.workflow_baselines if b != "gfm"]]
@@ -186,7 +185,7 @@ def evaluate_step(
         )
         tracking.log_table_and_plots(costs, "costs", artifact_path="evaluation")
         doc["run_id"] = run.info.run_id
-    _write_json(out.metrics_json, doc)
+    write_json(out.metrics_json, doc)
     log.info("evaluated: %s -> %s", metrics, out.metrics_json)
     return doc
 

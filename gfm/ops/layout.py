@@ -24,7 +24,6 @@ import numpy as np
 import polars as pl
 
 from gfm.config import Settings
-from gfm.data.atomic import atomic_write_bytes
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index
 from gfm.ops import versioning
@@ -97,12 +96,6 @@ def layout(settings: Settings) -> Layout:
     return Layout(reports=settings.evaluate.output_dir, model_dir=settings.train.model_dir)
 
 
-def _write_json(path: Path, doc: Mapping[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
-    return path
-
-
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """Read a step's JSON output.
 
@@ -158,22 +151,6 @@ def open_dataset(settings: Settings) -> Trajectories:
     return Trajectories(root)
 
 
-def parts(settings: Settings, ds: Trajectories) -> tuple[Trajectories, Trajectories, Trajectories]:
-    """(train, val, test) of ``train.split``.
-
-    Raises:
-        ValueError: the split has no train or no test runs.
-    """
-    split = settings.train.split
-    train, val, test = (ds.select(split, p) for p in ("train", "val", "test"))
-    if not len(train) or not len(test):
-        raise ValueError(
-            f"{ds.root}: split `{split}` (train.split) must have train and test runs, got "
-            f"{len(train)} train, {len(test)} test (see data.splits in params.yaml)"
-        )
-    return train, val, test
-
-
 def _small_prefix(runs: Sequence[Any], table: pl.DataFrame) -> Prefix:
     """A prefix of the run with the fewest parameters: the logged model's input example."""
     i = int(np.argmin(table["n_params"].to_numpy()))
@@ -188,16 +165,6 @@ def _history(history: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
         {(k if k == "step" or "/" in k else f"train/{k}"): float(v) for k, v in h.items()}
         for h in history
     ]
-
-
-def redact(url: str) -> str:
-    """A URL without its password: ``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    credentials, _, host = rest.partition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
 # ----------------------------------------------------------------------------- DVC or direct

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from gfm.config import Settings
+from gfm.data.atomic import write_json
 from gfm.ops.evaluate import score
 from gfm.ops.layout import (
-    _write_json,
     dataset_version,
     layout,
     open_dataset,
@@ -91,6 +91,6 @@ def promote_step(
         "model_uri": tracking.model_uri(cfg, decision.alias),
         "run_id": info["run_id"],
     }
-    _write_json(out.promotion_json, doc)
+    write_json(out.promotion_json, doc)
     log.info("version %s -> %s: %s", decision.version, decision.alias, decision.reason)
     return doc

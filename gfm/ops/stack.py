@@ -81,6 +81,16 @@ def check_host(host: str, *, allow_remote: bool = False) -> None:
 # ----------------------------------------------------------------------------- PostgreSQL
 
 
+def redact(url: str) -> str:
+    """A URL without its password: ``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
 def _libpq(url: str, database: str | None = None) -> str:
     """``postgresql+psycopg://u@h:5432/db`` -> ``postgresql://u@h:5432/<database or db>``."""
     parts = urlsplit(url)

@@ -44,6 +44,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gfm.config import GFMSettings, SearchParam, Settings, TrainSettings, apply_params
 from gfm.data.schema import RunRecord
+from gfm.ops.stack import redact
 
 __all__ = [
     "TrialResult",
@@ -307,16 +308,8 @@ def join_study(
         )
     except KeyError:
         raise ValueError(
-            f"--study: no study {expected!r} in {_redact(t.storage)}; start it with `gfm tune`"
+            f"--study: no study {expected!r} in {redact(t.storage or '')}; start it with `gfm tune`"
         ) from None
-
-
-def _redact(url: str | None) -> str:
-    scheme, sep, rest = (url or "").partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        credentials, _, host = rest.partition("@")
-        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
-    return url or ""
 
 
 def _anchor(settings: Settings) -> dict[str, Any] | None:

@@ -11,14 +11,13 @@ import polars as pl
 
 from gfm import saved
 from gfm.config import Settings, apply_params
+from gfm.data.atomic import write_json
 from gfm.ops.layout import (
     _history,
     _small_prefix,
-    _write_json,
     dataset_version,
     layout,
     open_dataset,
-    parts,
     read_tuned,
 )
 
@@ -69,7 +68,7 @@ def train_step(
 
     ds = open_dataset(settings)
     version = dataset_version(ds.root)
-    train, val, _ = parts(settings, ds)
+    train, val, _ = ds.parts(settings.train.split)
     tune_info = read_tuned(tuned)
     best = dict(tune_info.get("best_params") or {})
     if tune_info.get("dataset_version") not in (None, version):
@@ -119,6 +118,6 @@ def train_step(
         }
     out.reports.mkdir(parents=True, exist_ok=True)
     frame.write_csv(out.history_csv)
-    _write_json(out.train_json, doc)
+    write_json(out.train_json, doc)
     log.info("trained: run %s, model %s -> %s", doc["run_id"], out.model_dir, out.train_json)
     return doc

@@ -14,15 +14,14 @@ import polars as pl
 import torch
 
 from gfm.config import Settings
+from gfm.data.atomic import write_json
 from gfm.ops.layout import (
     _history,
-    _write_json,
     dataset_version,
     layout,
     open_dataset,
-    parts,
-    redact,
 )
+from gfm.ops.stack import redact
 
 log = logging.getLogger("gfm.ops")
 
@@ -97,10 +96,10 @@ def tune_step(
     out = layout(settings).tune_json
     if settings.tune.n_trials == 0:  # no tuning: train with the settings as they are
         doc = {"best_params": {}, "study": "", "n_trials": 0, "dataset_version": version}
-        _write_json(out, doc)
+        write_json(out, doc)
         log.info("tune.n_trials is 0: no tuning -> %s", out)
         return doc
-    train, val, _ = parts(settings, ds)
+    train, val, _ = ds.parts(settings.train.split)
     if workers > 1:
         check_shared(settings.tune.storage)
     tracking.configure(settings.tracking)
@@ -146,7 +145,7 @@ def tune_step(
         doc = {**result.to_dict(), "run_id": run.info.run_id, "dataset_version": version}
         doc["storage"] = redact(result.storage)  # tune.json is committed: no passwords
         doc["workers"] = per_worker
-        _write_json(out, doc)
+        write_json(out, doc)
     log.info("tuned: %s -> %s", result.best_params, out)
     return doc
 
@@ -219,7 +218,7 @@ def tune_worker_step(
         logging.getLogger("gfm").setLevel(logging.INFO)
     ds = open_dataset(settings)
     version = dataset_version(ds.root)
-    train, val, _ = parts(settings, ds)
+    train, val, _ = ds.parts(settings.train.split)
     seed = None if worker is None else worker_seed(settings.tune.seed, worker)
     with quiet():
         st = join_study(settings, version, study or settings.tune.study_name, seed=seed)

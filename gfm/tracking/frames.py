@@ -41,11 +41,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gfm.config import OPTIMIZERS
+from gfm.data.names import HPARAM_KEYS, OPTIMIZERS
 from gfm.data.schema import PARAM_KINDS, ParamMeta
 from gfm.forecaster import Forecaster, Prefix, target_times
 
-HPARAM_KEYS = ("lr", "momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
 HPARAM_PREFIX = "hp_"
 META_COLUMNS = ("layer", "kind", "fan_in")
 OPTIONAL_META_COLUMNS = ("index", "shape")
@@ -391,13 +390,7 @@ def _param_meta(df: pd.DataFrame, D: int) -> ParamMeta:
     else:
         sizes = {name: layer.count(name) for name in dict.fromkeys(layer)}
         shape = [(sizes[name],) for name in layer]
-    return ParamMeta(
-        layer=np.asarray(layer, dtype=object),
-        shape=shape,
-        index=np.asarray(index, dtype=np.int64),
-        kind=np.asarray(kind, dtype=object),
-        fan_in=np.asarray(fan_in, dtype=np.int64),
-    )
+    return ParamMeta.from_lists(layer, shape, index, kind, fan_in)
 
 
 def _int_list(values: list[Any], column: str, *, minimum: int) -> list[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import math
 import re
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from mlflow.entities import Metric
 from pydantic import BaseModel
 
 from gfm.config import TrackingSettings
+from gfm.evaluation import to_markdown
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -371,7 +371,7 @@ def log_table_and_plots(
         ValueError: ``name`` or a plot key is not a plain file stem.
         FileNotFoundError: a plot path does not exist.
     """
-    frame = table.to_pandas() if isinstance(table, pl.DataFrame) else table
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_pandas(table)
     stems = [name, *(plots or {})]
     for stem in stems:
         if not _STEM.match(stem):
@@ -380,8 +380,8 @@ def log_table_and_plots(
             )
     with tempfile.TemporaryDirectory(prefix="gfm-report-") as tmp:
         out = Path(tmp)
-        frame.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(markdown_table(frame))
+        frame.to_pandas().to_csv(out / f"{name}.csv", index=False)  # nested cells as text
+        (out / f"{name}.md").write_text(to_markdown(frame))
         for stem, plot in (plots or {}).items():
             target = out / f"{stem}.png"
             if isinstance(plot, str | Path):
@@ -393,17 +393,3 @@ def log_table_and_plots(
         written = sorted(p.name for p in out.iterdir())
         mlflow.log_artifacts(str(out), artifact_path)
     return [f"{artifact_path}/{f}" for f in written]
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub markdown table; floats with ``digits`` significant digits."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else f"{value:.{digits}g}"
-        return str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows]) + "\n"

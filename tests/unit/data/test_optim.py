@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.data.optim import DEFAULTS, OPTIMIZERS, SCHEDULES, build_optimizer, scheduled_lr
+from gfm.data import names
+from gfm.data.optim import BUILDERS, DEFAULTS, RULES, build_optimizer, scheduled_lr
 
 
 def _quadratic_run(name: str, hparams: dict, steps: int, w0: float = 1.0) -> float:
@@ -44,7 +45,7 @@ def test_adam_on_quadratic_matches_recurrence():
     assert got == pytest.approx(w, rel=1e-9)
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(BUILDERS))
 def test_hparams_reach_the_param_group_with_defaults_filled(name):
     w = torch.nn.Parameter(torch.zeros(2))
     group = build_optimizer(name, [w], {"lr": 0.02}).param_groups[0]
@@ -101,7 +102,7 @@ def test_step_schedule_drops_at_half_and_three_quarters():
 
 
 def test_unknown_schedule_lists_valid_keys():
-    assert set(SCHEDULES) == {"constant", "cosine", "step"}
+    assert tuple(RULES) == names.SCHEDULES == ("constant", "cosine", "step")
     with pytest.raises(ValueError, match="constant.*cosine.*step"):
         scheduled_lr("linear", 0.1, 0, 10)
 
@@ -114,3 +115,7 @@ def test_unknown_schedule_lists_valid_keys():
 def test_lr_at_rejects_out_of_range(args, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
         scheduled_lr("cosine", *args)
+
+
+def test_the_builders_cover_exactly_the_named_optimizers():
+    assert tuple(BUILDERS) == names.OPTIMIZERS and set(DEFAULTS) == set(names.OPTIMIZERS)

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from gfm.config import TaskSettings
+from gfm.data import names
 from gfm.data.schema import RunSpec
-from gfm.data.tasks import TASKS, evaluate_weights, flatten, load_flat, make_task, param_meta
+from gfm.data.tasks import TASK_CLASSES, evaluate_weights, flatten, load_flat, make_task, param_meta
 
 SMALL = TaskSettings(archs=[[]], steps=10, record_every=5, n_train=128, n_test=64, dim=4)
 HIDDEN = {
@@ -52,7 +53,7 @@ def test_each_task_trains(name, steps, lr, ratio):
         assert np.isnan(acc)
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("name", list(TASK_CLASSES))
 def test_build_is_deterministic_and_leaves_global_rng_alone(name):
     task = make_task(name, SMALL, seed=0)
     state = torch.random.get_rng_state()
@@ -63,7 +64,7 @@ def test_build_is_deterministic_and_leaves_global_rng_alone(name):
     assert not np.array_equal(flatten(a), flatten(c))
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("name", list(TASK_CLASSES))
 def test_flatten_load_flat_round_trip_in_state_dict_order(name):
     task = make_task(name, SMALL, seed=0)
     model = task.build(HIDDEN[name], 0)
@@ -147,3 +148,7 @@ def test_loss_and_acc_rejects_unknown_split():
     task = make_task("least_squares", SMALL, 0)
     with pytest.raises(ValueError, match="split"):
         task.loss_and_acc(task.build((), 0), "val")
+
+
+def test_the_task_classes_cover_exactly_the_named_tasks():
+    assert tuple(TASK_CLASSES) == names.TASKS
