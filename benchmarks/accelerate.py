@@ -2,7 +2,7 @@
 
 ``gfm.ops.jump_step`` without MLflow, as ``gfm bench jumps --no-mlflow`` runs it: for each task,
 architecture (a seen one and the holdout one) and seed, the base optimizer alone vs the same
-optimizer with GFM, linear-extrapolation and WNN-style jumps (``accelerate`` in params.yaml).
+optimizer with GFM, linear-extrapolation and WNN-style jumps (``benchmarks/accelerate.yaml``).
 Writes, under ``accelerate.output_dir`` (default ``benchmarks/results/``):
 
   accelerate.csv          one row per method × task × arch × seed
@@ -23,7 +23,7 @@ import logging
 import torch
 
 from gfm import ops
-from gfm.config import load_settings
+from gfm.config import load_settings, product_overrides
 from gfm.evaluation import to_markdown
 from gfm.ops.jumps import jump_overrides
 
@@ -32,6 +32,7 @@ def main() -> None:
     """Run the benchmark on the settings and overrides given; print the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--bench", default=None, help="default: benchmarks/accelerate.yaml")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[])
     parser.add_argument("--model", default=None, help="GFM folder or models:/gfm@champion")
     parser.add_argument("--seeds", type=int, default=None)
@@ -49,8 +50,10 @@ def main() -> None:
     extra = jump_overrides(
         seeds=args.seeds, first_seed=args.first_seed, tasks=args.tasks, steps=args.steps
     )
-    settings = load_settings(args.params, [*args.overrides, *extra])
-    doc = ops.jump_step(settings, model=args.model, tuned=args.tuned, log_mlflow=False)
+    overrides = [*args.overrides, *extra]
+    settings = load_settings(args.params, product_overrides(overrides, ["accelerate"]))
+    acc = ops.bench_settings(args.params, args.bench, overrides)
+    doc = ops.jump_step(settings, acc, model=args.model, tuned=args.tuned, log_mlflow=False)
     print(to_markdown(doc["summary"], precision=3))
     print("\n".join(str(p) for p in doc["paths"].values()))
 

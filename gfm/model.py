@@ -124,8 +124,9 @@ class GFM:
         """
         config, tensors = saved.read(path, kind=cls.name)
         try:
+            gfm = {k: v for k, v in config["gfm"].items() if k != "adjoint"}  # gfm 0.1, unused
             model = cls(
-                GFMSettings.model_validate(config["gfm"]),
+                GFMSettings.model_validate(gfm),
                 TrainSettings.model_validate(config["train"]),
             )
         except (KeyError, ValidationError) as err:

@@ -33,13 +33,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gfm.config import AccelerateSettings, Settings
+from gfm.config import Settings, load_section
 from gfm.data.atomic import atomic_path
+from gfm.data.names import OPTIMIZERS, TASKS
 from gfm.data.optim import build_optimizer
 from gfm.data.tasks import Task, make_task
 from gfm.data.trajectories import Trajectories
@@ -50,6 +53,8 @@ from gfm.plots import plot_accuracy_curves
 
 __all__ = [
     "COLUMNS",
+    "AccelerateSettings",
+    "load_accelerate",
     "INIT_SEED",
     "METHODS",
     "Results",
@@ -78,6 +83,94 @@ COLUMNS = (  # the required columns of accelerate.csv, first
     "final_acc",
 )
 Curve = list[tuple[int, float, float]]  # (step, held-out accuracy, training seconds so far)
+
+
+class AccelerateSettings(BaseModel):
+    """The jump benchmark (``gfm bench jumps``): base optimizer alone vs with jumps.
+
+    Each jump replaces one optimizer step with a forecast ``horizon`` recorded intervals ahead
+    (``gfm.jumps.JumpAhead``); the target is the base optimizer's held-out accuracy at
+    its step budget. Explore on seeds >= 100 (``first_seed``), report seeds 0..9. The defaults
+    were chosen on seeds 100..107 (BENCHMARKS.md, "Jump-ahead training").
+
+    The benchmark's own settings, not the product's: ``benchmarks/accelerate.yaml`` (read with
+    ``load_accelerate``), overridden with ``--set accelerate.<key>=<value>``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tasks: list[str] = Field(default_factory=lambda: ["digits_mlp", "mnist_cnn"], min_length=1)
+    methods: list[Literal["base", "gfm", "linear", "wnn"]] = Field(
+        default_factory=lambda: ["base", "gfm", "linear", "wnn"], min_length=1
+    )
+    seeds: int = Field(10, ge=1, description="networks per task and architecture")
+    first_seed: int = Field(0, ge=0, description="seeds first_seed..first_seed+seeds-1")
+    optimizer: str = "adam"
+    lr: float | None = Field(None, gt=0, description="null: the dataset range's geometric midpoint")
+    steps: int | None = Field(None, gt=0, description="step budget; null: data.tasks.<task>.steps")
+    eval_every: int = Field(2, ge=1, description="steps between held-out evaluations")
+    frame: Literal["window", "run"] = Field(
+        "run",
+        description="what a jump's prefix holds: the last `history` checkpoints or the run",
+    )
+    period: int = Field(20, ge=1, description="base steps between two jumps")
+    horizon_start: int = Field(
+        20, ge=1, description="jump at step 0 in recorded intervals (the longest with a ratio)"
+    )
+    horizon_end: int = Field(
+        2, ge=1, description="jump at the step budget (the shortest with a ratio)"
+    )
+    horizon_ratio: float | None = Field(
+        0.5,
+        gt=0,
+        description="NiNo-style: jump c x the steps so far, within [horizon_end, horizon_start]",
+    )
+    history: int = Field(64, ge=2, description="checkpoints kept for a jump's prefix")
+    calibrate: bool = Field(
+        False, description="scale each jump by the forecaster's backtested displacement ratio"
+    )
+    max_scale: float = Field(4.0, gt=0, description="largest calibration scale")
+    guard: float = Field(1.5, gt=0, description="keep a jump iff loss after <= guard x before")
+    shrink: float = Field(0.5, gt=0, lt=1, description="horizon factor after each rollback")
+    warmup: int = Field(0, ge=0, description="no jump before this step")
+    guard_rows: int = Field(512, ge=1, description="train rows of the guard's fixed batch")
+    model: str | None = Field(
+        None, description="GFM folder or models:/gfm@champion; null: fit on the architecture split"
+    )
+    fit_steps: int | None = Field(None, gt=0, description="GFM fit steps; null: train.steps")
+    wnn_steps: int | None = Field(None, gt=0, description="WNN fit steps; null: its default")
+    output_dir: Path = Path("benchmarks/results")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
+        return tasks
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, optimizer: str) -> str:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"expected one of {list(OPTIMIZERS)}, got {optimizer!r}")
+        return optimizer
+
+
+def load_accelerate(
+    path: str | Path | None, overrides: Sequence[str] = (), *, base: Path | None = None
+) -> AccelerateSettings:
+    """The benchmark's settings from its file (None or missing: the defaults) and overrides.
+
+    Args:
+        path: ``benchmarks/accelerate.yaml`` or another file of its keys.
+        overrides: ``["accelerate.period=40", ...]``; others are left out.
+        base: the folder ``output_dir`` is relative to (the project's, default the cwd).
+
+    Raises:
+        gfm.config.SettingsError: a key or value is invalid; the message names it.
+    """
+    return load_section(AccelerateSettings, path, overrides, section="accelerate", base=base)
 
 
 @dataclass(frozen=True)
@@ -118,8 +211,8 @@ class Results:
     jumps: pl.DataFrame
 
 
-def jobs(settings: Settings) -> list[Job]:
-    """The task × architecture × seed grid of ``settings.accelerate``.
+def jobs(settings: Settings, cfg: AccelerateSettings) -> list[Job]:
+    """The task × architecture × seed grid of ``cfg`` on the dataset's tasks of ``settings``.
 
     Per task: its first architecture that is not held out, then its holdout architecture
     (``data.splits.holdout_archs``) when it has one. Seeds ``first_seed .. first_seed+seeds-1``.
@@ -127,7 +220,6 @@ def jobs(settings: Settings) -> list[Job]:
     Raises:
         ValueError: a task is not in ``data.tasks``, or not a classification task.
     """
-    cfg = settings.accelerate
     out: list[Job] = []
     for task in cfg.tasks:
         if task not in settings.data.tasks:
@@ -146,9 +238,8 @@ def jobs(settings: Settings) -> list[Job]:
     return out
 
 
-def base_lr(settings: Settings, task: str) -> float:
+def base_lr(settings: Settings, cfg: AccelerateSettings, task: str) -> float:
     """``accelerate.lr``, or the geometric midpoint of the dataset's range times ``lr_scale``."""
-    cfg = settings.accelerate
     if cfg.lr is not None:
         return cfg.lr
     r = settings.data.optimizers[cfg.optimizer].lr
@@ -173,6 +264,7 @@ def batches(n: int, batch: int, steps: int, seed: int) -> list[torch.Tensor]:
 
 def forecasters(
     settings: Settings,
+    cfg: AccelerateSettings,
     methods: Sequence[str] | None = None,
     *,
     gfm: Forecaster | None = None,
@@ -188,6 +280,7 @@ def forecasters(
 
     Args:
         settings: the settings (``data`` locates the dataset).
+        cfg: the benchmark's settings.
         methods: method names among ``METHODS``; ``base`` needs no forecaster.
         gfm: a loaded GFM to jump with (``accelerate.model``, read by the caller); None fits
             one.
@@ -195,7 +288,6 @@ def forecasters(
     Returns:
         ``{method: forecaster}`` for every method but ``base``.
     """
-    cfg = settings.accelerate
     methods = list(cfg.methods if methods is None else methods)
     out: dict[str, Forecaster] = {}
     train = None
@@ -270,6 +362,7 @@ def _wrap(
 def train_one(
     job: Job,
     settings: Settings,
+    cfg: AccelerateSettings,
     forecaster: Forecaster | None,
     *,
     steps: int,
@@ -283,7 +376,8 @@ def train_one(
 
     Args:
         job: the network.
-        settings: ``accelerate`` (wrapper options) and ``data.tasks`` (task, record_every).
+        settings: ``data.tasks`` (task, record_every).
+        cfg: the benchmark's settings (wrapper options).
         forecaster: the jump forecaster; None trains the base optimizer alone.
         steps: the step budget S.
         order: the minibatch indices (default: ``batches`` seeded by ``job.seed``).
@@ -294,14 +388,15 @@ def train_one(
         and counts and timings (n_jumps, n_accepted, spike_max, spike_mean, wall_s,
         forecast_s, guard_s).
     """
-    cfg = settings.accelerate
     task_cfg = settings.data.tasks[job.task]
     task = task if task is not None else make_task(job.task, task_cfg, INIT_SEED + job.seed)
     X, y = task.train
     if order is None:
         order = batches(len(X), task_cfg.batch_sizes[0] or 64, steps, job.seed)
     model = task.build(job.hidden, INIT_SEED + job.seed)
-    opt = build_optimizer(cfg.optimizer, model.parameters(), {"lr": base_lr(settings, job.task)})
+    opt = build_optimizer(
+        cfg.optimizer, model.parameters(), {"lr": base_lr(settings, cfg, job.task)}
+    )
     stepper: torch.optim.Optimizer | JumpAhead = opt
     if forecaster is not None:
         stepper = _wrap(opt, model, forecaster, task, cfg, task_cfg.record_every, steps)
@@ -354,18 +449,20 @@ def _first_reach(curve: Curve, target: float) -> tuple[int | None, float | None]
 
 def run(
     settings: Settings,
+    cfg: AccelerateSettings,
     models: Mapping[str, Forecaster],
     *,
     methods: Sequence[str] | None = None,
     on_run: Callable[[Job, str, bool], None] | None = None,
 ) -> Results:
-    """Train every job of ``jobs(settings)`` with each method; measure steps to the target.
+    """Train every job of ``jobs(settings, cfg)`` with each method; measure steps to the target.
 
     ``base`` runs first for each job and fixes its target (its held-out accuracy at the step
     budget, ``accelerate.steps`` or the task's ``steps``).
 
     Args:
         settings: the settings.
+        cfg: the benchmark's settings.
         models: ``{method: forecaster}`` from ``forecasters``.
         methods: the methods (default ``accelerate.methods``); ``base`` is always run.
         on_run: called with (job, method, False) before and (job, method, True) after each
@@ -377,7 +474,6 @@ def run(
     Raises:
         ValueError: a method other than ``base`` has no forecaster in ``models``.
     """
-    cfg = settings.accelerate
     methods = ["base", *[m for m in (cfg.methods if methods is None else methods) if m != "base"]]
     missing = [m for m in methods[1:] if m not in models]
     if missing:
@@ -385,7 +481,7 @@ def run(
     rows: list[dict] = []
     curve_rows: list[dict] = []
     jump_rows: list[dict] = []
-    for job in jobs(settings):
+    for job in jobs(settings, cfg):
         task_cfg = settings.data.tasks[job.task]
         steps = cfg.steps or task_cfg.steps
         task = make_task(job.task, task_cfg, INIT_SEED + job.seed)
@@ -396,7 +492,7 @@ def run(
             if on_run is not None:
                 on_run(job, method, False)
             curve, jumps, stats = train_one(
-                job, settings, models.get(method), steps=steps, order=order, task=task
+                job, settings, cfg, models.get(method), steps=steps, order=order, task=task
             )
             if method == "base":
                 target = curve[-1][1]  # fixed before any jump: base accuracy at its budget

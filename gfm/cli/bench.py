@@ -11,6 +11,7 @@ from rich.table import Table
 
 from gfm.cli._app import ParamsOpt, SetOpt, app, bench_app, read_settings
 from gfm.cli.render import StepErrors, cell, console, fail, produced
+from gfm.config import SettingsError, product_overrides
 
 SHOWN = {  # summary column -> table header
     "method": "method",
@@ -33,6 +34,13 @@ SHOWN = {  # summary column -> table header
 def jumps(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    bench: Annotated[
+        Path | None,
+        typer.Option(
+            help="The benchmark's own settings (default: benchmarks/accelerate.yaml beside "
+            "--params; `--set accelerate.KEY=VALUE` overrides them)."
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -70,7 +78,7 @@ def jumps(
 
     For each task, architecture (one the forecasters trained on and the holdout one) and seed,
     a network is trained with the base optimizer alone and wrapped in `gfm.jumps.JumpAhead` with
-    each forecaster's jumps (`accelerate` in params.yaml: period, horizons, guard, ...). The
+    each forecaster's jumps (benchmarks/accelerate.yaml: period, horizons, guard, ...). The
     target is the base optimizer's held-out accuracy at its step budget; a jump counts as one
     step. Writes accelerate.csv (one row per method x task x arch x seed), accelerate_curves.csv,
     accelerate_jumps.csv, accelerate_summary.csv and accelerate.png to `accelerate.output_dir`
@@ -82,7 +90,7 @@ def jumps(
         gfm bench jumps --first-seed 100 --seeds 3 --set accelerate.period=40 --no-mlflow
     """
     from gfm import ops
-    from gfm.ops.jumps import jump_overrides
+    from gfm.ops.jumps import bench_settings, jump_overrides
 
     extra = jump_overrides(
         seeds=seeds,
@@ -92,7 +100,13 @@ def jumps(
         methods=methods,
         output_dir=output_dir,
     )
-    cfg = read_settings(params, [*(set_ or []), *extra])
+    overrides = [*(set_ or []), *extra]
+    cfg = read_settings(params, product_overrides(overrides, ["accelerate"]))
+    try:
+        acc = bench_settings(params, bench, overrides)
+    except SettingsError as err:
+        console.print(f"[red]Invalid settings[/red]\n{err}", highlight=False)
+        raise typer.Exit(2) from None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
         with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
@@ -104,6 +118,7 @@ def jumps(
 
             doc = ops.jump_step(
                 cfg,
+                acc,
                 model=model,
                 tuned=use_tuned,
                 log_mlflow=log_mlflow,

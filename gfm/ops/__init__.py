@@ -8,7 +8,7 @@ Also here: the Optuna study (``study``, the only optuna importer), DVC versionin
 """
 
 from gfm.ops.evaluate import MODEL_METRICS, evaluate_step, model_metrics, score
-from gfm.ops.jumps import jump_step, log_jumps
+from gfm.ops.jumps import bench_settings, jump_step, log_jumps
 from gfm.ops.layout import (
     STEPS,
     Layout,
@@ -27,6 +27,7 @@ from gfm.ops.tune import tune_step, tune_worker_step
 __all__ = [
     "MODEL_METRICS",
     "STEPS",
+    "bench_settings",
     "Layout",
     "dataset_version",
     "dvc_repo",

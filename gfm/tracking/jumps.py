@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import polars as pl
 
+from gfm.bench.jumps import AccelerateSettings
 from gfm.config import Settings
 from gfm.tracking.runs import configure, log_metrics, log_params_flat, start_run
 
@@ -68,8 +69,10 @@ def jump_metrics(summary: pl.DataFrame) -> dict[str, float]:
 
 def log_jump_benchmark(
     settings: Settings,
+    cfg: AccelerateSettings,
     paths: Mapping[str, str | Path],
     *,
+    fitted: bool = False,
     dataset_version: str | None = None,
     repo: str | Path | None = None,
     run_name: str = "accelerate",
@@ -82,7 +85,9 @@ def log_jump_benchmark(
 
     Args:
         settings: the settings the benchmark ran with (``tracking`` locates the store).
+        cfg: the benchmark's own settings (logged as ``accelerate.<key>``).
         paths: ``gfm.bench.jumps.write``'s files; must hold ``summary``.
+        fitted: GFM was fitted for the benchmark: its ``gfm`` settings are logged too.
         dataset_version: the dataset's version (``gfm.ops.dataset_version``), if any.
         repo: the folder whose git commit the run records.
         run_name: the run's name.
@@ -102,8 +107,8 @@ def log_jump_benchmark(
     configure(settings.tracking)
     tags = {"gfm.step": "accelerate"}
     with start_run(run_name, dataset_version=dataset_version, tags=tags, repo=repo) as run:
-        log_params_flat(settings.accelerate, "accelerate")
-        if settings.accelerate.model is None and "gfm" in settings.accelerate.methods:
+        log_params_flat(cfg, "accelerate")
+        if fitted:
             log_params_flat(settings.gfm, "gfm")  # the GFM fitted for the benchmark
         log_metrics(jump_metrics(summary))
         for path in paths.values():

@@ -26,7 +26,7 @@ def test_jump_flow_jumps_with_the_champion_and_logs_the_benchmark(
     tree = yaml.safe_load((CONFS / "valid" / "tiny.yaml").read_text())
     tree["data"]["root"] = str(tmp_path / "no-data")  # a registry model needs no dataset
     tree["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "acc"}
-    tree["accelerate"] = {
+    bench = {
         "tasks": ["digits_mlp"],
         "methods": ["base", "gfm", "linear"],
         "seeds": 1,
@@ -38,6 +38,7 @@ def test_jump_flow_jumps_with_the_champion_and_logs_the_benchmark(
     }
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tree))
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(bench))  # the benchmark's own file
     cfg = load_settings(params, environ={})
     tracking.configure(cfg.tracking)
     with tracking.start_run("champion"):
@@ -47,7 +48,9 @@ def test_jump_flow_jumps_with_the_champion_and_logs_the_benchmark(
     from flows.jumps import jump_benchmark
 
     # when
-    out = jump_benchmark(str(params), model="models:/gfm@champion")
+    out = jump_benchmark(
+        str(params), bench=str(tmp_path / "bench.yaml"), model="models:/gfm@champion"
+    )
     # then: the table has every method × arch, and the run holds the speedups and files
     table = pl.read_csv(out["table"], schema_overrides={"arch": pl.String})
     assert sorted(table["method"].unique()) == ["base", "gfm", "linear"]

@@ -190,3 +190,10 @@ def test_team_values_are_checked_by_key():
         load_settings(None, ["team.tracking.uir=http://x"], environ={})
     with pytest.raises(SettingsError, match="executor"):
         load_settings(None, ["team.enabled=true", "team.data.executor=threads"], environ={})
+
+
+def test_removed_settings_say_where_they_went():
+    with pytest.raises(SettingsError, match=r"gfm\.adjoint: removed"):
+        load_settings(None, ["gfm.adjoint=true"], environ={})
+    with pytest.raises(SettingsError, match="accelerate: .*benchmarks/accelerate.yaml"):
+        load_settings(None, ["accelerate.seeds=3"], environ={})

@@ -64,7 +64,7 @@ def _legacy_gfm(folder, model: GFM) -> None:
     config = {
         "format_version": 1,
         "name": "gfm",
-        "gfm": model.cfg.model_dump(mode="json"),
+        "gfm": {**model.cfg.model_dump(mode="json"), "adjoint": False},  # a setting since removed
         "train": model.train_cfg.model_dump(mode="json"),
         "n_context": model.net.n_context,
     }

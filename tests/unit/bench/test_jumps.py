@@ -7,8 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from gfm import ops
 from gfm.bench import jumps
-from gfm.config import AccelerateSettings, load_settings
+from gfm.bench.jumps import AccelerateSettings, load_accelerate
+from gfm.config import SettingsError, load_settings
 from gfm.jumps import jump_baseline
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,19 +28,29 @@ TINY_ACCELERATE = [
 ]
 
 
-def test_params_yaml_accelerate_section_equals_the_defaults():
-    loaded = load_settings(ROOT / "params.yaml", environ={}).accelerate
+def test_the_benchmark_file_holds_the_defaults_and_is_not_in_params_yaml():
+    loaded = ops.bench_settings(ROOT / "params.yaml")
     assert loaded.model_copy(update={"output_dir": None}) == AccelerateSettings().model_copy(
         update={"output_dir": None}
     )
     assert loaded.output_dir == ROOT / "benchmarks" / "results"
+    # and the product's settings refuse the old section, saying where it went
+    with pytest.raises(SettingsError, match="benchmarks/accelerate.yaml"):
+        load_settings(None, ["accelerate.period=40"], environ={})
+
+
+def test_bad_benchmark_settings_name_the_key(tmp_path):
+    with pytest.raises(SettingsError, match=r"accelerate\.guard"):
+        load_accelerate(None, ["accelerate.guard=0"])
+    (tmp_path / "b.yaml").write_text("perod: 3\n")
+    with pytest.raises(SettingsError, match=r"b\.yaml: accelerate\.perod: unknown key"):
+        load_accelerate(tmp_path / "b.yaml")
 
 
 def test_jobs_are_a_seen_and_the_holdout_architecture_per_task_and_seed():
-    settings = load_settings(
-        TINY, [*TINY_ACCELERATE, "accelerate.tasks=[digits_mlp, mnist_cnn]"], environ={}
-    )
-    jobs = jumps.jobs(settings)
+    settings = load_settings(TINY, environ={})
+    acc = load_accelerate(None, [*TINY_ACCELERATE, "accelerate.tasks=[digits_mlp, mnist_cnn]"])
+    jobs = jumps.jobs(settings, acc)
     # tiny.yaml: digits archs [8], [8, 8] (8-8 held out); mnist [4, 4, 4] (no holdout)
     assert [(j.task, j.arch, j.holdout, j.seed) for j in jobs] == [
         ("digits_mlp", "8", False, 0),
@@ -87,11 +99,12 @@ def test_summary_arithmetic():
 def test_a_tiny_run_measures_steps_to_target_and_writes_its_files(tmp_path):
     # given: digits, 12 steps, one seed, the base optimizer and linear-extrapolation jumps
     overrides = [*TINY_ACCELERATE, "accelerate.methods=[base, linear]", "accelerate.seeds=1"]
-    settings = load_settings(TINY, [*overrides, "accelerate.steps=12"], environ={})
+    settings = load_settings(TINY, environ={})
+    acc = load_accelerate(None, [*overrides, "accelerate.steps=12"])
     models = {"linear": jump_baseline("linear", config={"window": 3})}
     seen = []
     # when
-    results = jumps.run(settings, models, on_run=lambda job, m, done: seen.append((m, done)))
+    results = jumps.run(settings, acc, models, on_run=lambda job, m, done: seen.append((m, done)))
     paths = jumps.write(results, tmp_path)
     # then: one row per method x arch (a seen and the holdout one), base first for each job
     table = results.table

@@ -1,36 +1,13 @@
-"""Typed settings for every part of gfm, loaded once from ``params.yaml``.
-
-The YAML file's top-level sections map one-to-one onto the classes below
-(``data``, ``gfm``, ``train``, ``tune``, ``evaluate``, ``registry``, ``tracking``, ``schedule``,
-``team``).
-Every model is frozen and rejects unknown keys, so a typo in ``params.yaml``
-fails at load time with the key's dotted path instead of being ignored.
-
-Overrides, strongest last:
-    params.yaml  <  environment ``GFM_<SECTION>__<KEY>=value``  <  ``--set section.key=value``
-
-Team mode is one switch: ``team.enabled: true`` (or ``GFM_TEAM__ENABLED=true``, or
-``--set team.enabled=true``) lays the values under ``team:`` (same section and key names:
-``team.tracking.uri`` replaces ``tracking.uri``) over params.yaml, below the environment and
-``--set``; see docs/team.md.
-
-Values of overrides are parsed as YAML (``--set data.seeds=8``, ``--set data.optimizers=[sgd,adam]``).
-``load_settings`` is the only function in gfm that reads the params file.
-"""
+"""The settings models, one per section of params.yaml: frozen, unknown keys rejected."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gfm.data.names import OPTIMIZERS, SCHEDULES, TASKS
-
-ENV_PREFIX = "GFM_"
 
 
 class _Frozen(BaseModel):
@@ -252,7 +229,6 @@ class GFMSettings(_Frozen):
     solver_steps: int = Field(1, ge=1, description="fixed-step substeps per recorded interval")
     rtol: float = Field(1e-5, gt=0)
     atol: float = Field(1e-6, gt=0)
-    adjoint: bool = False
     chunk_size: int = Field(65536, gt=0, description="parameters forecast at once")
 
 
@@ -514,73 +490,6 @@ class TeamSettings(_Frozen):
         return self
 
 
-class AccelerateSettings(_Frozen):
-    """The jump benchmark (``gfm bench jumps``): base optimizer alone vs with jumps.
-
-    Each jump replaces one optimizer step with a forecast ``horizon`` recorded intervals ahead
-    (``gfm.jumps.JumpAhead``); the target is the base optimizer's held-out accuracy at
-    its step budget. Explore on seeds >= 100 (``first_seed``), report seeds 0..9. The defaults
-    were chosen on seeds 100..107 (BENCHMARKS.md, "Jump-ahead training").
-    """
-
-    tasks: list[str] = Field(default_factory=lambda: ["digits_mlp", "mnist_cnn"], min_length=1)
-    methods: list[Literal["base", "gfm", "linear", "wnn"]] = Field(
-        default_factory=lambda: ["base", "gfm", "linear", "wnn"], min_length=1
-    )
-    seeds: int = Field(10, ge=1, description="networks per task and architecture")
-    first_seed: int = Field(0, ge=0, description="seeds first_seed..first_seed+seeds-1")
-    optimizer: str = "adam"
-    lr: float | None = Field(None, gt=0, description="null: the dataset range's geometric midpoint")
-    steps: int | None = Field(None, gt=0, description="step budget; null: data.tasks.<task>.steps")
-    eval_every: int = Field(2, ge=1, description="steps between held-out evaluations")
-    frame: Literal["window", "run"] = Field(
-        "run",
-        description="what a jump's prefix holds: the last `history` checkpoints or the run",
-    )
-    period: int = Field(20, ge=1, description="base steps between two jumps")
-    horizon_start: int = Field(
-        20, ge=1, description="jump at step 0 in recorded intervals (the longest with a ratio)"
-    )
-    horizon_end: int = Field(
-        2, ge=1, description="jump at the step budget (the shortest with a ratio)"
-    )
-    horizon_ratio: float | None = Field(
-        0.5,
-        gt=0,
-        description="NiNo-style: jump c x the steps so far, within [horizon_end, horizon_start]",
-    )
-    history: int = Field(64, ge=2, description="checkpoints kept for a jump's prefix")
-    calibrate: bool = Field(
-        False, description="scale each jump by the forecaster's backtested displacement ratio"
-    )
-    max_scale: float = Field(4.0, gt=0, description="largest calibration scale")
-    guard: float = Field(1.5, gt=0, description="keep a jump iff loss after <= guard x before")
-    shrink: float = Field(0.5, gt=0, lt=1, description="horizon factor after each rollback")
-    warmup: int = Field(0, ge=0, description="no jump before this step")
-    guard_rows: int = Field(512, ge=1, description="train rows of the guard's fixed batch")
-    model: str | None = Field(
-        None, description="GFM folder or models:/gfm@champion; null: fit on the architecture split"
-    )
-    fit_steps: int | None = Field(None, gt=0, description="GFM fit steps; null: train.steps")
-    wnn_steps: int | None = Field(None, gt=0, description="WNN fit steps; null: its default")
-    output_dir: Path = Path("benchmarks/results")
-
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        unknown = sorted(set(tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
-        return tasks
-
-    @field_validator("optimizer")
-    @classmethod
-    def _known_optimizer(cls, optimizer: str) -> str:
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"expected one of {list(OPTIMIZERS)}, got {optimizer!r}")
-        return optimizer
-
-
 class Settings(_Frozen):
     """All of gfm's settings, one section per part."""
 
@@ -592,221 +501,9 @@ class Settings(_Frozen):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
-    accelerate: AccelerateSettings = Field(default_factory=AccelerateSettings)
     team: TeamSettings = Field(default_factory=TeamSettings)
 
     @property
     def team_mode(self) -> bool:
         """Whether ``team.enabled`` laid the team's services over these settings."""
         return self.team.enabled
-
-
-class SettingsError(ValueError):
-    """params.yaml (or an override) does not describe valid settings; the message names the key."""
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    keys = dotted.split(".")
-    if not all(keys):
-        raise SettingsError(f"{source}: key must be dotted like `data.seeds`, got {dotted!r}")
-    node = tree
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise SettingsError(f"{source}: `{dotted}`: {key!r} is a value, not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_overrides(pairs: Sequence[str], source: str = "--set") -> dict[str, Any]:
-    """Turn ``["data.seeds=8", ...]`` into ``{"data.seeds": 8, ...}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise SettingsError(f"{source}: expected KEY=VALUE like `data.seeds=8`, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise SettingsError(f"{source}: value of `{key}` is not valid YAML: {err}") from err
-    return out
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overrides from ``GFM_<SECTION>__<KEY>`` variables, e.g. ``GFM_TRACKING__URI``."""
-    pairs = [
-        f"{name[len(ENV_PREFIX) :].lower().replace('__', '.')}={value}"
-        for name, value in sorted(environ.items())
-        if name.startswith(ENV_PREFIX) and "__" in name
-    ]
-    return parse_overrides(pairs, source="environment")
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params.yaml for the valid keys)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}, got {e.get('input')!r}"
-        elif e["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        lines.append(f"{source}: {where}: {msg}")
-    return "\n".join(lines)
-
-
-def load_settings(
-    path: str | Path | None = "params.yaml",
-    overrides: Mapping[str, Any] | Sequence[str] = (),
-    environ: Mapping[str, str] | None = None,
-) -> Settings:
-    """Read, override and validate settings.
-
-    Args:
-        path: the params file; ``None`` (or a missing default ``params.yaml``) uses built-in defaults.
-        overrides: ``{"data.seeds": 8}`` or ``["data.seeds=8"]``, applied last.
-        environ: environment to read ``GFM_*__*`` overrides from (default ``os.environ``).
-
-    Returns:
-        Frozen, validated settings; relative paths in ``data.root``, ``evaluate.output_dir``,
-        ``train.model_dir`` and a relative sqlite ``tracking.uri``/``tune.storage`` are made
-        absolute against the params file's folder (so DVC's temp-dir experiments and other
-        working directories agree); an unset ``tune.storage`` becomes ``optuna.db`` beside the
-        MLflow sqlite store.
-
-    Raises:
-        SettingsError: the file is unreadable or not a mapping, or a key or value is invalid;
-            the message names the file and the dotted key.
-    """
-    source = str(path) if path is not None else "defaults"
-    tree: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        p = Path(path)
-        if p.exists():
-            try:
-                loaded = yaml.safe_load(p.read_text())
-            except yaml.YAMLError as err:
-                raise SettingsError(f"{source}: not valid YAML: {err}") from err
-            if loaded is not None and not isinstance(loaded, dict):
-                raise SettingsError(
-                    f"{source}: must be a mapping of sections, got {type(loaded).__name__}"
-                )
-            tree = loaded or {}
-            base = p.resolve().parent
-        elif str(path) != "params.yaml":
-            raise SettingsError(f"{source}: file not found")
-    env = env_overrides(os.environ if environ is None else environ)
-    explicit = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
-    layers = (("environment", env), ("--set", explicit))
-    tree = _with_team(tree, layers)
-    try:
-        settings = Settings.model_validate(tree)
-    except ValidationError as err:
-        raise SettingsError(_format_error(err, source)) from None
-    return _resolve_paths(settings, base)
-
-
-def _with_team(
-    tree: dict[str, Any], layers: Sequence[tuple[str, Mapping[str, Any]]]
-) -> dict[str, Any]:
-    """The settings tree: params.yaml, the team's values if team mode is on, then ``layers``.
-
-    Whether team mode is on is read after every layer (``GFM_TEAM__ENABLED=true`` switches it
-    on); the team's values go below the environment and ``--set``, which stay the strongest.
-    """
-    import copy
-
-    def applied(base: dict[str, Any]) -> dict[str, Any]:
-        out = copy.deepcopy(base)
-        for source_name, items in layers:
-            for dotted, value in items.items():
-                _set_dotted(out, dotted, value, source_name)
-        return out
-
-    final = applied(tree)
-    team = final.get("team")
-    if not isinstance(team, dict) or team.get("enabled") is not True:
-        return final
-    try:
-        overlay = TeamSettings.model_validate(team)
-    except ValidationError:
-        return final  # validating the whole tree names the bad `team.` key
-    base = copy.deepcopy(tree)
-    for section in _TEAM_SECTIONS:
-        for key, value in getattr(overlay, section).items():
-            _set_dotted(base, f"{section}.{key}", value, f"team.{section}")
-    return applied(base)
-
-
-def apply_params(settings: Settings, params: Mapping[str, Any]) -> Settings:
-    """Settings with dotted ``params`` applied and validated, e.g. a tuning trial's choices.
-
-    Args:
-        settings: loaded settings (paths already absolute).
-        params: ``{"gfm.width": 128, "train.lr": 3e-4}``: ``section.key`` of a top-level section.
-
-    Returns:
-        New frozen settings.
-
-    Raises:
-        SettingsError: a key is not ``section.key`` of a known section, or a value is invalid.
-    """
-    updates: dict[str, dict[str, Any]] = {}
-    for dotted, value in params.items():
-        section, _, key = dotted.partition(".")
-        if section not in Settings.model_fields or not key or "." in key:
-            raise SettingsError(
-                f"params: key must be `section.key` of {list(Settings.model_fields)}, "
-                f"got {dotted!r}"
-            )
-        updates.setdefault(section, {})[key] = value
-    changed = {}
-    for section, values in updates.items():
-        current = getattr(settings, section)
-        try:
-            changed[section] = type(current).model_validate({**current.model_dump(), **values})
-        except ValidationError as err:
-            raise SettingsError(_format_error(err, f"params ({section})")) from None
-    return settings.model_copy(update=changed)
-
-
-def _abs_sqlite(uri: str, base: Path) -> str:
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
-        return prefix + str((base / uri[len(prefix) :]).resolve())
-    return uri
-
-
-def _tune_storage(s: Settings, base: Path) -> str:
-    """``tune.storage`` made absolute; when unset, ``optuna.db`` beside the MLflow sqlite store."""
-    if s.tune.storage is not None:
-        return _abs_sqlite(s.tune.storage, base)
-    tracking = _abs_sqlite(s.tracking.uri, base)
-    prefix = "sqlite:///"
-    if tracking.startswith(prefix) and ":memory:" not in tracking:
-        return prefix + str(Path(tracking[len(prefix) :]).parent / "optuna.db")
-    return prefix + str((base / "optuna.db").resolve())
-
-
-def _resolve_paths(s: Settings, base: Path) -> Settings:
-    def absolute(p: Path) -> Path:
-        p = p.expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
-
-    return s.model_copy(
-        update={
-            "data": s.data.model_copy(update={"root": absolute(s.data.root)}),
-            "evaluate": s.evaluate.model_copy(
-                update={"output_dir": absolute(s.evaluate.output_dir)}
-            ),
-            "train": s.train.model_copy(update={"model_dir": absolute(s.train.model_dir)}),
-            "tracking": s.tracking.model_copy(update={"uri": _abs_sqlite(s.tracking.uri, base)}),
-            "tune": s.tune.model_copy(update={"storage": _tune_storage(s, base)}),
-            "accelerate": s.accelerate.model_copy(
-                update={"output_dir": absolute(s.accelerate.output_dir)}
-            ),
-        }
-    )
