@@ -4,10 +4,40 @@
 """
 
 import warnings
+from typing import Any
 
-from gfm.jumps import Horizon, Jump, JumpAhead, Relative, jump_baseline, optimizer_context
+from gfm.jumps import (
+    Horizon,
+    Jump,
+    JumpAhead,
+    JumpOptions,
+    Relative,
+    jump_baseline,
+    optimizer_context,
+)
 
-Accelerated = JumpAhead
+
+def Accelerated(  # capitalised: it stands in for a class
+    optimizer: Any,
+    model_params: Any,
+    forecaster: Any,
+    *,
+    loss_fn: Any = None,
+    lr_schedule: Any = None,
+    task: str = "",
+    **options: Any,
+) -> JumpAhead:
+    """``JumpAhead`` with its options as keywords, as gfm 0.1's ``Accelerated`` took them."""
+    return JumpAhead(
+        optimizer,
+        model_params,
+        forecaster,
+        JumpOptions(**options),
+        loss_fn=loss_fn,
+        lr_schedule=lr_schedule,
+        task=task,
+    )
+
 
 __all__ = ["Accelerated", "Horizon", "Jump", "Relative", "jump_baseline", "optimizer_context"]
 

@@ -71,7 +71,7 @@ class _Dynamics(nn.Module):
         return torch.cat([dw, *ds], -1)  # (N, 1 + n_state)
 
 
-def _check_inputs(
+def _check_inputs(  # noqa: C901, PLR0912, PLR0913 - one check per argument (torchdiffeq style)
     field: VectorField,
     prefix: Prefix,
     t: torch.Tensor,
@@ -165,7 +165,7 @@ def _check_inputs(
     return t
 
 
-def forecast(
+def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint takes them
     field: VectorField,
     prefix: Prefix,
     t: torch.Tensor,
@@ -236,7 +236,7 @@ def forecast(
         )
 
 
-def _integrate(
+def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
     field: VectorField,
     prefix: Prefix,
     t: torch.Tensor,

@@ -20,41 +20,15 @@ LINEAR = [("linear.weight", (1, D_IN)), ("linear.bias", (1,))]
 NAMED = [("net.0.weight", (2, 2)), ("net.0.bias", (2,)), ("scale", ())]  # D = 4 + 2 + 1 = 7
 
 
-def make_record(
-    W: np.ndarray,
-    *,
-    lr: float | np.ndarray = 0.1,
-    seed: int = 0,
-    run_id: str | None = None,
-    task: str = "least_squares",
-    optimizer: str = "sgd",
-    hparams: dict[str, float | bool] | None = None,
-    layout: Sequence[tuple[str, tuple[int, ...]]] | None = None,
-    record_every: int = 1,
-    losses: np.ndarray | None = None,
-    val_acc: np.ndarray | None = None,
-) -> RunRecord:
-    """A RunRecord whose weights are the trajectory ``W`` (M+1, D).
-
-    Args:
-        W: the recorded weights, one row per checkpoint.
-        lr: the learning rate (a constant, or one per checkpoint).
-        seed: the run's seed index (and init seed); the run id is ``run-<seed>`` by default.
-        task, optimizer, hparams: the spec's fields (hparams default ``{"lr": lr}``).
-        layout: ``[(name, shape)]`` of the D parameters (default: one linear layer).
-        record_every: optimizer steps between two checkpoints.
-        losses: train and val loss per checkpoint (default zeros).
-        val_acc: held-out accuracy per checkpoint (default NaN: regression).
-    """
-    M = W.shape[0] - 1
-    lr_curve = np.broadcast_to(np.asarray(lr, dtype=np.float64), (M + 1,)).copy()
-    losses = np.zeros(M + 1) if losses is None else losses
-    spec = RunSpec(
-        run_id=run_id or f"run-{seed}",
-        task=task,
+def make_spec(*, M: int, record_every: int = 1, **fields) -> RunSpec:
+    """A RunSpec of M recorded intervals; ``fields`` replace any default (run_id, task, ...)."""
+    seed = fields.get("seed", 0)
+    spec = dict(
+        run_id=f"run-{seed}",
+        task="least_squares",
         hidden=(),
-        optimizer=optimizer,
-        hparams=dict(hparams) if hparams is not None else {"lr": float(lr_curve[0])},
+        optimizer="sgd",
+        hparams={"lr": 0.1},
         schedule="constant",
         batch_size=None,
         seed=seed,
@@ -62,18 +36,64 @@ def make_record(
         steps=M * record_every,
         record_every=record_every,
     )
+    spec.update(fields)
+    return RunSpec(**spec)
+
+
+def make_record(
+    W: np.ndarray,
+    *,
+    lr: float | np.ndarray = 0.1,
+    seed: int = 0,
+    layout: Sequence[tuple[str, tuple[int, ...]]] | None = None,
+    record_every: int = 1,
+    spec: dict | None = None,
+    **fields,
+) -> RunRecord:
+    """A RunRecord whose weights are the trajectory ``W`` (M+1, D).
+
+    Args:
+        W: the recorded weights, one row per checkpoint.
+        lr: the learning rate (a constant, or one per checkpoint); ``hparams`` default
+            ``{"lr": lr[0]}``.
+        seed: the run's seed index (and init seed); the run id is ``run-<seed>`` by default.
+        layout: ``[(name, shape)]`` of the D parameters (default: one linear layer).
+        record_every: optimizer steps between two checkpoints.
+        spec: RunSpec fields to replace (``run_id``, ``task``, ``optimizer``, ``hparams``, ...).
+        fields: RunRecord fields to replace (``train_loss``, ``val_loss`` (default zeros),
+            ``val_acc`` (default NaN: regression), ``diverged_at``, ``extra``); ``losses``
+            sets both train and val loss.
+    """
+    M = W.shape[0] - 1
+    lr_curve = np.broadcast_to(np.asarray(lr, dtype=np.float64), (M + 1,)).copy()
+    spec_fields = {"seed": seed, "hparams": {"lr": float(lr_curve[0])}, **(spec or {})}
+    losses = fields.pop("losses", np.zeros(M + 1))
     if layout is None:
         layout = [("linear.weight", (1, W.shape[1] - 1)), ("linear.bias", (1,))]
-    return RunRecord(
-        spec=spec,
-        steps=np.arange(M + 1) * record_every,
+    record = dict(
+        spec=make_spec(M=M, record_every=record_every, **spec_fields),
+        steps=np.arange(M + 1, dtype=np.int64) * record_every,
         lr=lr_curve,
         train_loss=losses,
         val_loss=losses,
-        val_acc=np.full(M + 1, np.nan) if val_acc is None else val_acc,
+        val_acc=np.full(M + 1, np.nan),
         weights=np.asarray(W, dtype=np.float32),
         params=ParamMeta.from_named_shapes(list(layout)),
     )
+    record.update(fields)
+    return RunRecord(**record)
+
+
+def random_record(
+    run_id: str, seed: int, *, M: int = 4, layout: Sequence[tuple[str, tuple[int, ...]]], **kw
+) -> RunRecord:
+    """A record of random weights and curves (seeded), for storage tests: ``make_record`` kw."""
+    rng = np.random.default_rng(seed)
+    D = len(ParamMeta.from_named_shapes(list(layout)))
+    W = rng.standard_normal((M + 1, D))
+    spec = {"run_id": run_id, **kw.pop("spec", {})}
+    fields = {"train_loss": rng.random(M + 1), "val_loss": rng.random(M + 1), **kw}
+    return make_record(W, seed=seed, layout=layout, spec=spec, **fields)
 
 
 def gd_run(seed: int, *, M: int = 20, noise: float = 0.0, **fields) -> RunRecord:
@@ -95,8 +115,8 @@ def gd_run(seed: int, *, M: int = 20, noise: float = 0.0, **fields) -> RunRecord
         w = w - lr * (X.T @ (X @ w - y) / n + noise * rng.normal(size=D_IN + 1))
         ws.append(w)
     W = np.asarray(ws)
-    losses = 0.5 * np.mean((W @ X.T - y) ** 2, axis=1)
-    return make_record(W, lr=lr, seed=seed, losses=losses, **fields)
+    fields.setdefault("losses", 0.5 * np.mean((W @ X.T - y) ** 2, axis=1))
+    return make_record(W, lr=lr, seed=seed, **fields)
 
 
 def make_prefix(

@@ -128,7 +128,7 @@ def fit(
     return Fitted(forecaster, seconds, n_parameters(forecaster))
 
 
-def fit_and_evaluate(
+def fit_and_evaluate(  # noqa: PLR0913 - keyword-only options of one benchmark call
     settings: Settings,
     ds: Trajectories,
     *,

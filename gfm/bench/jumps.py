@@ -47,7 +47,7 @@ from gfm.data.optim import build_optimizer
 from gfm.data.tasks import Task, make_task
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Forecaster
-from gfm.jumps import Horizon, JumpAhead, Relative, jump_baseline
+from gfm.jumps import Horizon, JumpAhead, JumpOptions, Relative, jump_baseline
 from gfm.model import GFM
 from gfm.plots import plot_accuracy_curves
 
@@ -339,24 +339,21 @@ def _wrap(
 ) -> JumpAhead:
     X, y = task.train
     Xg, yg = X[: cfg.guard_rows], y[: cfg.guard_rows]  # the guard's fixed batch
-    return JumpAhead(
-        opt,
-        model,
-        forecaster,
+    options = JumpOptions(
         period=cfg.period,
         horizon=_horizon(cfg, record_every, steps),
         history=cfg.history,
         record_every=record_every,
-        loss_fn=lambda: task.loss(model(Xg), yg),
         guard=cfg.guard,
         shrink=cfg.shrink,
         warmup=cfg.warmup,
-        task=task.key,
         frame=cfg.frame,
         total_steps=steps,
         calibrate=cfg.calibrate,
         max_scale=cfg.max_scale,
     )
+    loss_fn = lambda: task.loss(model(Xg), yg)  # noqa: E731 - the guard's loss, one line
+    return JumpAhead(opt, model, forecaster, options, loss_fn=loss_fn, task=task.key)
 
 
 def train_one(

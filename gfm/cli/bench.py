@@ -31,7 +31,7 @@ SHOWN = {  # summary column -> table header
 }
 
 
-def jumps(
+def jumps(  # noqa: PLR0913 - typer: one parameter per command-line option
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     bench: Annotated[

@@ -14,7 +14,7 @@ from gfm.config import SettingsError
 
 
 @app.command()
-def forecast(
+def forecast(  # noqa: PLR0913 - typer: one parameter per command-line option
     input_: Annotated[
         Path,
         typer.Option(
@@ -126,7 +126,7 @@ def config_pairs(pairs: list[str], source: str) -> dict[str, object]:
         raise ValueError(str(err)) from None
 
 
-def runs(
+def runs(  # noqa: PLR0913 - typer: one parameter per command-line option
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     sort: Annotated[

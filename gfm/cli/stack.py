@@ -18,7 +18,7 @@ StateOpt = Annotated[Path, typer.Option(help="Where pid files and logs go.", sho
 
 
 @stack_app.command("up")
-def stack_up(
+def stack_up(  # noqa: PLR0913 - typer: one parameter per command-line option
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     host: Annotated[

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from gfm.data.atomic import read_json_object
-from gfm.data.importer import _flatten_run
 from gfm.data.names import HPARAM_KEYS, OPTIMIZERS, SCHEDULES
 from gfm.data.optim import scheduled_lr
 from gfm.data.schema import ParamMeta
+from gfm.data.state_dicts import read_run_folder
 from gfm.forecaster import Prefix
 
 __all__ = ["METADATA_KEYS", "read_prefix", "sidecar"]
@@ -60,7 +60,7 @@ def sidecar(source: Path) -> Path:
 def _load_weights(source: Path) -> tuple[np.ndarray, ParamMeta | None, int | None]:
     """(w (k+1, D) float32, layout from the files or None, record_every from steps or None)."""
     if source.is_dir():
-        steps, w, params = _flatten_run(source)
+        steps, w, params = read_run_folder(source)
         diffs = np.diff(steps)
         if steps[0] != 0 or np.any(diffs != diffs[0]) or diffs[0] <= 0:
             raise ValueError(
@@ -140,6 +140,24 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
     optimizer = _required(meta, "optimizer", where, opt_hint)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"{where}: `optimizer` must be {opt_hint}, got {optimizer!r}")
+    record_every = _record_every(meta, spacing, where)
+    n_total = _total_checkpoints(meta, w, source, where)
+    params = _params(meta, params, w, source, where)
+    lr, base = _lr(meta, n_total, record_every, where)
+    return Prefix(
+        w=torch.from_numpy(np.ascontiguousarray(w)),
+        M=n_total - 1,
+        lr=torch.from_numpy(lr),
+        optimizer=str(optimizer),
+        hparams=_hparams(meta, base, where),
+        record_every=record_every,
+        params=params,
+        task=str(meta.get("task") or ""),
+    )
+
+
+def _record_every(meta: Mapping[str, Any], spacing: int | None, where: str) -> int:
+    """Optimizer steps between two checkpoints: the metadata's, or the files' step spacing."""
     record_every = meta.get("record_every") if meta.get("record_every") is not None else spacing
     if record_every is None:
         raise ValueError(
@@ -154,6 +172,11 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
     record_every = int(record_every)
     if record_every < 1:
         raise ValueError(f"{where}: `record_every` must be >= 1, got {record_every}")
+    return record_every
+
+
+def _total_checkpoints(meta: Mapping[str, Any], w: np.ndarray, source: Path, where: str) -> int:
+    """M + 1, checked against the k + 1 observed checkpoints (something must be left)."""
     n_total = int(
         _required(
             meta,
@@ -172,7 +195,13 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
             f"{where}: `total_checkpoints` ({n_total}) must exceed the observed checkpoints "
             f"({k + 1}): there must be something to forecast"
         )
-    M = n_total - 1
+    return n_total
+
+
+def _params(
+    meta: Mapping[str, Any], params: ParamMeta | None, w: np.ndarray, source: Path, where: str
+) -> ParamMeta:
+    """The per-parameter layout: the checkpoint files', else the metadata's ``layout``."""
     if params is None:
         layout = _required(
             meta,
@@ -189,6 +218,13 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
             f"{source}: weights must have D={len(params)} columns (the sum of the layout's "
             f"tensor sizes), got shape {w.shape}"
         )
+    return params
+
+
+def _lr(
+    meta: Mapping[str, Any], n_total: int, record_every: int, where: str
+) -> tuple[np.ndarray, float]:
+    """(the learning rate at each of the n_total checkpoints, the base rate)."""
     lr_value = _required(meta, "lr", where, "base learning rate (--lr) or one per checkpoint")
     schedule = meta.get("schedule") or "constant"
     if schedule not in SCHEDULES:
@@ -210,29 +246,25 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
             ) from None
         if not base > 0 or not np.isfinite(base):
             raise ValueError(f"{where}: `lr` must be finite and positive, got {lr_value!r}")
-        total_steps = M * record_every
+        total_steps = (n_total - 1) * record_every
         lr = np.asarray(
             [scheduled_lr(schedule, base, i * record_every, total_steps) for i in range(n_total)]
         )
     if not np.isfinite(lr).all() or (lr < 0).any() or base <= 0:
         raise ValueError(f"{where}: `lr` must be finite and positive, got {lr_value!r:.80}")
+    return lr, base
+
+
+def _hparams(meta: Mapping[str, Any], base: float, where: str) -> dict[str, float | bool]:
+    """The optimizer's hyperparameters: the base learning rate and the metadata's ``hparams``."""
     hparams: dict[str, float | bool] = {"lr": base}
     for key, value in dict(meta.get("hparams") or {}).items():
-        if key not in HPARAM_KEYS and key != "lr":
+        if key not in HPARAM_KEYS:
             raise ValueError(
                 f"{where}: `hparams` key {key!r} is unknown; expected some of {list(HPARAM_KEYS)}"
             )
         hparams[key] = bool(value) if key == "nesterov" else float(value)
-    return Prefix(
-        w=torch.from_numpy(np.ascontiguousarray(w)),
-        M=M,
-        lr=torch.from_numpy(lr),
-        optimizer=str(optimizer),
-        hparams=hparams,
-        record_every=record_every,
-        params=params,
-        task=str(meta.get("task") or ""),
-    )
+    return hparams
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

@@ -224,9 +224,17 @@ def _check_checkpoint(
     except Exception as err:  # truncated or corrupt file
         report.add(rel, f"must be a readable Parquet file, got {_short(err)}")
         return
-    start = len(report.problems)
+    D = _check_columns(rel, frame, report)
+    if D is None:
+        return
+    _check_sizes(rel, run, D, frame, meta, layouts, report)
+    _check_spec(rel, run, meta, report)
+    _check_values(rel, frame, report)
 
-    # Columns and dtypes; the width of `w` is D.
+
+def _check_columns(rel: str, frame: pl.DataFrame, report: _Report) -> int | None:
+    """Columns and dtypes; the width D of `w`, or None when a column is wrong."""
+    start = len(report.problems)
     w_type = frame.schema.get("w")
     D = w_type.size if isinstance(w_type, pl.Array) else None
     if D is None:
@@ -240,11 +248,19 @@ def _check_checkpoint(
     for name in frame.columns:
         if name not in schema:
             report.add(rel, f"column `{name}` is unknown: columns must be {list(schema)}")
-    if len(report.problems) > start:
-        return
-    assert D is not None  # internal: checked just above
+    return D if len(report.problems) == start else None
 
-    # Sizes against runs.parquet and parameters.parquet.
+
+def _check_sizes(
+    rel: str,
+    run: Mapping[str, object],
+    D: int,
+    frame: pl.DataFrame,
+    meta: Mapping[str, str],
+    layouts: Mapping[tuple[str, str], tuple[int, str]],
+    report: _Report,
+) -> None:
+    """Sizes against runs.parquet and parameters.parquet."""
     if run["n_params"] != D:
         report.add(rel, f"width of `w` must be n_params = {run['n_params']} ({RUNS_FILE}), got {D}")
     key = (str(run["task"]), str(run["arch"]))
@@ -263,7 +279,11 @@ def _check_checkpoint(
             f"got {frame.height}",
         )
 
-    # Metadata: the spec agrees with the run's row.
+
+def _check_spec(
+    rel: str, run: Mapping[str, object], meta: Mapping[str, str], report: _Report
+) -> None:
+    """The spec in the file's metadata agrees with the run's row."""
     if META_SPEC not in meta:
         report.add(rel, f"Parquet metadata must hold key `{META_SPEC}`, got {sorted(meta)}")
     else:
@@ -278,7 +298,9 @@ def _check_checkpoint(
                         rel, f"spec `{name}` must equal {RUNS_FILE}'s {run[name]!r}, got {value!r}"
                     )
 
-    # Values: steps, time grid, finiteness (row = checkpoint index).
+
+def _check_values(rel: str, frame: pl.DataFrame, report: _Report) -> None:
+    """Steps, the time grid and finite values (row = checkpoint index)."""
     steps = frame["step"].to_numpy()
     if frame.height < 2:
         report.add(rel, f"must hold >= 2 checkpoints, got {frame.height}")

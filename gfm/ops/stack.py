@@ -252,7 +252,7 @@ def _stop(pid_file: Path, timeout_s: float = 20.0) -> bool:
     return True
 
 
-def up(
+def up(  # noqa: PLR0913 - keyword-only, one per `gfm stack up` option
     *,
     database_url: str,
     optuna_url: str | None,

@@ -44,6 +44,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gfm.config import GFMSettings, SearchParam, Settings, TrainSettings, apply_params
 from gfm.data.schema import RunRecord
+from gfm.ops.claims import SharedStudy
 from gfm.ops.stack import redact
 
 __all__ = [
@@ -383,91 +384,6 @@ def _count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-class _Shared:
-    """The PostgreSQL side of a study shared by workers: the claim lock, and orphaned trials.
-
-    ``acquire``/``release``: an advisory lock per study, held from counting the study's trials
-    until this worker's new trial is RUNNING (a worker killed while holding it loses its
-    connection, which releases it). ``fail_orphans``: a worker killed between creating its
-    trial and the trial's first heartbeat leaves a RUNNING trial that Optuna never finds stale;
-    one seen without a heartbeat for the whole grace period is failed here and handed to the
-    retry callback. On other storage (one process) both do nothing.
-    """
-
-    def __init__(self, storage: str | None, study: optuna.Study, grace_s: float) -> None:
-        self._engine = None
-        if (storage or "").startswith("postgresql"):
-            import sqlalchemy
-            from sqlalchemy.pool import NullPool
-
-            self._engine = sqlalchemy.create_engine(storage, poolclass=NullPool)
-        self._study = study
-        digest = hashlib.sha256(f"gfm-claim/{study.study_name}".encode()).digest()
-        self._key = int.from_bytes(digest[:8], "big", signed=True)
-        self._grace_s = grace_s
-        self._first_seen: dict[int, float] = {}  # trial number -> when first seen orphaned
-        self._conn: Any = None
-
-    def acquire(self) -> None:
-        if self._engine is None or self._conn is not None:
-            return
-        from sqlalchemy import text
-
-        self._conn = self._engine.connect()
-        self._conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
-        self._conn.commit()
-
-    def release(self) -> None:
-        if self._conn is None:
-            return
-        from sqlalchemy import text
-
-        conn, self._conn = self._conn, None
-        try:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
-            conn.commit()
-        finally:
-            conn.close()
-
-    def fail_orphans(self, retry: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
-        if self._conn is None:  # only under the claim lock, on PostgreSQL
-            return
-        from sqlalchemy import text
-
-        # Optuna's schema: trials (state enum by name), trial_heartbeats, studies
-        orphaned = """
-            FROM trials t JOIN studies s ON s.study_id = t.study_id
-            WHERE s.study_name = :name AND t.state = 'RUNNING'
-              AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)
-        """
-        name = self._study.study_name
-        rows = self._conn.execute(text("SELECT t.number " + orphaned), {"name": name})
-        now = time.monotonic()
-        seen = {int(n) for (n,) in rows}
-        self._first_seen = {n: self._first_seen.get(n, now) for n in seen}
-        stale = [n for n, t0 in self._first_seen.items() if now - t0 > self._grace_s]
-        if not stale:
-            self._conn.commit()
-            return
-        failed = self._conn.execute(
-            text(
-                "UPDATE trials SET state = 'FAIL', datetime_complete = now() "
-                "WHERE trial_id IN (SELECT t.trial_id "
-                + orphaned
-                + " AND t.number = ANY(:numbers)) "
-                "RETURNING number"
-            ),
-            {"name": name, "numbers": stale},
-        )
-        numbers = {int(n) for (n,) in failed}
-        self._conn.commit()
-        for trial in self._study.get_trials(deepcopy=False):
-            if trial.number in numbers:
-                log.warning("trial %d: its worker died before its first heartbeat", trial.number)
-                if retry is not None:
-                    retry(self._study, trial)
-
-
 def work(
     settings: Settings,
     study: optuna.Study,
@@ -498,7 +414,7 @@ def work(
     t = settings.tune
     target = int(study.user_attrs.get(N_TRIALS_ATTR, t.n_trials))
     objective = _objective(settings, train, val)
-    claim = _Shared(t.storage, study, grace_s=2.0 * t.heartbeat_s)
+    claim = SharedStudy(t.storage, study, grace_s=2.0 * t.heartbeat_s)
     retry = RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)
     deadline = None if t.timeout_s is None else time.monotonic() + t.timeout_s
     poll = min(float(t.heartbeat_s), 2.0)

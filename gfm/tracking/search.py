@@ -55,7 +55,7 @@ def _filter(
     return " and ".join(parts)
 
 
-def runs_table(
+def runs_table(  # noqa: PLR0913 - keyword-only filters of one query (`gfm runs`)
     *,
     experiments: Sequence[str] | None = None,
     filter_string: str = "",

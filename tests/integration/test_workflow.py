@@ -117,7 +117,7 @@ def aliases(settings: Settings) -> dict[str, str]:
     return {a: str(v) for a, v in model.aliases.items()}
 
 
-def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_harness, tmp_path):
+def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_harness, tmp_path):  # noqa: PLR0915 - one scenario: champion, worse, better
     from flows.promote import promote
     from flows.retrain import retrain
 

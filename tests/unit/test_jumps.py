@@ -15,7 +15,7 @@ from torch import nn
 from gfm import baselines
 from gfm.config import TaskSettings
 from gfm.data.tasks import flatten, make_task, param_meta
-from gfm.jumps import Horizon, JumpAhead, jump_baseline
+from gfm.jumps import Horizon, JumpAhead, JumpOptions, jump_baseline
 from gfm.model import GFM
 from gfm.saved import load as load_forecaster
 from gfm.tracking import load_model
@@ -106,14 +106,16 @@ def test_identity_jumps_equal_the_base_run_with_no_op_steps(opt_name, frame):
         opt,
         model,
         IdentityForecaster(),
-        period=P,
-        horizon=3,
-        record_every=2,
-        history=100,  # no thinning ("run"): a jump is due exactly every P base steps
+        JumpOptions(
+            period=P,
+            horizon=3,
+            record_every=2,
+            history=100,
+            frame=frame,
+            total_steps=N,
+            calibrate=True,
+        ),
         loss_fn=_guard_loss(model),
-        frame=frame,
-        total_steps=N,
-        calibrate=True,  # nothing to scale: the identity's displacement is zero
     )
     # when
     _train(model, acc, range(N))
@@ -138,7 +140,11 @@ def test_a_jump_that_raises_the_loss_is_rolled_back_and_the_horizon_shortens(for
     model, base = _model(), _model()
     opt, base_opt = _optimizer("adam", model), _optimizer("adam", base)
     acc = JumpAhead(
-        opt, model, forecaster, period=P, horizon=8, record_every=2, loss_fn=_guard_loss(model)
+        opt,
+        model,
+        forecaster,
+        JumpOptions(period=P, horizon=8, record_every=2),
+        loss_fn=_guard_loss(model),
     )
     # when
     _train(model, acc, range(N))
@@ -164,15 +170,17 @@ def test_state_dict_round_trip_mid_training_continues_identically(opt_name, fram
             _optimizer(opt_name, model),
             model,
             jump_baseline("linear"),
-            period=4,
-            horizon=Horizon(6, 2, 30),
-            history=3 if frame == "window" else 6,  # "run" thins its history on the way
-            record_every=2,
+            JumpOptions(
+                period=4,
+                horizon=Horizon(6, 2, 30),
+                history=3 if frame == "window" else 6,
+                record_every=2,
+                guard=1.5,
+                frame=frame,
+                total_steps=30,
+                calibrate=frame == "run",
+            ),
             loss_fn=_guard_loss(model),
-            guard=1.5,
-            frame=frame,
-            total_steps=30,
-            calibrate=frame == "run",
         )
         return model, acc
 
@@ -210,7 +218,9 @@ def test_the_prefix_frames_the_kept_checkpoints_as_a_run_ending_at_the_jump(opt_
     model = _model()
     forecaster = RecordingForecaster()
     opt = _optimizer(opt_name, model)
-    acc = JumpAhead(opt, model, forecaster, period=6, horizon=5, history=3, record_every=2)
+    acc = JumpAhead(
+        opt, model, forecaster, JumpOptions(period=6, horizon=5, history=3, record_every=2)
+    )
     seen = [acc.flat()]
     # when
     for i in range(7):
@@ -242,11 +252,7 @@ def test_lr_schedule_is_read_at_the_effective_step_and_warmup_delays_to_a_checkp
         opt,
         model,
         forecaster,
-        period=4,
-        horizon=3,
-        history=3,
-        record_every=2,
-        warmup=7,
+        JumpOptions(period=4, horizon=3, history=3, record_every=2, warmup=7),
         lr_schedule=schedule,
     )
     # when
@@ -267,9 +273,7 @@ def test_a_linear_jump_on_a_linear_trajectory_lands_where_sgd_would():
         torch.optim.SGD([w], lr=lr),
         [w],
         jump_baseline("linear"),
-        period=P,
-        horizon=h,
-        record_every=r,
+        JumpOptions(period=P, horizon=h, record_every=r),
         loss_fn=lambda: (c * w).sum(),
     )
     # when: P base steps and one jump
@@ -306,13 +310,8 @@ def test_calibration_scales_an_under_predicting_forecaster_onto_the_sgd_path():
         torch.optim.SGD([w], lr=lr),
         [w],
         Shrunk(),
-        period=P,
-        horizon=h,
-        record_every=r,
-        history=100,
+        JumpOptions(period=P, horizon=h, record_every=r, history=100, frame="run", calibrate=True),
         loss_fn=lambda: (c * w).sum(),
-        frame="run",
-        calibrate=True,
     )
     # when: P base steps and one jump
     for _ in range(P + 1):
@@ -333,12 +332,7 @@ def test_run_frame_keeps_the_run_from_its_start_and_the_jump_path():
         _optimizer("adam", model),
         model,
         forecaster,
-        period=4,
-        horizon=2,
-        history=100,
-        record_every=2,
-        frame="run",
-        total_steps=24,
+        JumpOptions(period=4, horizon=2, history=100, record_every=2, frame="run", total_steps=24),
     )
     start = acc.flat()
     # when: 4 base steps, a jump, 4 base steps, a jump
@@ -359,11 +353,7 @@ def test_run_frame_thins_its_history_to_twice_the_spacing():
         _optimizer("adam", model),
         model,
         RecordingForecaster(),
-        period=100,
-        horizon=1,
-        history=4,
-        record_every=2,
-        frame="run",
+        JumpOptions(period=100, horizon=1, history=4, record_every=2, frame="run"),
     )
     # when: 8 base steps (checkpoints at 0, 2, 4, 6, 8: one too many)
     _train(model, acc, range(8))
@@ -380,9 +370,7 @@ def test_works_with_a_task_network():
         torch.optim.Adam(model.parameters(), lr=0.01),
         model,
         jump_baseline("linear"),
-        period=4,
-        horizon=2,
-        record_every=2,
+        JumpOptions(period=4, horizon=2, record_every=2),
         loss_fn=lambda: task.loss_and_acc(model, "train")[0],
         task="digits_mlp",
     )
@@ -419,7 +407,7 @@ def test_bad_options_are_rejected_by_name(kwargs, match):
     model = _model()
     options = {"period": 4, "horizon": 2, "record_every": 2} | kwargs
     with pytest.raises(ValueError, match=match):
-        JumpAhead(_optimizer("adam", model), model, IdentityForecaster(), **options)
+        JumpAhead(_optimizer("adam", model), model, IdentityForecaster(), JumpOptions(**options))
 
 
 def test_bad_optimizer_parameters_and_forecasts_are_rejected():
@@ -429,34 +417,36 @@ def test_bad_optimizer_parameters_and_forecasts_are_rejected():
             torch.optim.Adagrad(model.parameters()),
             model,
             IdentityForecaster(),
-            period=1,
-            horizon=1,
+            JumpOptions(period=1, horizon=1),
         )
     with pytest.raises(ValueError, match="model_params"):
         JumpAhead(
             torch.optim.Adam(model[0].parameters()),
             model,
             IdentityForecaster(),
-            period=1,
-            horizon=1,
+            JumpOptions(period=1, horizon=1),
         )
 
     class WrongShape:
         def forecast(self, prefix, t):
             return prefix.w
 
-    acc = JumpAhead(_optimizer("adam", model), model, WrongShape(), period=2, horizon=1)
+    acc = JumpAhead(
+        _optimizer("adam", model), model, WrongShape(), JumpOptions(period=2, horizon=1)
+    )
     with pytest.raises(ValueError, match=r"shape \(T, D\)"):
         _train(model, acc, range(3))
 
 
 def test_load_state_dict_rejects_another_architecture():
     model = _model()
-    acc = JumpAhead(_optimizer("adam", model), model, IdentityForecaster(), period=2, horizon=1)
+    acc = JumpAhead(
+        _optimizer("adam", model), model, IdentityForecaster(), JumpOptions(period=2, horizon=1)
+    )
     _train(model, acc, range(3))
     small = nn.Linear(2, 2)
     acc_small = JumpAhead(
-        _optimizer("adam", small), small, IdentityForecaster(), period=2, horizon=1
+        _optimizer("adam", small), small, IdentityForecaster(), JumpOptions(period=2, horizon=1)
     )
     with pytest.raises(ValueError, match="history"):
         acc_small.load_state_dict(acc.state_dict())
@@ -476,3 +466,17 @@ def test_load_forecaster_from_folders_and_bad_sources(tmp_path):
         load_model("models:/other@champion")
     with pytest.raises(ValueError, match="train"):
         jump_baseline("wnn")  # a learned baseline needs runs to fit on
+
+
+def test_the_old_name_gfm_accelerate_still_builds_the_wrapper_with_a_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("gfm.accelerate", None)
+    with pytest.warns(DeprecationWarning, match="gfm.jumps"):
+        old = importlib.import_module("gfm.accelerate")
+    model = _model()
+    acc = old.Accelerated(
+        _optimizer("adam", model), model, IdentityForecaster(), period=2, horizon=1
+    )
+    assert isinstance(acc, JumpAhead) and acc.options == JumpOptions(period=2, horizon=1)

@@ -72,3 +72,21 @@ def test_tuning_needs_validation_runs(tmp_path):
     s = load_settings(None, [f"tune.storage=sqlite:///{tmp_path}/o.db"], environ={})
     with pytest.raises(ValueError, match="must have train and val runs"):
         tune(s, [object()], [], dataset_version="v1")
+
+
+def test_a_trial_orphaned_on_sqlite_is_failed_so_the_next_run_does_not_wait_forever(tmp_path):
+    # given a study on sqlite holding a RUNNING trial that never had a heartbeat (its process
+    # was killed between creating the trial and the heartbeat thread's first beat)
+    from gfm.ops.claims import SharedStudy
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+    study = optuna.create_study(study_name="s", storage=storage)
+    orphan = study.ask()
+    claim = SharedStudy(storage, study, grace_s=0.0)
+    retried = []
+    # when the next run looks twice (first sight, then past the grace period)
+    claim.fail_orphans(lambda s, t: retried.append(t.number))
+    claim.fail_orphans(lambda s, t: retried.append(t.number))
+    # then the trial is failed and handed to the retry callback
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.FAIL and retried == [orphan.number]

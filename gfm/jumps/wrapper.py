@@ -1,49 +1,24 @@
-"""Jump-ahead training: an optimizer wrapper that now and then replaces a step with a forecast.
-
-Each jump moves the weights to a forecast of where the run will be h recorded intervals later,
-guarded by a loss check and rolled back on failure.
-
-The nowcasting line of work reports reaching a target accuracy in 1.25x to ~2x fewer optimizer
-steps by periodically jumping to forecast weights; ``JumpAhead`` does this with any
-``gfm.forecaster.Forecaster`` (GFM, the linear-extrapolation or WNN-style baselines, one of yours).
-
-References:
-    [1] Jang et al., "Learning to Boost Training by Periodic Nowcasting Near Future Weights",
-        ICML 2023 (WNN).
-    [2] Knyazev et al., "Accelerating Training with Neuron Interaction and Nowcasting Networks",
-        ICLR 2025 (NiNo).
-    [3] Shou, Ding, Gao, "Gradient Flow Matching for Learning Update Dynamics in Neural Network
-        Training", arXiv 2505.20221 (2025).
-"""
+"""``JumpAhead``: the optimizer wrapper that now and then replaces a step by a forecast jump."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from gfm import baselines
-from gfm.data.schema import ParamMeta, RunRecord
+from gfm.data.schema import ParamMeta
 from gfm.forecaster import Forecaster, Prefix
-
-__all__ = [
-    "JumpAhead",
-    "Horizon",
-    "Jump",
-    "Relative",
-    "jump_baseline",
-    "optimizer_context",
-]
+from gfm.jumps.context import optimizer_context
+from gfm.jumps.schedules import Jump, JumpOptions, Relative
 
 logger = logging.getLogger("gfm.jumps")
 
-FRAMES = ("window", "run")  # what a jump's prefix holds (see JumpAhead)
 _STATE_KEYS = (
     "steps",
     "progress",
@@ -58,221 +33,6 @@ _STATE_KEYS = (
     "jumps",
     "optimizer",
 )
-
-
-# ----------------------------------------------------------------------------------------------
-# The horizon schedule and the jump log
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Horizon:
-    """Jump length in recorded intervals, long early and short late, as a function of the step.
-
-        h(s) = round(start + (end − start) · min(s / steps, 1))
-
-    A jump of h intervals skips h · record_every optimizer steps.
-
-    Attributes:
-        start: h at step 0 (>= 1).
-        end: h from step ``steps`` on (>= 1).
-        steps: the step at which the schedule reaches ``end`` (> 0), usually the step budget.
-    """
-
-    start: int
-    end: int
-    steps: int
-
-    def __post_init__(self) -> None:
-        """Reject horizons below one interval and a non-positive ``steps``."""
-        for name in ("start", "end", "steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Horizon: `{name}` must be an integer >= 1, got {value!r}")
-
-    def __call__(self, step: int) -> int:
-        """The horizon h at optimizer step ``step`` (jumps counted as steps)."""
-        frac = min(max(step, 0) / self.steps, 1.0)
-        return max(1, round(self.start + (self.end - self.start) * frac))
-
-
-@dataclass(frozen=True)
-class Relative:
-    """Jump length proportional to how far the run has come (NiNo's horizon), clipped.
-
-        h(p) = clip(round(c · p / r), low, high)     p = effective steps so far, r = record_every
-
-    A jump from effective step p then lands near p · (1 + c): the forecaster always sees the
-    run so far as the same fraction 1 / (1 + c) of the framed run.
-
-    Attributes:
-        c: the ratio of the jump to the steps so far (> 0).
-        low: the shortest jump in recorded intervals (>= 1).
-        high: the longest jump in recorded intervals (>= low).
-        record_every: r, steps per recorded interval (>= 1).
-    """
-
-    c: float
-    low: int
-    high: int
-    record_every: int = 1
-
-    def __post_init__(self) -> None:
-        """Reject a non-positive ratio and bounds below one interval or out of order."""
-        if not (isinstance(self.c, int | float) and self.c > 0 and math.isfinite(self.c)):
-            raise ValueError(f"Relative: `c` must be a positive number, got {self.c!r}")
-        for name in ("low", "high", "record_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Relative: `{name}` must be an integer >= 1, got {value!r}")
-        if self.high < self.low:
-            raise ValueError(f"Relative: `high` must be >= low = {self.low}, got {self.high}")
-
-    def __call__(self, progress: int) -> int:
-        """The horizon h at ``progress`` effective optimizer steps."""
-        return min(self.high, max(self.low, round(self.c * progress / self.record_every)))
-
-
-@dataclass(frozen=True)
-class Jump:
-    """What one jump did.
-
-    Attributes:
-        step: the step counter at the jump (the jump is step ``step + 1``).
-        horizon: h, recorded intervals jumped (after shortening).
-        loss_before: the guard loss at the pre-jump weights (NaN without ``loss_fn``).
-        loss_after: the guard loss at the forecast weights (inf for a non-finite forecast).
-        accepted: False when the jump was rolled back.
-        forecast_s: seconds spent in ``forecaster.forecast``.
-        guard_s: seconds spent evaluating the guard loss (both evaluations).
-        scale: the calibration factor applied to the forecast displacement (1 without).
-    """
-
-    step: int
-    horizon: int
-    loss_before: float
-    loss_after: float
-    accepted: bool
-    forecast_s: float
-    guard_s: float
-    scale: float = 1.0
-
-    @property
-    def spike(self) -> float:
-        """Loss ratio loss_after / loss_before (NaN without a guard)."""
-        if not math.isfinite(self.loss_before) or self.loss_before == 0.0:
-            return float("nan")
-        return self.loss_after / self.loss_before
-
-
-# ----------------------------------------------------------------------------------------------
-# What a torch optimizer tells the forecaster (name and hyperparameters, a registry by class)
-# ----------------------------------------------------------------------------------------------
-
-HParams = dict[str, float | bool]
-
-
-def _sgd(group: Mapping[str, Any]) -> tuple[str, HParams]:
-    hp: HParams = {"lr": float(group["lr"]), "weight_decay": float(group.get("weight_decay", 0.0))}
-    if float(group.get("momentum", 0.0)) > 0.0:
-        hp |= {"momentum": float(group["momentum"]), "nesterov": bool(group.get("nesterov", False))}
-        return "momentum", hp
-    return "sgd", hp
-
-
-def _adam_like(name: str) -> Callable[[Mapping[str, Any]], tuple[str, HParams]]:
-    def hparams(group: Mapping[str, Any]) -> tuple[str, HParams]:
-        beta1, beta2 = group["betas"]
-        return name, {
-            "lr": float(group["lr"]),
-            "beta1": float(beta1),
-            "beta2": float(beta2),
-            "weight_decay": float(group.get("weight_decay", 0.0)),
-            "eps": float(group.get("eps", 1e-8)),
-        }
-
-    return hparams
-
-
-def _rmsprop(group: Mapping[str, Any]) -> tuple[str, HParams]:
-    return "rmsprop", {
-        "lr": float(group["lr"]),
-        "alpha": float(group["alpha"]),
-        "weight_decay": float(group.get("weight_decay", 0.0)),
-        "eps": float(group.get("eps", 1e-8)),
-    }
-
-
-# looked up along the optimizer class's MRO, so subclasses map to their base's name
-OPTIMIZER_NAMES: dict[type, Callable[[Mapping[str, Any]], tuple[str, HParams]]] = {
-    torch.optim.SGD: _sgd,
-    torch.optim.Adam: _adam_like("adam"),
-    torch.optim.AdamW: _adam_like("adamw"),
-    torch.optim.RMSprop: _rmsprop,
-}
-
-
-def optimizer_context(optimizer: torch.optim.Optimizer) -> tuple[str, HParams]:
-    """The forecaster's name and hyperparameters of a torch optimizer (its first param group).
-
-        SGD (momentum = 0) → "sgd",  SGD (momentum > 0) → "momentum",  Adam → "adam",
-        AdamW → "adamw",  RMSprop → "rmsprop"
-
-    Args:
-        optimizer: the base optimizer.
-
-    Returns:
-        (name, hparams) with hparams among lr, momentum, nesterov, alpha, beta1, beta2,
-        weight_decay, eps.
-
-    Raises:
-        TypeError: ``optimizer`` is not a torch optimizer.
-        ValueError: its class is none of SGD, Adam, AdamW, RMSprop (or a subclass).
-    """
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
-    for cls in type(optimizer).__mro__:
-        if cls in OPTIMIZER_NAMES:
-            return OPTIMIZER_NAMES[cls](optimizer.param_groups[0])
-    known = [c.__name__ for c in OPTIMIZER_NAMES]
-    raise ValueError(f"`optimizer` must be one of {known}, got {type(optimizer).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Baselines as jump forecasters (a saved one: gfm.saved.load; the registry's: gfm.tracking.load_model)
-# ----------------------------------------------------------------------------------------------
-
-
-def jump_baseline(
-    name: str,
-    *,
-    train: Sequence[RunRecord] | None = None,
-    config: Mapping[str, Any] | None = None,
-) -> Forecaster:
-    """A baseline forecaster for jumps: ``linear`` extrapolation, ``wnn``, or any other baseline.
-
-        linear:  ŵ(1) = a + b · M    (line through the last ``window`` checkpoints, a jump of h·b)
-        wnn:     ŵ(1) = w_k + c · MLP(last increments, context, t = 1)    (Jang et al. 2023)
-
-    Args:
-        name: a key of ``gfm.baselines.BASELINES``.
-        train: training runs, required for the learned baselines (``wnn``, ``lfd2``, ...).
-        config: the baseline's config (its class defaults for missing keys).
-
-    Returns:
-        The baseline, fitted on ``train`` when it learns.
-
-    Raises:
-        ValueError: unknown ``name``, or a learned baseline without ``train``.
-    """
-    model = baselines.make(name, config)
-    if model.min_train_runs > 0:
-        if train is None:
-            raise ValueError(f"jump_baseline: `train` must be given for {name!r}, got None")
-        model.fit(train)
-    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,11 +56,6 @@ def _named(model_params: ModelParams) -> list[tuple[str, nn.Parameter]]:
         "`model_params` must be an nn.Module, named_parameters() pairs or parameters, "
         f"got items of types {sorted({type(p).__name__ for p in items})}"
     )
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"JumpAhead: `{name}` must be an integer >= {low}, got {value!r}")
 
 
 class JumpAhead:
@@ -342,23 +97,12 @@ class JumpAhead:
             ``gfm.data.tasks.flatten`` for modules without buffers), ``named_parameters()``
             pairs, or plain parameters. All must be optimised by ``optimizer``.
         forecaster: any ``gfm.forecaster.Forecaster``.
-        period: base optimizer steps between two jumps; a multiple of ``record_every``.
-        horizon: h in recorded intervals: an integer, a schedule ``step -> h`` (``Horizon``), or
-            ``Relative`` (called with ``progress``: NiNo's jumps proportional to the run so far).
-        history: checkpoints kept for the prefix, k + 1 <= history (>= 2).
-        record_every: r, base optimizer steps between two kept checkpoints.
+        options: when to jump, how far, the frame and the guard (``JumpOptions``).
         loss_fn: ``() -> loss`` evaluated on a fixed batch (train or held-out) with the model's
             current weights; None disables the loss guard (non-finite forecasts still roll back).
-        guard: a jump is kept when the loss after it is at most ``guard`` times the loss before.
-        shrink: factor in (0, 1) applied to the horizon scale after each rollback.
-        warmup: no jump before this many steps.
         lr_schedule: ``progress -> lr`` of the run; default: the learning rate recorded with
             each kept checkpoint, and the current one held constant into the future.
         task: task name passed on in the prefix (context only).
-        frame: ``"window"`` or ``"run"`` (see above).
-        total_steps: the planned step budget, framing ``run`` as the planned run (optional).
-        calibrate: scale each jump's displacement by ``calibration`` (a backtest on the run).
-        max_scale: the largest calibration factor.
 
     Raises:
         TypeError: ``optimizer`` or ``forecaster`` has the wrong type.
@@ -370,59 +114,43 @@ class JumpAhead:
         optimizer: torch.optim.Optimizer,
         model_params: ModelParams,
         forecaster: Forecaster,
+        options: JumpOptions,
         *,
-        period: int,
-        horizon: int | Callable[[int], int],
-        history: int = 5,
-        record_every: int = 1,
         loss_fn: Callable[[], float | torch.Tensor] | None = None,
-        guard: float = 1.0,
-        shrink: float = 0.5,
-        warmup: int = 0,
         lr_schedule: Callable[[int], float] | None = None,
         task: str = "",
-        frame: str = "window",
-        total_steps: int | None = None,
-        calibrate: bool = False,
-        max_scale: float = 4.0,
     ) -> None:
         self.optimizer_name, _ = optimizer_context(optimizer)  # also checks its type
         named = _named(model_params)
-        self._check_inputs(optimizer, named, forecaster, period, horizon, history, record_every)
-        if not (isinstance(guard, int | float) and guard > 0 and math.isfinite(guard)):
-            raise ValueError(f"JumpAhead: `guard` must be a positive number, got {guard!r}")
-        if not (isinstance(shrink, int | float) and 0.0 < shrink < 1.0):
-            raise ValueError(f"JumpAhead: `shrink` must lie in (0, 1), got {shrink!r}")
-        _check_int("warmup", warmup, 0)
-        if frame not in FRAMES:
-            raise ValueError(f"JumpAhead: `frame` must be one of {list(FRAMES)}, got {frame!r}")
-        if total_steps is not None:
-            _check_int("total_steps", total_steps, 1)
-        if not (isinstance(max_scale, int | float) and max_scale > 0 and math.isfinite(max_scale)):
-            raise ValueError(f"JumpAhead: `max_scale` must be a positive number, got {max_scale!r}")
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"`loss_fn` must be callable or None, got {type(loss_fn).__name__}")
+        self._check_inputs(optimizer, named, forecaster, options, loss_fn)
         if len({g.get("lr") for g in optimizer.param_groups}) > 1:
             logger.warning("param groups differ in lr: the forecaster sees the first group's")
 
         self.optimizer = optimizer
         self.forecaster = forecaster
+        self.options = options
         self.params = [p for _, p in named]
         self.meta = ParamMeta.from_named_shapes([(n, tuple(p.shape)) for n, p in named])
         self.D = len(self.meta)
-        self.period, self.history, self.record_every = period, history, record_every
-        self.horizon = horizon
-        self.loss_fn, self.guard, self.shrink, self.warmup = loss_fn, float(guard), shrink, warmup
+        o = options
+        self.period, self.history, self.record_every = o.period, o.history, o.record_every
+        self.horizon = o.horizon
+        self.loss_fn, self.guard, self.shrink, self.warmup = (
+            loss_fn,
+            float(o.guard),
+            o.shrink,
+            o.warmup,
+        )
         self.lr_schedule, self.task = lr_schedule, task
-        self.frame, self.total_steps = frame, total_steps
-        self.calibrate, self.max_scale = bool(calibrate), float(max_scale)
+        self.frame, self.total_steps = o.frame, o.total_steps
+        self.calibrate, self.max_scale = bool(o.calibrate), float(o.max_scale)
 
         self.steps = 0  # calls to step(), jumps included
         self.progress = 0  # effective optimizer steps: base steps + h·r per accepted jump
         self.scale = 1.0  # horizon scale, shrunk by each rollback
-        self._r = record_every  # progress between kept checkpoints (doubles when "run" thins)
+        self._r = o.record_every  # progress between kept checkpoints (doubles when "run" thins)
         self._since = 0  # base steps since the last jump attempt (or the start)
-        self._next_jump = period  # value of _since at which the next jump is due
+        self._next_jump = o.period  # value of _since at which the next jump is due
         self._w: list[torch.Tensor] = []  # kept checkpoints, (D,) float32 each
         self._lr: list[float] = []  # learning rate recorded with each kept checkpoint
         self._at: list[int] = []  # progress at each kept checkpoint
@@ -434,10 +162,8 @@ class JumpAhead:
         optimizer: torch.optim.Optimizer,
         named: list[tuple[str, nn.Parameter]],
         forecaster: Any,
-        period: Any,
-        horizon: Any,
-        history: Any,
-        record_every: Any,
+        options: Any,
+        loss_fn: Any,
     ) -> None:
         if not named:
             raise ValueError("JumpAhead: `model_params` must hold at least one parameter, got 0")
@@ -453,16 +179,10 @@ class JumpAhead:
                 "`forecaster` must implement gfm.forecaster.Forecaster (a forecast method), "
                 f"got {type(forecaster).__name__}"
             )
-        _check_int("record_every", record_every, 1)
-        _check_int("period", period, 1)
-        if period % record_every:
-            raise ValueError(
-                f"JumpAhead: `period` must be a multiple of record_every = {record_every}, "
-                f"got {period}"
-            )
-        _check_int("history", history, 2)
-        if not callable(horizon):
-            _check_int("horizon", horizon, 1)
+        if not isinstance(options, JumpOptions):
+            raise TypeError(f"`options` must be a JumpOptions, got {type(options).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"`loss_fn` must be callable or None, got {type(loss_fn).__name__}")
 
     # -- the optimizer face ------------------------------------------------------------------
 
