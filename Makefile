@@ -1,6 +1,6 @@
 # gfm: two commands do everything on a fresh machine (Python >= 3.11, pip, git, make):
 #   make run    set up, then run the main job on the embedded defaults
-#   make test   set up, then lint and run the test suite
+#   make test   set up, then lint and run the whole test suite (make test-unit: the fast part)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -42,8 +42,9 @@ format: install
 test: lint
 	$(BIN)/python -m pytest -q
 
+# the fast inner loop: no real services, nothing marked slow (under 2 minutes on 2 cores)
 test-unit: install
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
 bench: install
 	$(BIN)/python -m benchmarks.generation

@@ -15,6 +15,15 @@ import torch
 from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.forecaster import Prefix
 
+TINY_JUMPS = [  # the jump benchmark at its smallest: digits (no download), a jump every 4 steps
+    "accelerate.tasks=[digits_mlp]",
+    "accelerate.methods=[base, gfm, linear]",
+    "accelerate.period=4",
+    "accelerate.horizon_start=2",
+    "accelerate.horizon_end=1",
+    "accelerate.history=8",
+    "accelerate.guard_rows=64",
+]
 D_IN = 5  # inputs of the least-squares problems; D = D_IN + 1 parameters (weight, bias)
 LINEAR = [("linear.weight", (1, D_IN)), ("linear.bias", (1,))]
 NAMED = [("net.0.weight", (2, 2)), ("net.0.bias", (2,)), ("scale", ())]  # D = 4 + 2 + 1 = 7

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gfm.config import Settings, load_section
 from gfm.data.atomic import atomic_path
-from gfm.data.names import OPTIMIZERS, TASKS
+from gfm.data.names import OPTIMIZERS, TASKS, check_known
 from gfm.data.optim import build_optimizer
 from gfm.data.tasks import Task, make_task
 from gfm.data.trajectories import Trajectories
@@ -144,9 +144,7 @@ class AccelerateSettings(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        unknown = sorted(set(tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
+        check_known(tasks, TASKS, "task")
         return tasks
 
     @field_validator("optimizer")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gfm.data.names import OPTIMIZERS, SCHEDULES, TASKS
+from gfm.data.names import OPTIMIZERS, SCHEDULES, TASKS, check_known
 
 
 class _Frozen(BaseModel):
@@ -169,9 +169,7 @@ class DataSettings(_Frozen):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: dict[str, TaskSettings]) -> dict[str, TaskSettings]:
-        unknown = sorted(set(tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
+        check_known(tasks, TASKS, "task")
         if not tasks:
             raise ValueError(f"at least one task is needed; expected some of {list(TASKS)}")
         return tasks
@@ -179,9 +177,7 @@ class DataSettings(_Frozen):
     @field_validator("optimizers")
     @classmethod
     def _known_optimizers(cls, opts: dict[str, OptimizerSpace]) -> dict[str, OptimizerSpace]:
-        unknown = sorted(set(opts) - set(OPTIMIZERS))
-        if unknown:
-            raise ValueError(f"unknown optimizer(s) {unknown}; expected some of {list(OPTIMIZERS)}")
+        check_known(opts, OPTIMIZERS, "optimizer")
         if not opts:
             raise ValueError(
                 f"at least one optimizer is needed; expected some of {list(OPTIMIZERS)}"
@@ -191,9 +187,7 @@ class DataSettings(_Frozen):
     @field_validator("schedules")
     @classmethod
     def _known_schedules(cls, schedules: list[str]) -> list[str]:
-        unknown = sorted(set(schedules) - set(SCHEDULES))
-        if unknown:
-            raise ValueError(f"unknown schedule(s) {unknown}; expected some of {list(SCHEDULES)}")
+        check_known(schedules, SCHEDULES, "schedule")
         return schedules
 
     @model_validator(mode="after")

@@ -11,4 +11,11 @@ TASKS = ("least_squares", "mlp_regression", "digits_mlp", "mnist_cnn")
 HPARAM_KEYS = ("lr", "momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
 """Keys of ``RunSpec.hparams`` (and of a forecast request's ``hparams``, and ``hp_*`` columns)."""
 
-__all__ = ["HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "TASKS"]
+__all__ = ["HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "TASKS", "check_known"]
+
+
+def check_known(names: object, known: tuple[str, ...], what: str) -> None:
+    """Raise ValueError naming the ``names`` that are not ``known`` (``what``: "task", ...)."""
+    unknown = sorted(set(names) - set(known))  # type: ignore[call-overload]
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; expected some of {list(known)}")

@@ -66,6 +66,7 @@ def repo(tmp_path: Path, tiny_params) -> Path:
     return repo
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_run_leaves_nothing_to_reproduce_and_experiments_show_in_dvc_and_mlflow(
     repo: Path, tmp_path: Path, prefect_harness, monkeypatch: pytest.MonkeyPatch
 ):
@@ -117,6 +118,7 @@ def test_run_leaves_nothing_to_reproduce_and_experiments_show_in_dvc_and_mlflow(
     assert {r.info.run_id: r.data.params["gfm.width"] for r in runs}[trained["run_id"]] == "16"
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_same_params_give_the_same_dataset_hash(repo: Path, tmp_path: Path):
     # given a second checkout of the same project
     twin = tmp_path / "twin"

@@ -14,20 +14,12 @@ from gfm.bench import jumps
 from gfm.cli import app
 from gfm.config import GFMSettings
 from gfm.model import GFM
+from tests.helpers import TINY_JUMPS
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "confs" / "valid" / "tiny.yaml"
 # digits only (sklearn's, no download), 12 steps, a jump every 4 base steps
-TINY_JUMPS = [
-    "accelerate.tasks=[digits_mlp]",
-    "accelerate.methods=[base, gfm, linear]",
-    "accelerate.period=4",
-    "accelerate.horizon_start=2",
-    "accelerate.horizon_end=1",
-    "accelerate.history=8",
-    "accelerate.guard_rows=64",
-]
 
 
 @pytest.fixture

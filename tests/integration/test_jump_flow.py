@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 CONFS = Path(__file__).resolve().parents[1] / "confs"
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_jump_flow_jumps_with_the_champion_and_logs_the_benchmark(
     tmp_path, template_store, prefect_harness
 ):

@@ -25,19 +25,11 @@ from gfm.config import load_settings
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index, target_times
 from gfm.model import GFM
+from tests.helpers import TINY_JUMPS
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
-JUMPS = [  # digits only (sklearn's, no download), 12 steps, a jump every 4 base steps
-    "accelerate.tasks=[digits_mlp]",
-    "accelerate.methods=[base, gfm]",
-    "accelerate.seeds=1",
-    "accelerate.period=4",
-    "accelerate.horizon_start=2",
-    "accelerate.horizon_end=1",
-    "accelerate.history=8",
-    "accelerate.guard_rows=64",
-]
+JUMPS = [*TINY_JUMPS, "accelerate.methods=[base, gfm]", "accelerate.seeds=1"]
 
 
 @pytest.fixture

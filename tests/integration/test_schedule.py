@@ -55,6 +55,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_schedule_registers_the_cron_deployment_on_a_prefect_server(tmp_path, tiny_params):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"

@@ -53,6 +53,7 @@ def team_mode(params: Path, server: str, storage: str) -> str:
     return experiment
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_retrain_on_a_team_server_promotes_and_another_process_finds_the_champion(
     workflow, prefect_harness, mlflow_server, pg_database, tmp_path
 ):
@@ -110,6 +111,7 @@ def test_retrain_on_a_team_server_promotes_and_another_process_finds_the_champio
     assert trained["run_id"] in pd.read_csv(runs)["run_id"].tolist()
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_two_tune_workers_share_one_study_without_duplicates(workflow, mlflow_server, pg_database):
     # given a project in team mode
     storage = pg_database("optuna")
@@ -150,6 +152,7 @@ def test_two_tune_workers_share_one_study_without_duplicates(workflow, mlflow_se
     assert sorted(int(r.data.tags["gfm.trial"]) for r in children) == list(range(6))
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_a_killed_worker_trial_is_failed_retried_and_the_study_completes(
     workflow, mlflow_server, pg_database
 ):
@@ -237,6 +240,7 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(workf
     assert result.n_complete + result.n_pruned == 2 and result.n_failed == 1
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_dask_generation_gives_the_dataset_of_the_single_process_path(prefect_harness, tmp_path):
     from flows.generate import generate_on_dask
     from gfm.data.generate import generate

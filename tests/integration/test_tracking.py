@@ -27,7 +27,6 @@ from mlflow.models import convert_input_example_to_serving_input
 from safetensors.torch import load_file, save_file
 
 from gfm.config import RegistrySettings, TrackingSettings
-from gfm.data.schema import ParamMeta
 from gfm.forecaster import Prefix
 from gfm.saved import load as load_forecaster
 from gfm.saved import register as register_forecaster
@@ -51,6 +50,7 @@ from gfm.tracking import (
     register,
     start_run,
 )
+from tests import helpers
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 pytestmark = pytest.mark.integration
@@ -90,17 +90,11 @@ class TinyLinear:
 
 
 def make_prefix() -> Prefix:
-    gen = torch.Generator().manual_seed(1)
-    params = ParamMeta.from_named_shapes([("net.0.weight", (3, 2)), ("net.0.bias", (3,))])
-    return Prefix(
-        w=torch.randn(K + 1, len(params), generator=gen),
-        M=M,
-        lr=torch.full((M + 1,), 1e-3, dtype=torch.float64),
-        optimizer="adam",
-        hparams={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999},
-        record_every=4,
-        params=params,
-        task="mlp_regression",
+    layout = [("net.0.weight", (3, 2)), ("net.0.bias", (3,))]
+    lr = torch.full((M + 1,), 1e-3, dtype=torch.float64)
+    hparams = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999}
+    return helpers.make_prefix(
+        k=K, M=M, layout=layout, seed=1, lr=lr, hparams=hparams, task="mlp_regression"
     )
 
 

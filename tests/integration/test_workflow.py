@@ -117,6 +117,7 @@ def aliases(settings: Settings) -> dict[str, str]:
     return {a: str(v) for a, v in model.aliases.items()}
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_harness, tmp_path):  # noqa: PLR0915 - one scenario: champion, worse, better
     from flows.promote import promote
     from flows.retrain import retrain
@@ -266,6 +267,7 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=states)
 
 
+@pytest.mark.slow  # more than 5 s on 2 cores (--durations)
 def test_tuning_killed_midway_resumes_without_losing_trials(workflow):
     settings = load_settings(workflow, {"tune.n_trials": 4}, environ={})
     name = optuna_name(settings)

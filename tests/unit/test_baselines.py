@@ -8,8 +8,9 @@ import torch
 
 from gfm import saved
 from gfm.baselines import BASELINES, load, make
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.schema import RunRecord
 from gfm.forecaster import Forecaster, Prefix, observed_index
+from tests.helpers import D_IN, gd_run, make_record
 
 NAMES = ["persistence", "linear", "geometric", "dmd", "lfd2", "wnn", "lstm", "transformer"]
 LEARNED = ["lfd2", "wnn", "lstm", "transformer"]
@@ -20,56 +21,6 @@ TINY = {
     "transformer": {"steps": 120, "batch_runs": 4, "batch_params": 8, "lr": 5e-3, "max_len": 8},
     "lfd2": {"fractions": [0.1, 0.25, 0.5, 0.75, 0.9], "time_grid": 10},
 }
-D_IN = 5  # features of the least-squares problems; D = D_IN + 1 parameters
-
-
-def _record(W: np.ndarray, lr: float, seed: int, losses: np.ndarray | None = None) -> RunRecord:
-    """A RunRecord of a linear model (weight (1, D_IN), bias (1,)) with trajectory W (M+1, D)."""
-    M = W.shape[0] - 1
-    losses = np.zeros(M + 1) if losses is None else losses
-    spec = RunSpec(
-        run_id=f"run-{seed}",
-        task="least_squares",
-        hidden=(),
-        optimizer="sgd",
-        hparams={"lr": lr},
-        schedule="constant",
-        batch_size=None,
-        seed=seed,
-        init_seed=seed,
-        steps=M,
-        record_every=1,
-    )
-    return RunRecord(
-        spec=spec,
-        steps=np.arange(M + 1),
-        lr=np.full(M + 1, lr),
-        train_loss=losses,
-        val_loss=losses,
-        val_acc=np.full(M + 1, np.nan),
-        weights=W.astype(np.float32),
-        params=ParamMeta.from_named_shapes([("linear.weight", (1, D_IN)), ("linear.bias", (1,))]),
-    )
-
-
-def gd_run(seed: int, *, M: int = 20, noise: float = 0.0) -> RunRecord:
-    """(Stochastic-)gradient descent on a random least-squares problem.
-
-    w_{i+1} = w_i − α·(Xᵀ(Xw_i − y)/n + noise·ξ_i), α = U(0.5, 1)/λ_max(XᵀX/n): without noise an
-    affine recurrence w_{i+1} = A·w_i + b with A = I − α·H.
-    """
-    rng = np.random.default_rng(seed)
-    n = 64
-    X = np.hstack([rng.normal(size=(n, D_IN)), np.ones((n, 1))])
-    y = X @ rng.normal(size=D_IN + 1) + 0.1 * rng.normal(size=n)
-    lr = float(rng.uniform(0.5, 1.0) / np.linalg.eigvalsh(X.T @ X / n).max())
-    w = rng.normal(size=D_IN + 1)
-    ws = [w]
-    for _ in range(M):
-        w = w - lr * (X.T @ (X @ w - y) / n + noise * rng.normal(size=D_IN + 1))
-        ws.append(w)
-    W = np.asarray(ws)
-    return _record(W, lr, seed, losses=0.5 * np.mean((W @ X.T - y) ** 2, axis=1))
 
 
 def diag_run(seed: int, *, M: int = 20) -> RunRecord:
@@ -78,14 +29,14 @@ def diag_run(seed: int, *, M: int = 20) -> RunRecord:
     h = rng.uniform(0.05, 0.4, size=D_IN + 1)
     w_star, w0 = rng.normal(size=D_IN + 1), rng.normal(size=D_IN + 1)
     W = w_star + (1.0 - h) ** np.arange(M + 1)[:, None] * (w0 - w_star)
-    return _record(W, 1.0, seed)
+    return make_record(W, lr=1.0, seed=seed)
 
 
 def line_run(seed: int, *, M: int = 20) -> RunRecord:
     """w_i = a + b·i."""
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=D_IN + 1), 0.05 * rng.normal(size=D_IN + 1)
-    return _record(a + b * np.arange(M + 1)[:, None], 0.1, seed)
+    return make_record(a + b * np.arange(M + 1)[:, None], lr=0.1, seed=seed)
 
 
 def ratio_vs_persistence(model, runs: list[RunRecord], fractions: list[float]) -> float:
@@ -197,7 +148,7 @@ def test_linear_fits_least_squares_through_the_window():
     # given: three points off a line; the LS slope of (0, 1, 5) at i = 0, 1, 2 is 2.5
     W = np.zeros((5, D_IN + 1))
     W[:3] = np.array([0.0, 1.0, 5.0])[:, None]
-    r = _record(np.vstack([W[:3], W[2:4]]), 0.1, 0)
+    r = make_record(np.vstack([W[:3], W[2:4]]), lr=0.1, seed=0)
     # when: forecast one step ahead of k = 2 (t = 3/4)
     out = make("linear", {"window": 3}).forecast(Prefix.from_record(r, 2), torch.tensor([0.75]))
     # then: level at i = k is mean + slope·(k − mean i) = 2 + 2.5 = 4.5; one step on: 7.0
@@ -229,7 +180,7 @@ def test_dmd_clips_a_growing_spectrum():
     # given: w_i = 1.2^i grows; with |λ| ≤ 1 the forecast grows at most linearly
     M = 20
     W = np.broadcast_to(1.2 ** np.arange(M + 1)[:, None], (M + 1, D_IN + 1)).copy()
-    r = _record(W, 0.1, 0)
+    r = make_record(W, lr=0.1, seed=0)
     k = 10
     # when
     out = make("dmd").forecast(Prefix.from_record(r, k), torch.tensor([1.0])).double().numpy()

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from gfm.baselines import make
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.schema import RunRecord
 from gfm.evaluation import evaluate, horizon_table, summarize, to_markdown
 from gfm.forecaster import Prefix, observed_index
 from gfm.plots import plot_horizon, plot_trajectories
+from tests.helpers import make_record
 
 REQUIRED = [
     "method",
@@ -47,29 +48,15 @@ def gd_run(seed: int, optimizer: str) -> RunRecord:
     ws = [rng.normal(size=D_IN + 1)]
     for _ in range(M):
         ws.append(ws[-1] - lr * X.T @ (X @ ws[-1] - y) / 32)
-    spec = RunSpec(
-        run_id=f"{optimizer}-{seed}",
-        task="least_squares",
-        hidden=(),
-        optimizer=optimizer,
-        hparams={"lr": lr},
-        schedule="constant",
-        batch_size=None,
-        seed=seed,
-        init_seed=seed,
-        steps=M,
-        record_every=1,
-    )
     steps = np.arange(M + 1)
-    return RunRecord(
-        spec=spec,
-        steps=steps,
-        lr=np.full(M + 1, lr),
+    return make_record(
+        np.asarray(ws),
+        lr=lr,
+        seed=seed,
+        spec={"run_id": f"{optimizer}-{seed}", "optimizer": optimizer},
         train_loss=np.exp(-steps / M),
         val_loss=np.exp(-steps / M) + 0.1,
         val_acc=steps / M,  # a recorded "accuracy" to tell apart from the injected score
-        weights=np.asarray(ws, dtype=np.float32),
-        params=ParamMeta.from_named_shapes([("linear.weight", (1, D_IN)), ("linear.bias", (1,))]),
     )
 
 

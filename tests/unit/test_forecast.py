@@ -11,6 +11,7 @@ from gfm.features import n_context
 from gfm.fields import FIELDS, AdamField, SGDField, Surrogate
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
+from tests.helpers import make_prefix
 
 NAMED = [
     ("net.0.weight", (8, 5)),
@@ -22,29 +23,7 @@ NAMED = [
 
 def _prefix(optimizer: str = "adam", k: int = 6, M: int = 20, seed: int = 0) -> Prefix:
     """A drifting, noisy random walk over a small two-layer net's parameters."""
-    params = ParamMeta.from_named_shapes(NAMED)
-    g = torch.Generator().manual_seed(seed)
-    D = len(params)
-    drift = torch.randn(D, generator=g) * 0.05
-    steps = drift + 0.02 * torch.randn(k, D, generator=g)
-    w = torch.cat([torch.randn(1, D, generator=g), steps]).cumsum(0)  # (k+1, D)
-    hp = {
-        "sgd": {},
-        "momentum": {"momentum": 0.9, "nesterov": False},
-        "rmsprop": {"alpha": 0.95},
-        "adam": {"beta1": 0.9, "beta2": 0.99},
-        "adamw": {"beta1": 0.9, "beta2": 0.99, "weight_decay": 0.01},
-    }[optimizer]
-    lr = 0.01 * 0.5 * (1 + torch.cos(torch.pi * torch.arange(M + 1, dtype=torch.float64) / M))
-    return Prefix(
-        w=w.float(),
-        M=M,
-        lr=lr + 1e-4,
-        optimizer=optimizer,
-        hparams={"lr": 0.01, **hp},
-        record_every=4,
-        params=params,
-    )
+    return make_prefix(optimizer=optimizer, k=k, M=M, seed=seed, layout=NAMED)
 
 
 def _field(optimizer: str = "adam", history: int = 3):

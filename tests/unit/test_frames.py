@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-from gfm.data.schema import ParamMeta
 from gfm.forecaster import Prefix
 from gfm.tracking.frames import (
     forecast_frame,
@@ -15,26 +14,19 @@ from gfm.tracking.frames import (
     frame_to_prefix,
     prefix_to_frame,
 )
+from tests import helpers
 
 M, K = 6, 2
 NAMED = [("net.0.weight", (2, 2)), ("net.0.bias", (2,)), ("scale", ())]  # D = 4 + 2 + 1 = 7
 
 
 def make_prefix(**overrides) -> Prefix:
-    gen = torch.Generator().manual_seed(0)
-    params = ParamMeta.from_named_shapes(NAMED)
     fields = dict(
-        w=torch.randn(K + 1, len(params), generator=gen),
-        M=M,
         lr=torch.linspace(0.1, 0.01, M + 1, dtype=torch.float64),
-        optimizer="momentum",
         hparams={"lr": 0.1, "momentum": 0.9, "nesterov": True},
-        record_every=4,
-        params=params,
         task="mlp_regression",
     )
-    fields.update(overrides)
-    return Prefix(**fields)
+    return helpers.make_prefix(k=K, M=M, optimizer="momentum", layout=NAMED, **fields | overrides)
 
 
 class Persistence:

@@ -8,35 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.schema import RunRecord
 from gfm.metrics import downstream, horizon_mse, mae, mse, rel_mse
+from tests.helpers import make_record
 
 
 def _record(D: int = 3, M: int = 4) -> RunRecord:
-    spec = RunSpec(
-        run_id="r0",
-        task="least_squares",
-        hidden=(),
-        optimizer="sgd",
-        hparams={"lr": 0.1},
-        schedule="constant",
-        batch_size=None,
-        seed=0,
-        init_seed=0,
-        steps=M,
-        record_every=1,
-    )
-    z = np.zeros(M + 1)
-    return RunRecord(
-        spec=spec,
-        steps=np.arange(M + 1),
-        lr=np.full(M + 1, 0.1),
-        train_loss=z,
-        val_loss=z,
-        val_acc=z,
-        weights=np.zeros((M + 1, D), dtype=np.float32),
-        params=ParamMeta.from_named_shapes([("linear.weight", (1, D - 1)), ("linear.bias", (1,))]),
-    )
+    return make_record(np.zeros((M + 1, D)), spec={"run_id": "r0"}, val_acc=np.zeros(M + 1))
 
 
 def test_mse_and_mae_by_hand():

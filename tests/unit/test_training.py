@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from gfm.config import GFMSettings, TrainSettings
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.schema import RunRecord
 from gfm.forecaster import Prefix, observed_index
 from gfm.model import GFM
 from gfm.training import fit, validate
+from tests.helpers import make_record
 
 
 def least_squares_run(
@@ -30,30 +31,13 @@ def least_squares_run(
         theta = theta - lr * Xb.T @ (Xb @ theta - y) / n
         if (s + 1) % r == 0:
             ws.append(theta.copy())
-    M = steps // r
-    spec = RunSpec(
-        run_id=f"ls-{seed}",
-        task="least_squares",
-        hidden=(),
-        optimizer="sgd",
-        hparams={"lr": lr},
-        schedule="constant",
-        batch_size=None,
+    return make_record(
+        np.asarray(ws),
+        lr=lr,
         seed=seed,
-        init_seed=seed,
-        steps=steps,
         record_every=r,
-    )
-    zeros = np.zeros(M + 1)
-    return RunRecord(
-        spec=spec,
-        steps=np.arange(M + 1) * r,
-        lr=np.full(M + 1, lr),
-        train_loss=zeros,
-        val_loss=zeros,
-        val_acc=zeros * np.nan,
-        weights=np.asarray(ws, dtype=np.float32),
-        params=ParamMeta.from_named_shapes([("weight", (1, d)), ("bias", (1,))]),
+        layout=[("weight", (1, d)), ("bias", (1,))],
+        spec={"run_id": f"ls-{seed}", "optimizer": "sgd"},
     )
 
 
@@ -83,6 +67,7 @@ def trained() -> tuple[GFM, list[dict]]:
     return model, history
 
 
+@pytest.mark.slow  # the trained fixture fits GFM for 300 steps (~7 s)
 def test_gfm_forecasts_unseen_gradient_descent_runs_10x_better_than_persistence(trained):
     # given a model trained on 24 GD runs, and 8 unseen problems
     model, _ = trained
@@ -100,6 +85,7 @@ def test_gfm_forecasts_unseen_gradient_descent_runs_10x_better_than_persistence(
     assert ratio < 0.1, f"MSE / persistence MSE = {ratio:.3f}"
 
 
+@pytest.mark.slow  # the trained fixture fits GFM for 300 steps (~7 s)
 def test_history_reports_metrics_at_every_evaluation(trained):
     _, history = trained
     assert [h["step"] for h in history] == [100, 200, 300]
@@ -109,6 +95,7 @@ def test_history_reports_metrics_at_every_evaluation(trained):
     assert history[-1]["train/loss"] < history[0]["train/loss"]
 
 
+@pytest.mark.slow  # the trained fixture fits GFM for 300 steps (~7 s)
 def test_validate_matches_a_direct_computation(trained):
     model, _ = trained
     runs = [least_squares_run(s) for s in (300, 301)]

@@ -12,20 +12,12 @@ from gfm.bench import jumps
 from gfm.bench.jumps import AccelerateSettings, load_accelerate
 from gfm.config import SettingsError, load_settings
 from gfm.jumps import jump_baseline
+from tests.helpers import TINY_JUMPS
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "tests" / "confs" / "valid" / "tiny.yaml"
 # digits only (sklearn's, no download), 12 steps, a jump every 4 base steps
-TINY_ACCELERATE = [
-    "accelerate.tasks=[digits_mlp]",
-    "accelerate.methods=[base, gfm, linear]",
-    "accelerate.seeds=2",
-    "accelerate.period=4",
-    "accelerate.horizon_start=2",
-    "accelerate.horizon_end=1",
-    "accelerate.history=8",
-    "accelerate.guard_rows=64",
-]
+TINY_ACCELERATE = [*TINY_JUMPS, "accelerate.seeds=2"]
 
 
 def test_the_benchmark_file_holds_the_defaults_and_is_not_in_params_yaml():
@@ -96,6 +88,7 @@ def test_summary_arithmetic():
     assert gfm["spike_max"] == 3.0
 
 
+@pytest.mark.slow  # trains networks every way
 def test_a_tiny_run_measures_steps_to_target_and_writes_its_files(tmp_path):
     # given: digits, 12 steps, one seed, the base optimizer and linear-extrapolation jumps
     overrides = [*TINY_ACCELERATE, "accelerate.methods=[base, linear]", "accelerate.seeds=1"]

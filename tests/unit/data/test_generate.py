@@ -90,6 +90,7 @@ def test_plan_draws_hyperparameters_within_ranges():
         assert (s.steps, s.record_every) == (task.steps, task.record_every)
 
 
+@pytest.mark.slow  # spawns worker processes or trains the tiny dataset
 def test_plan_is_stable_across_calls_and_processes():
     # given the default plan computed here
     digest = _plan_digest(plan_runs(DataSettings()))
@@ -252,6 +253,7 @@ def test_real_writer_keeps_diverged_runs_out_of_the_dataset(tmp_path):
     assert not list((cfg.root / "checkpoints").glob("*-sgd-*"))
 
 
+@pytest.mark.slow  # spawns worker processes or trains the tiny dataset
 def test_generate_with_two_workers_equals_inline():
     cfg = _settings()
     inline, parallel = MemoryWriter(), MemoryWriter()
@@ -302,6 +304,7 @@ def test_generate_rejects_zero_workers():
         generate(_settings(), workers=0, writer=MemoryWriter())
 
 
+@pytest.mark.slow  # spawns worker processes or trains the tiny dataset
 def test_generate_with_the_real_writer(tiny_settings):
     from gfm.data.checkpoints import read_checkpoints
 

@@ -14,10 +14,11 @@ from gfm.config import DataSettings, SplitSettings
 from gfm.data.atomic import atomic_path, atomic_write_bytes
 from gfm.data.checkpoints import read_checkpoints, write_checkpoints
 from gfm.data.format import dataset_hash, read_manifest
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.schema import RunRecord
 from gfm.data.splits import assign_splits
 from gfm.data.validate import validate
 from gfm.data.writer import DatasetWriter
+from tests.helpers import random_record
 
 
 def make_record(
@@ -33,31 +34,16 @@ def make_record(
     hparams: dict[str, float | bool] = {"lr": 0.05}
     if optimizer == "momentum":
         hparams |= {"momentum": 0.9, "nesterov": True}
-    spec = RunSpec(
-        run_id=run_id,
-        task=task,
-        hidden=hidden,
-        optimizer=optimizer,
-        hparams=hparams,
-        schedule="constant",
-        batch_size=None if seed % 2 else 16,
-        seed=seed,
-        init_seed=1000 + seed,
-        steps=8,
-        record_every=2,
-    )
     h = hidden[0] if hidden else 1
-    params = ParamMeta.from_named_shapes([("net.0.weight", (h, 3)), ("net.0.bias", (h,))])
-    rng = np.random.default_rng(sum(map(ord, run_id)))
-    return RunRecord(
-        spec=spec,
-        steps=np.arange(0, 9, 2, dtype=np.int64),
-        lr=np.full(5, 0.05),
-        train_loss=rng.random(5),
-        val_loss=rng.random(5),
-        val_acc=np.full(5, np.nan),
-        weights=rng.standard_normal((5, len(params))).astype(np.float32),
-        params=params,
+    spec = {"task": task, "hidden": hidden, "optimizer": optimizer, "hparams": hparams}
+    spec |= {"batch_size": None if seed % 2 else 16, "init_seed": 1000 + seed}
+    return random_record(
+        run_id,
+        sum(map(ord, run_id)),
+        layout=[("net.0.weight", (h, 3)), ("net.0.bias", (h,))],
+        lr=0.05,
+        record_every=2,
+        spec={**spec, "seed": seed},
         diverged_at=diverged_at,
         extra={"wall_s": 0.25},
     )

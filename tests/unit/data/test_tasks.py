@@ -28,6 +28,7 @@ def _adam_fit(task, model, steps: int, lr: float, batch: int = 128) -> None:
         opt.step()
 
 
+@pytest.mark.slow  # trains each task's network (mnist: ~9 s)
 @pytest.mark.parametrize(
     ("name", "steps", "lr", "ratio"),
     [

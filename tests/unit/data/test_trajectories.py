@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 
 from gfm.config import DataSettings
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.schema import RunRecord
 from gfm.data.trajectories import Trajectories
 from gfm.data.writer import DatasetWriter
+from tests.helpers import random_record
 
 BYTES_PER_RECORD = 5 * 12 * 4 + 5 * 8 * 5  # weights (5, 12) float32 + five (5,) arrays
 
@@ -24,31 +25,17 @@ def make_record(run_id: str, seed: int, optimizer: str, hidden: tuple[int, ...])
         hparams |= {"beta1": 0.9, "beta2": 0.99}
     if optimizer == "momentum":
         hparams |= {"momentum": 0.8, "nesterov": False}
-    spec = RunSpec(
-        run_id=run_id,
-        task="digits_mlp",
-        hidden=hidden,
-        optimizer=optimizer,
-        hparams=hparams,
-        schedule="cosine",
-        batch_size=32,
-        seed=seed,
-        init_seed=seed * 7,
-        steps=4,
-        record_every=1,
-    )
     h = hidden[-1]
-    params = ParamMeta.from_named_shapes([("fc.weight", (h, 3)), ("fc.bias", (h,))])
+    spec = {"task": "digits_mlp", "hidden": hidden, "optimizer": optimizer, "hparams": hparams}
+    spec |= {"schedule": "cosine", "batch_size": 32, "init_seed": seed * 7, "seed": seed}
     rng = np.random.default_rng(seed + 10 * len(hidden))
-    return RunRecord(
-        spec=spec,
-        steps=np.arange(5),
+    return random_record(
+        run_id,
+        seed + 10 * len(hidden),
+        layout=[("fc.weight", (h, 3)), ("fc.bias", (h,))],
         lr=np.linspace(0.01, 0.0, 5),
-        train_loss=rng.random(5),
-        val_loss=rng.random(5),
+        spec=spec,
         val_acc=rng.random(5),
-        weights=rng.standard_normal((5, len(params))).astype(np.float32),
-        params=params,
     )
 
 

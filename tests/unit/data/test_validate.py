@@ -12,36 +12,22 @@ import pytest
 from gfm.config import DataSettings
 from gfm.data.checkpoints import write_checkpoints
 from gfm.data.format import read_manifest
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec
+from gfm.data.schema import RunRecord
 from gfm.data.validate import DatasetError, Problem, check, validate
 from gfm.data.writer import DatasetWriter
+from tests.helpers import random_record
 
 
 def make_record(run_id: str, seed: int, D: int = 6) -> RunRecord:
-    spec = RunSpec(
-        run_id=run_id,
-        task="least_squares",
-        hidden=(),
-        optimizer="adam",
-        hparams={"lr": 0.003, "beta1": 0.9, "beta2": 0.999},
-        schedule="step",
-        batch_size=None,
-        seed=seed,
-        init_seed=seed,
-        steps=6,
+    return random_record(
+        run_id,
+        seed,
+        M=3,
+        layout=[("linear.weight", (1, D - 1)), ("linear.bias", (1,))],
+        lr=0.003,
         record_every=2,
-    )
-    params = ParamMeta.from_named_shapes([("linear.weight", (1, D - 1)), ("linear.bias", (1,))])
-    rng = np.random.default_rng(seed)
-    return RunRecord(
-        spec=spec,
-        steps=np.arange(0, 7, 2),
-        lr=np.full(4, 0.003),
-        train_loss=rng.random(4),
-        val_loss=rng.random(4),
-        val_acc=np.full(4, np.nan),
-        weights=rng.standard_normal((4, D)).astype(np.float32),
-        params=params,
+        spec={"optimizer": "adam", "hparams": {"lr": 0.003, "beta1": 0.9, "beta2": 0.999}}
+        | {"schedule": "step"},
     )
 
 
