@@ -7,7 +7,9 @@ make_prefix(...)      a Prefix: a drifting random walk over a small layer layout
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -166,3 +168,20 @@ def make_prefix(
     )
     fields.update(overrides)
     return Prefix(**fields)
+
+
+def write_request(prefix: Prefix, folder: Path, stem: str = "prefix") -> Path:
+    """A forecast request for `gfm forecast`: ``<stem>.npy`` (k+1, D) and its ``<stem>.json``."""
+    p = prefix.params
+    layout = [[str(p.layer[i]), list(p.shape[i])] for i in np.flatnonzero(p.index == 0)]
+    meta = {
+        "optimizer": prefix.optimizer,
+        "lr": prefix.lr.tolist(),
+        "record_every": prefix.record_every,
+        "total_checkpoints": prefix.M + 1,
+        "hparams": {k: v for k, v in prefix.hparams.items() if k != "lr"},
+        "layout": layout,
+    }
+    np.save(folder / f"{stem}.npy", prefix.w.numpy())
+    (folder / f"{stem}.json").write_text(json.dumps(meta))
+    return folder / f"{stem}.npy"

@@ -25,7 +25,7 @@ from gfm.config import load_settings
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index, target_times
 from gfm.model import GFM
-from tests.helpers import TINY_JUMPS
+from tests.helpers import TINY_JUMPS, write_request
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -45,26 +45,11 @@ def trained(workflow: Path) -> tuple[Path, dict, Prefix]:
 
 
 def _forecast_cli(workflow: Path, model: Path, prefix: Prefix, folder: Path) -> np.ndarray:
-    np.save(folder / "p.npy", prefix.w.numpy())
-    layout = [[str(n), list(s)] for n, s in _named_shapes(prefix)]
-    meta = {
-        "optimizer": prefix.optimizer,
-        "lr": prefix.lr.tolist(),
-        "record_every": prefix.record_every,
-        "total_checkpoints": prefix.M + 1,
-        "hparams": {k: v for k, v in prefix.hparams.items() if k != "lr"},
-        "layout": layout,
-    }
-    (folder / "p.json").write_text(json.dumps(meta))
+    request = write_request(prefix, folder)
     args = ["forecast", "-p", str(workflow), "--model", str(model)]
-    result = runner.invoke(app, [*args, "-i", str(folder / "p.npy"), "-o", str(folder / "f.npy")])
+    result = runner.invoke(app, [*args, "-i", str(request), "-o", str(folder / "f.npy")])
     assert result.exit_code == 0, result.output
     return np.load(folder / "f.npy")
-
-
-def _named_shapes(prefix: Prefix) -> list[tuple[str, tuple[int, ...]]]:
-    p = prefix.params
-    return [(str(p.layer[i]), tuple(p.shape[i])) for i in np.flatnonzero(p.index == 0)]
 
 
 def test_every_entry_point_forecasts_the_same_from_the_trained_folder(workflow, trained, tmp_path):

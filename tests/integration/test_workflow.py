@@ -29,6 +29,7 @@ from gfm.cli import app
 from gfm.config import Settings, load_settings
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index, target_times
+from tests.helpers import write_request
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -207,20 +208,7 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     np.testing.assert_allclose(served, native.forecast(prefix, t).numpy(), rtol=1e-5, atol=1e-7)
 
     # and `gfm forecast` writes the champion's forecast of a prefix given as .npy + sidecar
-    np.save(tmp_path / "prefix.npy", prefix.w.numpy())
-    layout = [[name, list(shape)] for name, shape in _named_shapes(prefix)]
-    (tmp_path / "prefix.json").write_text(
-        json.dumps(
-            {
-                "optimizer": prefix.optimizer,
-                "lr": prefix.lr.tolist(),
-                "record_every": prefix.record_every,
-                "total_checkpoints": prefix.M + 1,
-                "hparams": {k: v for k, v in prefix.hparams.items() if k != "lr"},
-                "layout": layout,
-            }
-        )
-    )
+    write_request(prefix, tmp_path)
     result = runner.invoke(
         app,
         [
@@ -253,13 +241,6 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     d4 = promote(str(workflow), train_info=str(better[0]), metrics=str(better[1]))
     assert d4["version"] == "3" and d4["reason"].startswith("already champion")
     assert len(MlflowClient().search_model_versions("name = 'gfm'")) == 3
-
-
-def _named_shapes(prefix: Prefix) -> list[tuple[str, tuple[int, ...]]]:
-    named: dict[str, tuple[int, ...]] = {}
-    for layer, shape in zip(prefix.params.layer, prefix.params.shape, strict=True):
-        named.setdefault(str(layer), tuple(shape))
-    return list(named.items())
 
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
