@@ -19,6 +19,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.common import dvc_repo, repro, settings
 from gfm import ops
+from gfm._torch import kernel_env
 from gfm.config import DataSettings, TaskSettings
 from gfm.data.generate import GenerateReport, pending, train_run
 from gfm.data.generate import generate as generate_runs
@@ -82,8 +83,10 @@ MALLOC_TRIM_THRESHOLD = 2**31 - 1  # bytes free at the heap's top before glibc r
 def dask_runner(cfg: DataSettings) -> DaskTaskRunner:
     """The Dask cluster to train on: ``data.dask_address``, else a local one.
 
-    The local cluster has ``data.workers`` processes of one thread each, and binds loopback
-    only (its dashboard on a free port). Its workers do not trim their heap: with Dask's
+    The local cluster has ``data.workers`` processes of one thread each, started with the
+    pinned kernels (``gfm._torch.kernel_env``: the same bits as the process pool), and binds
+    loopback only (its dashboard on a free port). Workers of an existing cluster need that
+    environment too (``train_run`` warns when they lack it). Local workers do not trim their heap: with Dask's
     default (``MALLOC_TRIM_THRESHOLD_=65536``) glibc hands memory back after nearly every
     tensor, and a ``mnist_cnn`` run trained about 1.8 times slower (measured).
     """
@@ -96,7 +99,7 @@ def dask_runner(cfg: DataSettings) -> DaskTaskRunner:
             "processes": True,
             "host": "127.0.0.1",
             "dashboard_address": ":0",
-            "env": {"MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD)},
+            "env": {"MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD), **kernel_env()},
         }
     )
 

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from gfm.config import Settings, load_settings
+from gfm._torch import pin_kernels
+
+# before any tensor op, as the `gfm` command does: records generated in this process are the
+# bits a worker process or another machine generates
+pin_kernels()
+
+from gfm.config import Settings, load_settings  # noqa: E402
 
 CONFS = Path(__file__).parent / "confs"
 

@@ -4,7 +4,8 @@
 trains one run and records M+1 checkpoints; ``generate`` runs the plan in parallel processes
 (or hands it to a ``Runner``, e.g. a Dask cluster driven by ``flows/generate.py``), resumes what
 a writer already holds and commits the dataset. Every engine gives bit-identical records, so
-the dataset hash does not depend on where the runs trained.
+the dataset hash does not depend on where the runs trained: runs train in processes pinned to
+machine-independent kernels (``gfm._torch.kernel_env``) on one thread, with oneDNN off.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import math
 import multiprocessing
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from gfm._torch import one_thread
+from gfm._torch import kernels_pinned, pinned_environ, reproducible
 from gfm.config import DataSettings, Range, TaskSettings
 from gfm.data.names import OPTIMIZERS
 from gfm.data.optim import DEFAULTS, build_optimizer, scheduled_lr
@@ -216,7 +218,10 @@ def train_run(spec: RunSpec, task_cfg: TaskSettings) -> RunRecord:
     """Train one run and record its trajectory.
 
     Everything random (synthetic problem, initialisation, minibatch order) comes from
-    ``spec.init_seed`` and torch runs on one thread, so the same spec gives bit-identical arrays.
+    ``spec.init_seed`` and torch runs on one thread with oneDNN off (``gfm._torch.reproducible``),
+    so the same spec gives bit-identical arrays in any process whose kernels are pinned
+    (``gfm._torch.pin_kernels``: the ``gfm`` command, the worker processes of ``generate``);
+    in a process that is not, a warning says the bits may differ from other machines'.
     Checkpoints are taken at steps 0, r, 2r, ..., S (r = record_every, S = steps, M = S / r);
     at each one the weights, the learning rate about to be used, the train loss (on the task's
     fixed train subsample) and the held-out loss and accuracy are recorded.
@@ -234,7 +239,15 @@ def train_run(spec: RunSpec, task_cfg: TaskSettings) -> RunRecord:
             out of range.
     """
     _check_spec(spec)
-    with one_thread():
+    if not kernels_pinned():
+        warnings.warn(
+            "train_run: this process's torch/MKL kernels are not pinned (gfm._torch.pin_kernels "
+            "before any tensor op, or start it with gfm._torch.kernel_env()), so the recorded "
+            "bits may differ from another machine's",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    with reproducible():
         return _train(spec, task_cfg)
 
 
@@ -316,16 +329,27 @@ def _init_worker() -> None:
 
 
 def _run_all(specs: list[RunSpec], cfg: DataSettings, workers: int) -> Iterator[RunRecord]:
-    """Train ``specs``, yielding records as they finish (inline when one worker suffices)."""
-    if workers == 1 or len(specs) <= 1:
+    """Train ``specs``, yielding records as they finish.
+
+    Inline when one worker suffices and this process's kernels are pinned; otherwise in
+    spawned processes started with the pinned kernels (``pinned_environ``), so the records do
+    not depend on the number of workers nor on what the calling process ran before.
+    """
+    if not specs:
+        return
+    if workers == 1 and kernels_pinned():
         for spec in specs:
             yield train_run(spec, cfg.tasks[spec.task])
         return
-    # spawn: a fresh interpreter per worker, safe with torch's threads (fork is not)
+    # spawn: a fresh interpreter per worker, safe with torch's threads (fork is not), and one
+    # that reads the kernel variables before its first tensor op
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        min(workers, len(specs)), mp_context=ctx, initializer=_init_worker
-    ) as pool:
+    with (
+        pinned_environ(),
+        ProcessPoolExecutor(
+            min(workers, len(specs)), mp_context=ctx, initializer=_init_worker
+        ) as pool,
+    ):
         futures = [pool.submit(train_run, spec, cfg.tasks[spec.task]) for spec in specs]
         try:
             for future in as_completed(futures):
