@@ -39,6 +39,7 @@ import contextlib
 import math
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ import torch
 from gfm.data.names import OPTIMIZERS
 from gfm.data.schema import ParamMeta
 from gfm.forecaster import Prefix
+
+if TYPE_CHECKING:
+    from gfm.prior import QuadFit
 
 __all__ = [
     "HPARAM_DEFAULTS",
@@ -383,18 +387,21 @@ def run_context(
     return torch.cat([run_features(prefix), trend_features(prefix, normalizer, history=history)])
 
 
-def n_context(history: int) -> int:
+PRIOR_NAMES = ["prior_final", "prior_fit", "prior_z", "prior_log_h"]
+
+
+def n_context(history: int, prior: bool = False) -> int:
     """Number of per-parameter context features F_ctx for ``history`` increments."""
-    return len(context_names(history))
+    return len(context_names(history, prior))
 
 
-def context_names(history: int) -> list[str]:
-    """Names of the columns of ``context``, in order."""
+def context_names(history: int, prior: bool = False) -> list[str]:
+    """Names of the columns of ``context``, in order (``PRIOR_NAMES`` with a prior)."""
     per_param = ["w0", "wk", *(f"inc_{j}" for j in range(history))]
     per_param += [f"layer_trend_{j}" for j in range(history)]
     per_param += [f"vel_{m}" for m in _WINDOWS]
     per_param += ["mean_velocity", "log10_speed", "is_bias", "log_fan_in"]
-    return per_param + RUN_NAMES
+    return per_param + (PRIOR_NAMES if prior else []) + RUN_NAMES
 
 
 def context(
@@ -403,6 +410,7 @@ def context(
     *,
     history: int = 4,
     index: torch.Tensor | None = None,
+    prior: QuadFit | None = None,
 ) -> torch.Tensor:
     """Per-parameter context of a prefix, scale-free.
 
@@ -424,6 +432,12 @@ def context(
         log10_speed   log10(c / ω)                     how fast the layer moves relative to its size
         is_bias       1 for biases, 0 for weights
         log_fan_in    ln(fan_in)
+        with a prior (``gfm.prior.QuadFit`` of the same N parameters), what the gate needs to
+        know how far to trust it:
+        prior_final   asinh((p_M − w_k) / c)           where the prior ends
+        prior_fit     log10 of its RMS fit residual on the prefix (interval velocities)
+        prior_z       asinh(z), its optimum (w* − w_k) in interval velocities
+        prior_log_h   log(h α_k S), its curvature in units of the run's remaining step budget
         + run_features(prefix) repeated for every parameter (N_RUN columns)
 
     Args:
@@ -431,9 +445,10 @@ def context(
         normalizer: its normaliser (fitted on the full prefix when None).
         history: number of recent increments H.
         index: (N,) parameters to describe (all D when None); scales still come from whole layers.
+        prior: the prior's fit of exactly these N parameters, or None (no prior columns).
 
     Returns:
-        (N, n_context(history)) float32, N = D or len(index).
+        (N, n_context(history, prior is not None)) float32, N = D or len(index).
     """
     norm = Normalizer.from_prefix(prefix) if normalizer is None else normalizer
     idx = torch.arange(prefix.D) if index is None else index.long()
@@ -458,6 +473,19 @@ def context(
     fan_in = prefix.params.fan_in[idx.numpy()]
     cols.append(torch.from_numpy((kind == "bias").astype(np.float64)))
     cols.append(torch.from_numpy(np.log(np.maximum(fan_in, 1)).astype(np.float64)))
+    if prior is not None:
+        cols += _prior_columns(prefix, prior, c)
     per_param = torch.stack(cols, -1).float()  # (N, F_ctx − N_RUN)
     run = run_features(prefix).expand(len(idx), N_RUN)  # (N, N_RUN)
     return torch.cat([per_param, run], -1)
+
+
+def _prior_columns(prefix: Prefix, prior: QuadFit, c: torch.Tensor) -> list[torch.Tensor]:
+    """The ``PRIOR_NAMES`` columns of ``context`` (N,) each, float64."""
+    budget = math.log(max(float(prefix.lr[prefix.k]) * prefix.M * prefix.record_every, 1e-30))
+    return [
+        torch.from_numpy(np.arcsinh((prior.path[-1] - prior.path[0]) / c.numpy())),
+        torch.from_numpy(np.log10(np.maximum(prior.fit, 1e-6))),
+        torch.from_numpy(np.arcsinh(prior.z)),
+        torch.from_numpy(np.clip(prior.log_h + budget, -20.0, 20.0)),
+    ]

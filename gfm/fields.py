@@ -60,6 +60,7 @@ __all__ = [
     "SGDField",
     "Surrogate",
     "VectorField",
+    "interval_step",
     "scan_states",
 ]
 
@@ -79,17 +80,19 @@ class Grad(NamedTuple):
         var: σ̂² >= 0, the minibatch gradient noise variance in units g_s² (0 for an injected
             gradient). Only the second moments of RMSprop and Adam see it: with noise, their
             update m/√v is smaller than sign(ĝ), which a deterministic ĝ alone cannot express.
+        gate: γ, the weight of the prior's velocity (``gfm.prior``), None without a prior.
     """
 
     mean: torch.Tensor
     var: torch.Tensor
+    gate: torch.Tensor | None = None
 
 
 class Surrogate(nn.Module):
     """The one network of GFM, shared by all parameters, runs and optimizers.
 
-        f(ŵ, t) = ⟨a, τ⟩ + ŵ · 2M · σ(⟨b, τ⟩ − 4),   σ̂²(t) = softplus(⟨n, τ⟩)
-        (a, b, n) = branch(ctx) (3 × K),   τ = trunk(t, lr features, run context) (K)
+        f(ŵ, t) = ⟨a, τ⟩ + ŵ · 2M · σ(⟨b, τ⟩ − 4),   σ̂²(t) = softplus(⟨n, τ⟩),   γ(t) = ⟨p, τ⟩
+        (a, b, n[, p]) = branch(ctx) (3 or 4 × K),   τ = trunk(t, lr features, run context) (K)
 
     The branch depends only on a parameter's context and is computed once per forecast; the
     trunk is shared by all parameters of a run. Evaluating the field then costs O(K) per
@@ -105,6 +108,7 @@ class Surrogate(nn.Module):
         depth: hidden layers of branch and trunk.
         time_embedding: sinusoidal features of t (even; 0: t only).
         history: H, recent increments in the context (recorded so forecasting rebuilds it).
+        prior: a fourth branch row for γ, the gate of the prior's velocity (``gfm.prior``).
     """
 
     def __init__(
@@ -115,20 +119,25 @@ class Surrogate(nn.Module):
         depth: int = 3,
         time_embedding: int = 16,
         history: int = 4,
+        prior: bool = False,
     ) -> None:
         super().__init__()
+        self.prior = prior
+        self.rows = 4 if prior else 3
         self.n_context, self.width, self.depth = n_context, width, depth
         self.time_embedding, self.history = time_embedding, history
         n_freq = time_embedding // 2
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float32))
-        self.branch = _mlp(n_context, width, 3 * width, depth)
-        self.branch_skip = nn.Linear(n_context, 3 * width)  # linear path for near-linear maps
+        self.branch = _mlp(n_context, width, self.rows * width, depth)
+        self.branch_skip = nn.Linear(
+            n_context, self.rows * width
+        )  # linear path for near-linear maps
         self.trunk_net = _mlp(1 + 2 * n_freq + N_LR + N_RUN + history, width, width, depth)
 
     def encode(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Branch code of each parameter: (..., F_ctx) -> (..., 3, K)."""
-        code = self.branch(ctx) + self.branch_skip(ctx)  # (..., 3K)
-        return code.unflatten(-1, (3, self.width))  # (..., 3, K)
+        """Branch code of each parameter: (..., F_ctx) -> (..., rows, K)."""
+        code = self.branch(ctx) + self.branch_skip(ctx)  # (..., rows·K)
+        return code.unflatten(-1, (self.rows, self.width))  # (..., rows, K)
 
     def trunk(self, t: torch.Tensor, lr_feat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
         """Trunk features of times t.
@@ -153,7 +162,7 @@ class Surrogate(nn.Module):
         """Surrogate on a grid of parameters × times.
 
         Args:
-            code: (..., N, 3, K) branch codes.
+            code: (..., N, rows, K) branch codes.
             trunk: (..., T, K) trunk features.
             w_hat: (..., N, T) normalised weights.
             M: recorded intervals of the run, 0-d or (..., 1, 1).
@@ -161,9 +170,10 @@ class Surrogate(nn.Module):
         Returns:
             ``Grad`` of (..., N, T) tensors.
         """
-        abn = torch.einsum("...npk,...tk->...npt", code, trunk)  # (..., N, 3, T)
+        abn = torch.einsum("...npk,...tk->...npt", code, trunk)  # (..., N, rows, T)
         slope = _SLOPE_MAX * M * torch.sigmoid(abn[..., 1, :] - _SLOPE_SHIFT)
-        return Grad(abn[..., 0, :] + slope * w_hat, nn.functional.softplus(abn[..., 2, :]))
+        gate = abn[..., 3, :] if abn.shape[-2] > 3 else None
+        return Grad(abn[..., 0, :] + slope * w_hat, nn.functional.softplus(abn[..., 2, :]), gate)
 
 
 def _mlp(n_in: int, width: int, n_out: int, depth: int) -> nn.Sequential:
@@ -193,6 +203,8 @@ class Cond:
         momentum, nesterov, alpha, beta1, beta2, weight_decay, eps: resolved hyperparameters
             (``gfm.features.resolve_hparams``; 0 where the optimizer has no such key).
         code: the surrogate's branch code of these parameters.
+        prior_v: ṗ, the prior's normalised velocity of these parameters over the interval being
+            stepped (``gfm.prior.prior_velocity``), or None.
     """
 
     center: torch.Tensor
@@ -209,8 +221,9 @@ class Cond:
     weight_decay: torch.Tensor
     eps: torch.Tensor
     code: torch.Tensor | None = None
+    prior_v: torch.Tensor | None = None
 
-    _PER_PARAM: ClassVar[tuple[str, ...]] = ("center", "scale", "g_scale", "code")
+    _PER_PARAM: ClassVar[tuple[str, ...]] = ("center", "scale", "g_scale", "code", "prior_v")
 
     @staticmethod
     def from_prefix(
@@ -257,7 +270,7 @@ class Cond:
         out = {}
         for f in fields(Cond):
             vals = [getattr(c, f.name) for c in conds]
-            if f.name == "code":
+            if f.name in ("code", "prior_v"):
                 out[f.name] = None if vals[0] is None else torch.stack(vals)
             elif f.name in Cond._PER_PARAM:
                 out[f.name] = torch.stack(vals)  # (R, N, 1)
@@ -393,6 +406,27 @@ class VectorField(nn.Module):
     ) -> torch.Tensor:
         """dŵ/dt on the grid (..., N, T); ``alpha_t`` (..., 1, T) is α(t), t (..., T)."""
         raise NotImplementedError
+
+    def drift(
+        self,
+        w_hat: torch.Tensor,
+        states: list[torch.Tensor],
+        g: Grad,
+        alpha_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Cond,
+    ) -> torch.Tensor:
+        """The field's velocity plus, with a prior, the prior's velocity weighed by the gate.
+
+            dŵ/dt = velocity(ŵ, s, ĝ, α(t), t) + γ(t) · ṗ(t)
+
+        Every caller (the training loss, ``interval_step``, the ODE right-hand side) takes the
+        velocity from here, so the prior enters every field and solver alike.
+        """
+        v = self.velocity(w_hat, states, g, alpha_t, t, cond)
+        if g.gate is not None and cond.prior_v is not None:
+            v = v + g.gate * cond.prior_v
+        return v
 
     def _coupled(self, g: Grad, w_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
         """Gradient with L2 weight decay, ĝ + λ w / g_s (torch's coupled ``weight_decay``)."""
@@ -589,3 +623,45 @@ FIELDS: dict[str, type[VectorField]] = {
     "adam": AdamField,
     "adamw": AdamWField,
 }
+
+
+def interval_step(
+    field: VectorField,
+    w_hat: torch.Tensor,
+    states: list[torch.Tensor],
+    t: torch.Tensor,
+    alpha_t: torch.Tensor,
+    trunk: torch.Tensor | None,
+    cond: Cond,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One recorded interval: the r = record_every optimizer steps of interval i taken at once.
+
+        ĝ_i = surrogate(ŵ_i, t_i)
+        ŵ_{i+1} = ŵ_i + drift(ŵ_i, s_i, ĝ_i, α(t_i), t_i) / M
+        s_{i+1} = β^r · s_i + (1 − β^r) · φ(ĝ_i)          (the exact decay of r EMA updates)
+
+    An explicit Euler step of the weights on the checkpoint grid, with the optimizer state
+    advanced by its exact decay over the interval. Flow matching trains the field on the
+    interval's velocity M · (w_{i+1} − w_i); the ``interval`` solver of ``gfm.forecast`` steps
+    exactly this, once per interval, where rk4 would take 4 evaluations.
+
+    Args:
+        field: the vector field.
+        w_hat: (..., N, 1) normalised weights at t_i.
+        states: n_state tensors (..., N, 1).
+        t: (..., 1) time t_i.
+        alpha_t: (..., 1, 1) step size α(t_i).
+        trunk: (..., 1, K) trunk features at t_i (network only).
+        cond: the conditioning (with ``code`` for the network; ``prior_v`` of interval i).
+
+    Returns:
+        (ŵ_{i+1}, [s_{i+1}]), shaped like the inputs.
+    """
+    M = cond.S / cond.record_every
+    g = field.gradient(w_hat, t, cond, trunk)
+    v = field.drift(w_hat, states, g, alpha_t, t, cond)
+    nxt = []
+    for phi, s, beta in zip(field.targets(g, w_hat, cond), states, field.decays(cond), strict=True):
+        d = beta**cond.record_every
+        nxt.append(d * s + (1 - d) * phi)
+    return w_hat + v / M, nxt

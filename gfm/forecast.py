@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -21,13 +22,15 @@ from torchdiffeq._impl.odeint import SOLVERS
 from gfm._torch import one_thread
 from gfm.data.names import OPTIMIZERS
 from gfm.features import Normalizer, context, lr_at, lr_features, n_context, run_context
-from gfm.fields import Cond, VectorField
+from gfm.fields import Cond, VectorField, interval_step
 from gfm.forecaster import Prefix
+from gfm.prior import prior_velocity, quadfit
 
 __all__ = ["FIXED_STEP", "forecast"]
 
 FIXED_STEP = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
-_METHODS = tuple(m for m in SOLVERS if m not in ("scipy_solver", "fixed_adams"))
+INTERVAL = "interval"  # one ``interval_step`` per recorded interval (not a torchdiffeq solver)
+_METHODS = (INTERVAL, *(m for m in SOLVERS if m not in ("scipy_solver", "fixed_adams")))
 _HPARAM_RANGES: dict[str, tuple[float, float, str]] = {
     # key: (low, high, interval) with "[)" = low <= x < high, "()" = low < x < high
     "momentum": (0.0, 1.0, "[)"),
@@ -62,7 +65,7 @@ class _Dynamics(nn.Module):
         trunk = self.trunk_fn(tt) if self.trunk_fn is not None else None  # (1, K)
         g = self.field.gradient(w_hat, tt, self.cond, trunk)  # (N, 1)
         alpha_t = self.alpha_fn(tt).view(1, 1)  # (1, T=1)
-        dw = self.field.velocity(w_hat, states, g, alpha_t, tt, self.cond)
+        dw = self.field.drift(w_hat, states, g, alpha_t, tt, self.cond)
         phis = self.field.targets(g, w_hat, self.cond)
         ds = [
             self.cond.S * kappa * (phi - s)
@@ -123,9 +126,15 @@ def _check_inputs(  # noqa: C901, PLR0912, PLR0913 - one check per argument (tor
             raise ValueError(
                 f"`prefix.hparams['{key}']` must be in {kind[0]}{low}, {high}{kind[1]}, got {value!r}"
             )
-    if field.net is not None and field.net.n_context != n_context(field.net.history):
+    if field.net is not None and getattr(field.net, "prior", False) and method != INTERVAL:
         raise ValueError(
-            f"`field.net` must take {n_context(field.net.history)} context features for "
+            f"`method` must be '{INTERVAL}' for a field trained with the prior (its velocity is "
+            f"given per recorded interval), got {method!r}"
+        )
+    n_ctx = n_context(field.net.history, field.net.prior) if field.net is not None else 0
+    if field.net is not None and field.net.n_context != n_ctx:
+        raise ValueError(
+            f"`field.net` must take {n_ctx} context features for "
             f"history={field.net.history}, got {field.net.n_context}"
         )
     t = torch.as_tensor(t, dtype=torch.float64)
@@ -197,7 +206,10 @@ def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint t
         field: the vector field (``gfm.fields.FIELDS``), matching ``prefix.optimizer``.
         prefix: the observed run.
         t: (T,) strictly increasing target times in (t_k, 1].
-        method: a torchdiffeq solver name (``rk4``, ``euler``, ``dopri5``, ...).
+        method: ``interval`` (one ``gfm.fields.interval_step`` per recorded interval, what the
+            field is trained on; required with a prior) or a torchdiffeq solver name (``rk4``,
+            ``euler``, ``dopri5``, ...). A field trained with the prior (``Surrogate.prior``) fits
+            ``gfm.prior.quadfit`` to each chunk's parameters first and adds its gated velocity.
         step_size: fixed-step solvers' step; default one recorded interval / ``solver_steps``.
             The grid also contains every target time, so no output is interpolated.
         solver_steps: fixed-step substeps per recorded interval (when ``step_size`` is None).
@@ -288,29 +300,85 @@ def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
     out = torch.empty(len(t), N, dtype=dtype)
     for start in range(0, N, chunk):
         ci = idx[start : start + chunk]  # (n,)
-        code = None
+        code, prior = None, None
         if net is not None:
-            ctx = context(prefix, norm, history=net.history, index=ci).to(device)  # (n, F)
-            code = net.encode(ctx).to(dtype)  # (n, 2, K)
+            prior = quadfit(prefix, index=ci) if net.prior else None
+            ctx = context(prefix, norm, history=net.history, index=ci, prior=prior)  # (n, F)
+            code = net.encode(ctx.to(device)).to(dtype)  # (n, rows, K)
         cond = Cond.from_prefix(prefix, norm, index=ci, code=code, dtype=dtype).to(device)
         s0 = field.initial_state(w_hat_prefix[ci].to(device), cond, trunk_fn)  # (n, n_state)
-        y0 = torch.cat([s0.new_zeros(len(ci), 1), s0], -1)  # (n, 1 + n_state)
-        func = _Dynamics(field, cond, trunk_fn, alpha_fn)
-        solve = odeint_adjoint if adjoint else odeint
-        kwargs = {"adjoint_params": tuple(field.parameters())} if adjoint else {}
-        ys = solve(
-            func,
-            y0,
-            times.to(dtype),
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            options=options,
-            **kwargs,
-        )  # (T+1, n, 1 + n_state)
-        w_hat = ys[1:, :, 0].to("cpu")  # (T, n)
-        out[:, start : start + chunk] = norm.center[ci] + norm.scale[ci] * w_hat
+        if method == INTERVAL:
+            pv = None if prior is None else prior_velocity(prior, prefix.M, norm.scale[ci])
+            pv = None if pv is None else pv.to(device=device, dtype=dtype)  # (n, M − k)
+            w_hat = _interval_solve(field, prefix, cond, s0, t, trunk_fn, alpha_fn, pv)
+        else:
+            y0 = torch.cat([s0.new_zeros(len(ci), 1), s0], -1)  # (n, 1 + n_state)
+            func = _Dynamics(field, cond, trunk_fn, alpha_fn)
+            solve = odeint_adjoint if adjoint else odeint
+            kwargs = {"adjoint_params": tuple(field.parameters())} if adjoint else {}
+            ys = solve(
+                func,
+                y0,
+                times.to(dtype),
+                method=method,
+                rtol=rtol,
+                atol=atol,
+                options=options,
+                **kwargs,
+            )  # (T+1, n, 1 + n_state)
+            w_hat = ys[1:, :, 0]  # (T, n)
+        out[:, start : start + chunk] = norm.center[ci] + norm.scale[ci] * w_hat.to("cpu")
     return out
+
+
+def _interval_solve(  # noqa: PLR0913 - what one chunk's integration needs
+    field: VectorField,
+    prefix: Prefix,
+    cond: Cond,
+    s0: torch.Tensor,
+    t: torch.Tensor,
+    trunk_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    alpha_fn: Callable[[torch.Tensor], torch.Tensor],
+    prior_v: torch.Tensor | None,
+) -> torch.Tensor:
+    """One ``interval_step`` per recorded interval from t_k to max t; linear between checkpoints.
+
+        ŵ_k = 0,  (ŵ_{i+1}, s_{i+1}) = interval_step(ŵ_i, s_i),  i = k..⌈max t · M⌉ − 1
+        ŵ(t) = (1 − s) ŵ_i + s ŵ_{i+1},  t = (i + s) / M
+
+    Args:
+        field: the vector field.
+        prefix: the observed run.
+        cond: the chunk's conditioning.
+        s0: (n, n_state) optimizer states at t_k.
+        t: (T,) target times in (t_k, 1].
+        trunk_fn: times (G,) -> trunk features (G, K) (network only).
+        alpha_fn: times (G,) -> step sizes (G,).
+        prior_v: (n, M − k) the prior's velocity per interval, or None.
+
+    Returns:
+        (T, n) ŵ at the target times t (T,).
+    """
+    k, M = prefix.k, prefix.M
+    last = min(M, math.ceil(float(t.max()) * M - 1e-9))
+    grid = torch.arange(k, last + 1, dtype=torch.float64) / M  # (G,) checkpoints k..last
+    trunk = trunk_fn(grid) if trunk_fn is not None else None  # (G, K)
+    alpha = alpha_fn(grid)  # (G,)
+    w = s0.new_zeros(s0.shape[0], 1)  # (n, 1)
+    states = [s0[:, j : j + 1] for j in range(field.n_state)]
+    path = [w]
+    for i in range(len(grid) - 1):
+        tt = grid[i : i + 1].to(w.dtype)
+        tr = trunk[i : i + 1] if trunk is not None else None
+        ci = cond if prior_v is None else replace(cond, prior_v=prior_v[:, i : i + 1])
+        w, states = interval_step(field, w, states, tt, alpha[i].view(1, 1), tr, ci)
+        path.append(w)
+    P = torch.cat(path, -1)  # (n, G)
+    x = (t.to(P.device) * M - k).clamp(0, len(grid) - 1)  # (T,) position on the grid
+    lo = x.floor().long().clamp(max=max(len(grid) - 2, 0))
+    hi = (lo + 1).clamp(max=len(grid) - 1)
+    frac = (x - lo).to(P.dtype)
+    return (P[:, lo] * (1 - frac) + P[:, hi] * frac).T  # (T, n)
 
 
 def _grid(h: float) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:

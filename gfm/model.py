@@ -32,7 +32,9 @@ class GFM:
     so it serves any architecture and size). Variant ``"optimizer"``: each run is moved by the
     field of its own optimizer (``SGDField``, ``MomentumField``, ``RMSpropField``, ``AdamField``,
     ``AdamWField``) with the network as gradient surrogate; variant ``"free"``: ``FreeField``,
-    the network is the velocity.
+    the network is the velocity. With ``cfg.prior`` (the default) every forecast first fits the
+    optimizer-simulating quadratic prior of ``gfm.prior`` to the prefix, and the field adds the
+    prior's velocity weighed by a learned gate γ(ctx, t): dŵ/dt = γ · ṗ + field.
 
     Args:
         cfg: the field and solver settings (``gfm`` section of params.yaml).
@@ -48,11 +50,12 @@ class GFM:
         with torch.random.fork_rng(devices=[]):  # initialisation seeded by train.seed
             torch.manual_seed(self.train_cfg.seed)
             self.net = Surrogate(
-                n_context(self.cfg.history),
+                n_context(self.cfg.history, self.cfg.prior),
                 width=self.cfg.width,
                 depth=self.cfg.depth,
                 time_embedding=self.cfg.time_embedding,
                 history=self.cfg.history,
+                prior=self.cfg.prior,
             )
         if self.cfg.variant == "optimizer":
             self.fields: dict[str, VectorField] = {o: FIELDS[o](self.net) for o in OPTIMIZERS}
@@ -125,6 +128,7 @@ class GFM:
         config, tensors = saved.read(path, kind=cls.name)
         try:
             gfm = {k: v for k, v in config["gfm"].items() if k != "adjoint"}  # gfm 0.1, unused
+            gfm.setdefault("prior", False)  # folders from before the prior: fields without it
             model = cls(
                 GFMSettings.model_validate(gfm),
                 TrainSettings.model_validate(config["train"]),

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +30,7 @@ from gfm.fields import Cond, Grad, scan_states
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
+from gfm.prior import prior_velocity, quadfit
 
 if TYPE_CHECKING:
     from gfm.model import GFM
@@ -46,6 +47,8 @@ _WARMUP = 0.05  # fraction of steps of linear learning-rate warm-up
 _MIN_LR = 0.1  # cosine decays the learning rate to this fraction of cfg.lr
 _CLIP = 1.0  # gradient-norm clip
 _CUM = 1.0  # weight of the integrated (cumulative) velocity error in the loss
+_POOL = 1024  # parameters per run the prior is fitted on in training (cached per run and k)
+_K_GRID = 12  # observed indices per run in prior training, evenly over TRAIN_FRACTIONS
 
 OnEval = Callable[[int, dict[str, float]], bool | None]
 
@@ -70,6 +73,7 @@ class _Batch:
     persist: torch.Tensor  # (R,) Σ_n c_n² y_n², y = (w_M − w_k)/c: persistence's squared error
     c2: torch.Tensor  # (R, N) c_n²
     cond: Cond  # per parameter (R, N, 1), per run (R, 1, 1)
+    prior_v: torch.Tensor | None  # (R, N, M) the prior's velocity per interval (0 before k)
 
     def to(self, device: torch.device) -> _Batch:
         moved = {
@@ -83,19 +87,77 @@ def _check_run(record: RunRecord) -> None:
     record.check_shapes()  # weights (M+1, D) with M >= 2, lr (M+1,), params D
 
 
-def _example(
+@dataclass
+class _Prefixed:
+    """What every example of one (run, k) shares, computed once: prior training draws it again.
+
+    The prior is fitted on a fixed pool of the run's parameters (``_POOL``, all when fewer), and
+    the examples of this (run, k) sample their N parameters from that pool.
+    """
+
+    prefix: Prefix
+    norm: Normalizer
+    pool: torch.Tensor  # (P,) int64 parameter indices
+    ctx: torch.Tensor  # (P, F_ctx) context with the prior's columns
+    run: torch.Tensor  # (N_RUN + H,)
+    cond: Cond  # per parameter (P, 1)
+    prior_v: torch.Tensor  # (P, M) the prior's velocity per interval, zero before k
+
+    @staticmethod
+    def build(record: RunRecord, k: int, history: int, pool_seed: int) -> _Prefixed:
+        """Fit the prior on the run's parameter pool and compute the pool's context."""
+        prefix = Prefix.from_record(record, k)
+        norm = Normalizer.from_prefix(prefix)
+        D = prefix.D
+        pool = torch.arange(D)
+        if D > _POOL:
+            gen = np.random.default_rng([pool_seed, D, k])
+            pool = torch.from_numpy(np.sort(gen.choice(D, _POOL, replace=False)))
+        prior = quadfit(prefix, index=pool)
+        v = prior_velocity(prior, prefix.M, norm.scale[pool])  # (P, M − k)
+        return _Prefixed(
+            prefix=prefix,
+            norm=norm,
+            pool=pool,
+            ctx=context(prefix, norm, history=history, index=pool, prior=prior),
+            run=run_context(prefix, norm, history=history),
+            cond=Cond.from_prefix(prefix, norm, index=pool),
+            prior_v=torch.cat([v.new_zeros(len(pool), k), v], 1),
+        )
+
+    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Cond, torch.Tensor]:
+        """(parameter indices, context, conditioning, prior velocity) of pool rows ``rows``."""
+        per_param = {f: getattr(self.cond, f)[rows] for f in ("center", "scale", "g_scale")}
+        return self.pool[rows], self.ctx[rows], replace(self.cond, **per_param), self.prior_v[rows]
+
+
+def _example(  # noqa: PLR0913 - one run's draw: the run, k, sizes, σ, the stream, its statics
     record: RunRecord,
     k: int,
     n_params: int,
     history: int,
     sigma: float,
     rng: np.random.Generator,
+    shared: _Prefixed | None = None,
 ) -> dict:
-    """One run's share of a batch: N parameters, every interval, normalised by its prefix."""
-    prefix = Prefix.from_record(record, k)
-    norm = Normalizer.from_prefix(prefix)
-    D = prefix.D
-    idx = torch.from_numpy(rng.choice(D, size=n_params, replace=n_params > D))  # (N,)
+    """One run's share of a batch: N parameters, every interval, normalised by its prefix.
+
+    Without ``shared`` the N parameters are drawn from all D and their context computed here;
+    with it (prior training) they are drawn from its pool and the context, conditioning and
+    prior velocity are taken from it.
+    """
+    if shared is None:
+        prefix = Prefix.from_record(record, k)
+        norm = Normalizer.from_prefix(prefix)
+        D = prefix.D
+        idx = torch.from_numpy(rng.choice(D, size=n_params, replace=n_params > D))  # (N,)
+        ctx = context(prefix, norm, history=history, index=idx)  # (N, F_ctx)
+        run, cond, prior_v = run_context(prefix, norm, history=history), None, None
+    else:
+        prefix, norm, P = shared.prefix, shared.norm, len(shared.pool)
+        rows = torch.from_numpy(rng.choice(P, size=n_params, replace=n_params > P))
+        idx, ctx, cond, prior_v = shared.rows(rows)
+        run = shared.run
     M = prefix.M
     r = record.spec.record_every
     W = torch.from_numpy(np.ascontiguousarray(record.weights[:, idx.numpy()])).float()  # (M+1, N)
@@ -118,8 +180,8 @@ def _example(
     return {
         "optimizer": prefix.optimizer,
         "M": M,
-        "ctx": context(prefix, norm, history=history, index=idx),  # (N, F_ctx)
-        "run": run_context(prefix, norm, history=history),
+        "ctx": ctx,
+        "run": run,
         "w_tau": w_tau.T,  # (M, N) -> (N, M)
         "w_theta": w_theta.T,
         "u": u.T,
@@ -133,7 +195,8 @@ def _example(
         # persistence's squared error of the sampled parameters, raw units: Σ_n (w_M − w_k)²
         "persist": (norm.scale[idx].double() ** 2 * W_hat[-1].double() ** 2).sum().float(),
         "c2": norm.scale[idx].float() ** 2,
-        "cond": Cond.from_prefix(prefix, norm, index=idx),
+        "cond": cond if cond is not None else Cond.from_prefix(prefix, norm, index=idx),
+        "prior_v": prior_v,
     }
 
 
@@ -169,6 +232,7 @@ def _collate(examples: list[dict]) -> _Batch:
         persist=stack("persist", lambda x: x),
         c2=stack("c2", lambda x: x),
         cond=Cond.stack([e["cond"] for e in examples]),
+        prior_v=None if examples[0]["prior_v"] is None else stack("prior_v", pad_last),
     )
 
 
@@ -194,7 +258,7 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
     the surrogate at all earlier intervals through the state, as the forecast uses it.
     """
     net = model.net
-    code = net.encode(b.ctx)  # (R, N, 3, K)
+    code = net.encode(b.ctx)  # (R, N, rows, K)
     M = b.cond.S / b.cond.record_every  # (R, 1, 1)
     g_tau = net.combine(code, net.trunk(b.tau, b.lrf_tau, b.run), b.w_tau, M)  # (R, N, M)
     if any(model.field_for(o).n_state for o in b.optimizers):
@@ -204,7 +268,10 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
         rows = torch.tensor([i for i, o in enumerate(b.optimizers) if o == opt])
         field = model.field_for(opt)
         cond = b.cond.select(rows)
-        w_tau, g = b.w_tau[rows], Grad(g_tau.mean[rows], g_tau.var[rows])
+        gate = None if g_tau.gate is None else g_tau.gate[rows]
+        w_tau, g = b.w_tau[rows], Grad(g_tau.mean[rows], g_tau.var[rows], gate)
+        if b.prior_v is not None:
+            cond = replace(cond, prior_v=b.prior_v[rows])  # (Rg, N, M): interval i's ṗ at τ_i
         states = []
         if field.n_state:
             g_th = Grad(g_theta.mean[rows], g_theta.var[rows])
@@ -214,7 +281,7 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
                 s_ck = scan_states(phi_th, beta**cond.record_every)[..., :-1]  # (Rg, N, M)
                 e = beta ** (cond.record_every * b.U[rows])  # (Rg, 1, M) decay from t_i to τ_i
                 states.append(e * s_ck + (1 - e) * phi_tau)  # (Rg, N, M)
-        v = field.velocity(w_tau, states, g, b.alpha_tau[rows], b.tau[rows], cond)
+        v = field.drift(w_tau, states, g, b.alpha_tau[rows], b.tau[rows], cond)
         mask = b.mask[rows]  # (Rg, 1, M) future intervals of each run
         delta = (v - b.u[rows]) * mask / M[rows]  # (Rg, N, M)
         c2 = b.c2[rows].unsqueeze(-1)  # (Rg, N, 1)
@@ -342,6 +409,40 @@ def fit(
         return _loop(model, train, val, cfg, device, on_eval)
 
 
+def _draw(
+    model: GFM,
+    train: Sequence[RunRecord],
+    cfg: TrainSettings,
+    rng: np.random.Generator,
+    shared: dict[tuple[int, int], _Prefixed],
+) -> list[dict]:
+    """One batch's examples: runs, observed indices and parameters; runs load when drawn.
+
+    k is uniform over ``TRAIN_FRACTIONS``; with a prior it is drawn from ``_K_GRID`` indices
+    evenly over that range instead, so each (run, k)'s prior fit is computed once (``shared``).
+    """
+    examples = []
+    for i in rng.integers(len(train), size=cfg.batch_runs):
+        record = train[int(i)]
+        _check_run(record)
+        M = record.weights.shape[0] - 1
+        lo, hi = (observed_index(M, f) for f in TRAIN_FRACTIONS)
+        statics = None
+        if model.cfg.prior:
+            grid = np.unique(np.linspace(lo, hi, _K_GRID).round().astype(int))
+            k = int(grid[rng.integers(len(grid))])
+            key = (int(i), k)
+            if key not in shared:
+                shared[key] = _Prefixed.build(record, k, model.cfg.history, cfg.seed)
+            statics = shared[key]
+        else:
+            k = int(rng.integers(lo, hi + 1))
+        examples.append(
+            _example(record, k, cfg.batch_params, model.cfg.history, model.cfg.sigma, rng, statics)
+        )
+    return examples
+
+
 def _loop(
     model: GFM,
     train: Sequence[RunRecord],
@@ -358,6 +459,7 @@ def _loop(
     history: list[dict[str, float]] = []
     best_score, best_state = math.inf, None
     running, seen = 0.0, 0
+    shared: dict[tuple[int, int], _Prefixed] = {}  # prior training: (run, k) -> its statics
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="gfm fit", disable=None, leave=False)
     for step in bar:
@@ -365,18 +467,7 @@ def _loop(
         for group in opt.param_groups:
             group["lr"] = lr
 
-        # draw runs, observed indices and parameters; runs are loaded only when drawn
-        examples = []
-        for i in rng.integers(len(train), size=cfg.batch_runs):
-            record = train[int(i)]
-            _check_run(record)
-            M = record.weights.shape[0] - 1
-            lo, hi = (observed_index(M, f) for f in TRAIN_FRACTIONS)
-            k = int(rng.integers(lo, hi + 1))
-            examples.append(
-                _example(record, k, cfg.batch_params, model.cfg.history, model.cfg.sigma, rng)
-            )
-        batch = _collate(examples).to(device)
+        batch = _collate(_draw(model, train, cfg, rng, shared)).to(device)
 
         loss = _loss(model, batch)
         opt.zero_grad(set_to_none=True)

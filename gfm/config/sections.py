@@ -213,17 +213,33 @@ class DataSettings(_Frozen):
 class GFMSettings(_Frozen):
     """The forecaster: which vector field and how big."""
 
-    variant: Literal["optimizer", "free"] = "optimizer"
+    variant: Literal["optimizer", "free"] = "free"
+    prior: bool = Field(
+        True,
+        description="the optimizer-simulating quadratic prior (gfm.prior), fitted to each prefix, "
+        "as a velocity the field weighs per parameter and time; needs solver: interval",
+    )
     width: int = Field(64, gt=0)
     depth: int = Field(3, gt=0)
     time_embedding: int = Field(16, ge=0)
     history: int = Field(4, ge=1, description="recent increments given as context")
     sigma: float = Field(0.0, ge=0.0, description="Gaussian tube around the linear path")
-    solver: Literal["euler", "rk4", "dopri5"] = "rk4"
+    solver: Literal["interval", "euler", "rk4", "dopri5"] = Field(
+        "interval", description="interval: one step per recorded interval, as trained"
+    )
     solver_steps: int = Field(1, ge=1, description="fixed-step substeps per recorded interval")
     rtol: float = Field(1e-5, gt=0)
     atol: float = Field(1e-6, gt=0)
     chunk_size: int = Field(65536, gt=0, description="parameters forecast at once")
+
+    @model_validator(mode="after")
+    def _prior_needs_interval(self) -> GFMSettings:
+        if self.prior and self.solver != "interval":
+            raise ValueError(
+                f"gfm.solver must be 'interval' when gfm.prior is true (the prior's velocity is "
+                f"given per recorded interval), got {self.solver!r}"
+            )
+        return self
 
 
 class TrainSettings(_Frozen):
@@ -231,10 +247,10 @@ class TrainSettings(_Frozen):
 
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    steps: int = Field(1500, gt=0)
+    steps: int = Field(6000, gt=0)
     batch_runs: int = Field(8, gt=0, description="trajectories per batch")
     batch_params: int = Field(256, gt=0, description="parameters sampled per trajectory")
-    eval_every: int = Field(250, gt=0)
+    eval_every: int = Field(1000, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     split: Literal["seed", "architecture", "optimizer"] = Field(
@@ -317,12 +333,11 @@ class SearchSpace(_Frozen):
 def _default_space() -> SearchSpace:
     return SearchSpace(
         gfm={
-            "variant": SearchParam(choices=["optimizer", "free"]),
+            "variant": SearchParam(choices=["free", "optimizer"]),
+            "prior": SearchParam(choices=[True, False]),
             "width": SearchParam(choices=[32, 64, 128]),
             "depth": SearchParam(low=2, high=4),
-            "time_embedding": SearchParam(choices=[0, 8, 16]),
-            "sigma": SearchParam(low=0.0, high=0.05),
-            "solver": SearchParam(choices=["euler", "rk4"]),
+            "history": SearchParam(choices=[4, 8]),
         },
         train={"lr": SearchParam(low=3e-4, high=3e-3, log=True)},
     )

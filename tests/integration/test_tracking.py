@@ -345,7 +345,7 @@ def _gfm_forecaster():
     from gfm.config import GFMSettings
 
     torch.manual_seed(0)
-    return model.GFM(GFMSettings(width=8, depth=1, solver="euler"))
+    return model.GFM(GFMSettings(width=8, depth=1))
 
 
 def _linear_baseline():

@@ -131,7 +131,7 @@ def test_search_space_is_keyed_like_params_yaml_and_checked():
     with pytest.raises(SettingsError, match="tune.space.*unknown key gfm.'widht'"):
         load_settings(None, ["tune.space.gfm.widht={choices: [8]}"], environ={})
     with pytest.raises(SettingsError, match="solver: choice 'midpoint' is not valid"):
-        load_settings(None, ["tune.space.gfm.solver={choices: [euler, midpoint]}"], environ={})
+        load_settings(None, ["tune.space.gfm.solver={choices: [interval, midpoint]}"], environ={})
     with pytest.raises(SettingsError, match="both `low` and `high`"):
         load_settings(None, ["tune.space.train.lr={low: 0.001}"], environ={})
     with pytest.raises(SettingsError, match="unknown key train.'device'"):

@@ -5,15 +5,20 @@ and torch's own optimizers on a quadratic are run step by step, recorded, and co
 fields' forecasts from a prefix of the same run.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from gfm.data.schema import ParamMeta
+from gfm.features import Normalizer
 from gfm.fields import (
     FIELDS,
     AdamField,
     AdamWField,
+    Cond,
+    FreeField,
     MomentumField,
     RMSpropField,
     SGDField,
@@ -22,6 +27,7 @@ from gfm.fields import (
 )
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
+from tests.helpers import make_prefix
 
 D = 6
 
@@ -169,6 +175,40 @@ def test_field_euler_at_one_optimizer_step_reproduces_torch_exactly(optimizer, c
     pred = forecast(cls(grad_fn=grad), p, t, method="euler", step_size=1 / 60)
     # then
     torch.testing.assert_close(pred, W[k + 1 :], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("optimizer", "cls", "hparams", "lr"), CASES)
+def test_interval_solver_at_one_optimizer_step_per_interval_is_torch_exactly(
+    optimizer, cls, hparams, lr
+):
+    # given a run recorded at every step: one interval is one optimizer step
+    W, grad = _torch_run(optimizer, hparams, lr, steps=60, record_every=1)
+    k = 15
+    p = _prefix(W, k, optimizer, hparams, lr, r=1)
+    t = torch.arange(k + 1, 61, dtype=torch.float64) / 60
+    # when each interval is one interval_step (state advanced by its exact decay)
+    pred = forecast(cls(grad_fn=grad), p, t, method="interval")
+    # then the forecast is torch's iterate
+    torch.testing.assert_close(pred, W[k + 1 :], rtol=0, atol=1e-10)
+
+
+def test_drift_adds_the_gated_prior_velocity():
+    # given a prior-gated surrogate (4 branch rows: a, b, n and the gate γ) on a small prefix
+    torch.manual_seed(0)
+    prefix = make_prefix(k=3, M=8)  # D = 7
+    net = Surrogate(5, width=8, depth=1, time_embedding=2, history=1, prior=True)
+    code = net.encode(torch.randn(prefix.D, 5))
+    assert code.shape == (prefix.D, 4, 8)
+    g = net.combine(code, torch.randn(2, 8), torch.zeros(prefix.D, 2), torch.tensor(8.0))
+    assert g.gate is not None and g.gate.shape == (prefix.D, 2)
+    cond = Cond.from_prefix(prefix, Normalizer.from_prefix(prefix))
+    prior_v = torch.randn(prefix.D, 2)
+    args = (torch.zeros(prefix.D, 2), [], g, torch.ones(1, 2), torch.zeros(2))
+    # when / then: drift = velocity + γ ṗ, and the velocity alone without a prior velocity
+    field = FreeField(net)
+    with_prior = dataclasses.replace(cond, prior_v=prior_v)
+    torch.testing.assert_close(field.drift(*args, with_prior), -g.mean + g.gate * prior_v)
+    torch.testing.assert_close(field.drift(*args, cond), -g.mean)
 
 
 # tolerance: largest error over the forecast relative to the distance still travelled, for one

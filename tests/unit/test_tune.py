@@ -13,11 +13,10 @@ def test_suggest_names_dimensions_by_dotted_key_and_keeps_integer_settings_integ
     trial = optuna.trial.FixedTrial(
         {
             "gfm.variant": "free",
+            "gfm.prior": True,
             "gfm.width": 64,
             "gfm.depth": 3,
-            "gfm.time_embedding": 8,
-            "gfm.sigma": 0.01,
-            "gfm.solver": "rk4",
+            "gfm.history": 8,
             "train.lr": 1e-3,
         }
     )

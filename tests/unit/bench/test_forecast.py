@@ -64,9 +64,9 @@ def test_every_method_is_fitted_on_train_and_scored_on_test(dataset):
 def test_methods_and_build_name_gfm_variants_and_baselines():
     settings = load_settings(None, environ={})
     names = methods(settings)
-    assert names[:2] == ["gfm", "gfm_free"] and "persistence" in names
-    free = build("gfm_free", settings, seed=3)
-    assert isinstance(free, GFM) and free.cfg.variant == "free" and free.train_cfg.seed == 3
+    assert names[:2] == ["gfm", "gfm_optimizer"] and "persistence" in names
+    other = build("gfm_optimizer", settings, seed=3)
+    assert isinstance(other, GFM) and other.cfg.variant == "optimizer" and other.train_cfg.seed == 3
     assert build("linear", settings).config["window"] == settings.evaluate.linear_window
     with pytest.raises(ValueError, match="`method` must be one of .*persistence"):
         build("prophet", settings)

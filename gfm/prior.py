@@ -1,0 +1,251 @@
+"""The optimizer-aware prior of GFM: a per-parameter quadratic, fitted by simulating the optimizer.
+
+For every parameter j the loss is modelled as L_j(w) = ½ h_j (w − w*_j)² with minibatch gradient
+noise of variance σ_j², so its gradient is g_j = h_j (w_j − w*_j) (+ λ w_j for coupled weight
+decay). The run's own optimizer (SGD, momentum/Nesterov, RMSprop, Adam, AdamW with the run's
+hyperparameters and learning rates) is simulated step by step from w_0 with zero state, as torch
+does; (log h_j, w*_j, log σ_j) are fitted to the observed checkpoints w_1..w_k by
+Levenberg–Marquardt, and the fitted model is simulated on from step k·r to M·r. The prior's path
+is w_k + (w_sim(t) − w_sim(t_k)). The noise enters only the second moments of RMSprop, Adam and
+AdamW (E[g²] = ḡ² + σ²): it is what makes their steps shorter than α when minibatches disagree.
+
+GFM uses the prior's velocity as a basis that its field weighs per parameter and time
+(``gfm.fields.VectorField.drift``): on quadratic problems (least squares) the prior is close to
+exact; on networks the learned part carries the forecast.
+
+References:
+    torch.optim.SGD / RMSprop / Adam / AdamW documentation (the simulated update rules).
+    Moré, "The Levenberg–Marquardt algorithm: implementation and theory", 1978 (the fit).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gfm.features import Normalizer, resolve_hparams
+from gfm.forecaster import Prefix
+
+__all__ = ["QuadFit", "prior_velocity", "quadfit"]
+
+_STEP_LIMIT = (3.0, 50.0, 3.0)  # largest LM step in log h, z, log σ per iteration
+_FD = 1e-4  # forward-difference step of the Jacobian
+
+
+@dataclass(frozen=True)
+class QuadFit:
+    """The fitted prior of N parameters of one prefix.
+
+    Attributes:
+        path: (M−k+1, N) the prior's weights at checkpoints k..M (row 0 is w_k).
+        fit: (N,) RMS fit residual over the prefix, in units of the layer's interval velocity.
+        log_h: (N,) fitted log curvature.
+        z: (N,) fitted optimum, (w* − w_k) / c with c the layer's velocity per interval.
+    """
+
+    path: np.ndarray
+    fit: np.ndarray
+    log_h: np.ndarray
+    z: np.ndarray
+
+    def take(self, pos: np.ndarray) -> QuadFit:
+        """The fit of the parameters at positions ``pos``."""
+        return QuadFit(self.path[:, pos], self.fit[pos], self.log_h[pos], self.z[pos])
+
+
+@dataclass
+class _Optimizer:
+    """The run's optimizer as a vectorised simulator on g = h (w − w*) (+ λ w coupled decay)."""
+
+    name: str
+    hp: dict[str, float]
+    lr: torch.Tensor  # (M+1,) the recorded step sizes; step s uses lr[s // r]
+    r: int
+    state: dict = field(default_factory=dict)
+
+    def run(
+        self,
+        w: torch.Tensor,
+        model: tuple[torch.Tensor, torch.Tensor, torch.Tensor | float],
+        steps: range,
+        record: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Take ``steps`` from w under model (h, w*, σ²); return w and, with record, the checkpoints."""
+        h, ws, noise = model
+        hp, st, out = self.hp, self.state, []
+        mom, nesterov = hp.get("momentum", 0.0), hp.get("nesterov", 0.0) > 0.5
+        b1, b2, eps = hp.get("beta1", 0.9), hp.get("beta2", 0.999), hp.get("eps", 1e-8)
+        rho, wd = hp.get("alpha", 0.99), hp.get("weight_decay", 0.0)
+        for s in steps:
+            if record and s % self.r == 0:
+                out.append(w)
+            a = float(self.lr[min(s // self.r, len(self.lr) - 1)])
+            g = h * (w - ws)
+            if self.name != "adamw" and wd:
+                g = g + wd * w
+            if self.name == "sgd":
+                w = w - a * g
+            elif self.name == "momentum":
+                b = g if "b" not in st else mom * st["b"] + g
+                st["b"] = b
+                w = w - a * (g + mom * b if nesterov else b)
+            elif self.name == "rmsprop":
+                st["v"] = rho * st.get("v", 0.0) + (1 - rho) * (g * g + noise)
+                w = w - a * g / (st["v"].sqrt() + eps)
+            else:  # adam, adamw
+                n = st.get("n", 0) + 1
+                st["m"] = b1 * st.get("m", 0.0) + (1 - b1) * g
+                st["v"] = b2 * st.get("v", 0.0) + (1 - b2) * (g * g + noise)
+                st["n"] = n
+                step = (st["m"] / (1 - b1**n)) / ((st["v"] / (1 - b2**n)).sqrt() + eps)
+                w = w * (1 - a * wd) - a * step if self.name == "adamw" else w - a * step
+        if record and steps.stop % self.r == 0:
+            out.append(w)
+        return w, out
+
+
+def _unpack(
+    x: torch.Tensor, w_k: torch.Tensor, c: torch.Tensor, adaptive: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+    """(h, w*, σ²) of parameters x = (log h, z[, log σ/(h c)]) (B, P)."""
+    h = x[:, 0].exp()
+    noise = (x[:, 2].exp() * h * c).square() if adaptive else 0.0
+    return h, w_k + c * x[:, 1], noise
+
+
+def quadfit(
+    prefix: Prefix,
+    *,
+    index: torch.Tensor | None = None,
+    starts: tuple[float, ...] = (1.0, 4.0, -1.0),
+    iters: int = 12,
+    penalty: tuple[float, float, float] = (1e-2, 1e-6, 1e-2),
+) -> QuadFit:
+    """Fit the per-parameter quadratic to the prefix and simulate it to the end of the run.
+
+        min_x  Σ_{i=1..k} ((w_sim,i(x) − w_i) / c)²  +  λ_h (u − u_0)²  +  λ_z z²  +  λ_σ (s − s_0)²
+        x = (u, z, s):  h = e^u,  w* = w_k + c z,  σ = e^s h c  (s only for RMSprop, Adam, AdamW)
+        c = the layer's velocity per recorded interval (``Normalizer.scale / M``)
+
+    solved per parameter by Levenberg–Marquardt with forward-difference Jacobians (2 × 2 or
+    3 × 3 systems), from several starting optima z_0 = m·k·sign(recent velocity), keeping per
+    parameter the start with the lowest objective. Starts, parameters and Jacobian columns are
+    stacked into one wide simulation, so a fit costs 2 simulations of the prefix per iteration.
+
+    Args:
+        prefix: the observed run.
+        index: (N,) only these parameters (all D when None).
+        starts: the multipliers m of the starting optima.
+        iters: Levenberg–Marquardt iterations.
+        penalty: (λ_h, λ_z, λ_σ), the weights pulling log h to u_0 = −log(α_0 k r) (a time
+            constant as long as the prefix), z to 0 and log σ to s_0 = 0.
+
+    Returns:
+        ``QuadFit`` of the N parameters.
+    """
+    hp = {key: float(v) for key, v in resolve_hparams(prefix.optimizer, prefix.hparams).items()}
+    k, M, r = prefix.k, prefix.M, prefix.record_every
+    cols = slice(None) if index is None else index
+    W1 = prefix.w.double()[:, cols]  # (k+1, N)
+    c1 = (Normalizer.from_prefix(prefix).scale.double()[cols] / M).clamp_min(1e-12)  # (N,)
+    lr = prefix.lr.double()
+    adaptive = prefix.optimizer in ("rmsprop", "adam", "adamw")
+    P = 3 if adaptive else 2
+    N, S = W1.shape[1], len(starts)
+    W, c = W1.repeat(1, S), c1.repeat(S)  # (k+1, S·N), start-major
+    vel = torch.sign(W[k] - W[max(0, k - 2)])
+    x = torch.zeros(S * N, P, dtype=torch.float64)
+    x[:, 0] = -math.log(max(float(lr[0]), 1e-12) * max(k * r, 1))
+    x[:, 1] = (
+        torch.tensor(starts, dtype=torch.float64).repeat_interleave(N) * k * (vel + (vel == 0))
+    )
+    target = x.clone()
+    target[:, 1] = 0.0  # the penalty pulls the optimum to w_k: no motion without evidence
+    lam = torch.tensor(penalty[:P], dtype=torch.float64)
+
+    def residuals(x: torch.Tensor, reps: int) -> torch.Tensor:
+        """(k, reps·S·N) fit residuals of the stacked rows x (reps·S·N, P)."""
+        Wr, cr = W.repeat(1, reps), c.repeat(reps)
+        sim = _Optimizer(prefix.optimizer, hp, lr, r)
+        _, rec = sim.run(Wr[0], _unpack(x, Wr[k], cr, adaptive), range(k * r), record=True)
+        return (torch.stack(rec[1:]) - Wr[1:]) / cr
+
+    x, res, obj = _levenberg_marquardt(x, target, lam, residuals, iters)
+    best = obj.view(S, N).argmin(0) * N + torch.arange(N)  # the best start of each parameter
+    x, res = x[best], res[:, best]
+    model = _unpack(x, W1[k], c1, adaptive)
+    sim = _Optimizer(prefix.optimizer, hp, lr, r)
+    w_k_sim, _ = sim.run(W1[0], model, range(k * r))
+    _, rec = sim.run(w_k_sim, model, range(k * r, M * r), record=True)
+    path = torch.stack(rec)  # (M−k+1, N) at checkpoints k..M
+    return QuadFit(
+        path=(W1[k] + path - path[0]).numpy(),
+        fit=res.square().mean(0).sqrt().numpy(),
+        log_h=x[:, 0].numpy(),
+        z=x[:, 1].numpy(),
+    )
+
+
+def _levenberg_marquardt(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    lam: torch.Tensor,
+    residuals,  # noqa: ANN001 - (rows (R, P), reps) -> (k, R) residuals
+    iters: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Damped Gauss–Newton on every row of x (B, P) at once; returns x, residuals, objective.
+
+    (JᵀJ + Λ + μ diag(JᵀJ + Λ)) δ = −(Jᵀ r + Λ (x − x̄)),   μ × 0.3 on success, × 10 on failure
+    """
+    B, P = x.shape
+    shifts = torch.cat([torch.zeros(1, P), _FD * torch.eye(P)]).to(x.dtype)  # (P+1, P)
+    limit = torch.tensor(_STEP_LIMIT[:P], dtype=x.dtype)
+    mu = torch.full((B,), 1e-2, dtype=x.dtype)
+
+    def objective(res: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return res.square().sum(0) + ((x - target).square() * lam).sum(1)
+
+    res = obj = None
+    for it in range(iters + 1):
+        # one simulation of the point and its P forward-difference neighbours
+        xs = (x.unsqueeze(0) + shifts.unsqueeze(1)).reshape(-1, P)  # ((P+1)·B, P)
+        R = residuals(xs, P + 1).reshape(-1, P + 1, B)  # (k, P+1, B)
+        if res is None:
+            res, obj = R[:, 0], objective(R[:, 0], x)
+        if it == iters:
+            break
+        J = ((R[:, 1:] - R[:, :1]) / _FD).permute(0, 2, 1)  # (k, B, P)
+        A = torch.einsum("kbp,kbq->bpq", J, J) + torch.diag_embed(lam.expand(B, P))
+        A = A + torch.diag_embed(torch.diagonal(A, dim1=1, dim2=2) * mu[:, None])
+        grad = torch.einsum("kbp,kb->bp", J, R[:, 0]) + lam * (x - target)
+        step = -torch.linalg.solve(A, grad.unsqueeze(-1)).squeeze(-1)
+        x_new = x + torch.maximum(torch.minimum(step, limit), -limit)
+        res_new = residuals(x_new, 1)
+        obj_new = objective(res_new, x_new)
+        ok = torch.isfinite(obj_new) & (obj_new < obj)
+        x = torch.where(ok[:, None], x_new, x)
+        res = torch.where(ok, res_new, res)
+        obj = torch.where(ok, obj_new, obj)
+        mu = torch.where(ok, mu * 0.3, mu * 10).clamp(1e-6, 1e6)
+    return x, res, obj
+
+
+def prior_velocity(qf: QuadFit, M: int, scale: torch.Tensor) -> torch.Tensor:
+    """The prior's normalised velocity on each interval k..M−1.
+
+        ṗ_i = M · (p_{i+1} − p_i) / c        (clipped to ±100)
+
+    Args:
+        qf: the fit of N parameters.
+        M: intervals of the run.
+        scale: (N,) the parameters' velocity scale c (``Normalizer.scale``).
+
+    Returns:
+        (N, M−k) float32.
+    """
+    path = torch.from_numpy(np.asarray(qf.path, dtype=np.float64))
+    v = M * (path[1:] - path[:-1]) / scale.double()  # (M−k, N)
+    return v.clamp(-100, 100).T.float()

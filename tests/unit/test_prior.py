@@ -1,0 +1,105 @@
+"""gfm.prior: the quadratic prior recovers runs of the optimizers on quadratics; checks its fit."""
+
+import numpy as np
+import pytest
+import torch
+
+from gfm.data.schema import ParamMeta
+from gfm.features import resolve_hparams
+from gfm.forecaster import Prefix
+from gfm.prior import QuadFit, prior_velocity, quadfit
+
+HPARAMS = {
+    "sgd": {"lr": 0.05},
+    "momentum": {"lr": 0.02, "momentum": 0.85, "nesterov": True},
+    "rmsprop": {"lr": 0.01, "alpha": 0.95},
+    "adam": {"lr": 0.01, "beta1": 0.9, "beta2": 0.99},
+    "adamw": {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.01},
+}
+
+
+def _quadratic_run(optimizer: str, *, D: int = 6, M: int = 40, r: int = 2, seed: int = 0):
+    """The optimizer on L(w) = Σ_j ½ h_j (w_j − w*_j)², driven by torch itself: (M+1, D) weights."""
+    gen = torch.Generator().manual_seed(seed)
+    h = 0.5 + 1.5 * torch.rand(D, generator=gen, dtype=torch.float64)
+    w_star = torch.randn(D, generator=gen, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.randn(D, generator=gen, dtype=torch.float64))
+    hp = {**resolve_hparams(optimizer, HPARAMS[optimizer]), **HPARAMS[optimizer]}
+    opt = {
+        "sgd": lambda: torch.optim.SGD([w], lr=hp["lr"]),
+        "momentum": lambda: torch.optim.SGD(
+            [w], lr=hp["lr"], momentum=hp["momentum"], nesterov=bool(hp["nesterov"])
+        ),
+        "rmsprop": lambda: torch.optim.RMSprop([w], lr=hp["lr"], alpha=hp["alpha"]),
+        "adam": lambda: torch.optim.Adam([w], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"])),
+        "adamw": lambda: torch.optim.AdamW(
+            [w], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"]
+        ),
+    }[optimizer]()
+    rows = []
+    for s in range(M * r + 1):
+        if s % r == 0:
+            rows.append(w.detach().clone())
+        if s == M * r:
+            break
+        opt.zero_grad()
+        (0.5 * h * (w - w_star).square()).sum().backward()
+        opt.step()
+    return torch.stack(rows), HPARAMS[optimizer]
+
+
+def _prefix(W: torch.Tensor, optimizer: str, hparams: dict, k: int, r: int = 2) -> Prefix:
+    M, D = W.shape[0] - 1, W.shape[1]
+    return Prefix(
+        w=W[: k + 1].float(),
+        M=M,
+        lr=torch.full((M + 1,), hparams["lr"], dtype=torch.float64),
+        optimizer=optimizer,
+        hparams=dict(hparams),
+        record_every=r,
+        params=ParamMeta.from_named_shapes([("w", (D,))]),
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "rmsprop", "adam", "adamw"])
+def test_the_prior_continues_a_run_on_a_quadratic(optimizer):
+    # given a noiseless run of the optimizer on a separable quadratic, a quarter observed
+    W, hp = _quadratic_run(optimizer)
+    k = 10
+    # when
+    fit = quadfit(_prefix(W, optimizer, hp, k))
+    # then the prior's end is far closer to the true end than persistence
+    err = np.mean((fit.path[-1] - W[-1].numpy()) ** 2)
+    persistence = np.mean((W[k].numpy() - W[-1].numpy()) ** 2)
+    assert fit.path.shape == (W.shape[0] - k, W.shape[1])
+    np.testing.assert_allclose(fit.path[0], W[k].float().numpy().astype(np.float64), rtol=1e-6)
+    assert err < 0.05 * persistence, (err, persistence)
+
+
+def test_a_parameter_subset_is_fitted_exactly_as_in_the_whole():
+    W, hp = _quadratic_run("adam", D=8)
+    prefix = _prefix(W, "adam", hp, k=8)
+    idx = torch.tensor([1, 4, 6])
+    whole, part = quadfit(prefix), quadfit(prefix, index=idx)
+    np.testing.assert_allclose(part.path, whole.path[:, idx.numpy()], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(part.z, whole.z[idx.numpy()], rtol=1e-9, atol=1e-12)
+
+
+def test_without_evidence_of_an_optimum_the_prior_does_not_extrapolate_wildly():
+    # given a prefix that has not moved at all
+    W = torch.zeros(21, 4, dtype=torch.float64) + torch.tensor([0.1, -0.2, 0.3, 0.0])
+    prefix = _prefix(W, "sgd", {"lr": 0.05}, k=5)
+    # when
+    fit = quadfit(prefix)
+    # then it stays (at most a tiny drift), and its fit is exact
+    assert np.abs(fit.path - W[5].numpy()).max() < 1e-6
+    assert np.all(np.isfinite(fit.fit))
+
+
+def test_prior_velocity_is_the_scaled_path_increment():
+    path = np.array([[0.0, 1.0], [0.5, 1.0], [0.75, 2.0]])  # (M−k+1, N) with M−k = 2
+    fit = QuadFit(path=path, fit=np.zeros(2), log_h=np.zeros(2), z=np.zeros(2))
+    v = prior_velocity(fit, M=10, scale=torch.tensor([0.5, 2.0]))
+    expected = torch.tensor([[10 * 0.5 / 0.5, 10 * 0.25 / 0.5], [0.0, 10 * 1.0 / 2.0]])
+    torch.testing.assert_close(v, expected)
+    assert fit.take(np.array([1])).path.shape == (3, 1)
