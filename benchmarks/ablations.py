@@ -1,0 +1,201 @@
+"""The GFM ablation ledger: variants fitted on the seed split, scored per run on val and test.
+
+    python -m benchmarks.ablations VARIANT [VARIANT ...] [--seeds 0 1 2]   # fit and score
+    python -m benchmarks.ablations --ledger                                # the markdown table
+
+A variant is a method (``gfm``, ``gfm_<variant>`` or a baseline) with settings overrides, a
+baseline config, or a fraction of the train runs (a learning curve); they are listed with what
+they change in ``benchmarks/ablations.yaml``. Each (variant, seed) writes
+``results/ablations/<variant>__s<seed>.parquet`` (one row per run × observed fraction × part) and
+is skipped when present, so the ledger resumes. Per run it records the final-weight MSE, the
+displacement ratio λ = ⟨ŵ − w_k, w_M − w_k⟩ / |w_M − w_k|², the error off that direction
+|ŵ − w_k − λ(w_M − w_k)|² / |w_M − w_k|², and on the classification tasks the held-out accuracy
+and loss of the network at the forecast weights, at the last observed and at the true final
+weights. ``--ledger`` averages per (variant, seed) over tasks × fractions, then over seeds, and
+writes ``results/ablations.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import yaml
+
+from gfm import baselines
+from gfm.bench.forecast import build, score_for
+from gfm.config import load_settings
+from gfm.data.atomic import atomic_path
+from gfm.data.trajectories import Trajectories
+from gfm.forecaster import Prefix, observed_index
+
+HERE = Path(__file__).parent
+OUT = HERE / "results" / "ablations"
+FRACTIONS = (0.1, 0.25, 0.5)
+CLASSIFICATION = ("digits_mlp", "mnist_cnn")
+
+
+def variants() -> dict[str, dict]:
+    """The variants of ``ablations.yaml``: name -> {method, overrides, baseline, train_frac, ...}."""
+    return yaml.safe_load((HERE / "ablations.yaml").read_text())["variants"]
+
+
+def score_run(forecaster, record, score) -> list[dict]:
+    """One row per observed fraction: errors, λ, off-direction error, downstream scores."""
+    W = record.weights
+    M = W.shape[0] - 1
+    w_M = W[M].astype(np.float64)
+    rows = []
+    for f in FRACTIONS:
+        k = observed_index(M, f)
+        start = time.perf_counter()
+        pred = forecaster.forecast(Prefix.from_record(record, k), torch.tensor([1.0]))
+        seconds = time.perf_counter() - start
+        pred = np.asarray(pred.detach().cpu() if torch.is_tensor(pred) else pred)[-1]
+        w_k = W[k].astype(np.float64)
+        d_true, d_pred = w_M - w_k, pred.astype(np.float64) - w_k
+        nt = max(float(d_true @ d_true), 1e-30)
+        lam = float(d_pred @ d_true) / nt
+        off = d_pred - lam * d_true
+        row = {
+            "task": record.spec.task,
+            "optimizer": record.spec.optimizer,
+            "run_id": record.spec.run_id,
+            "fraction": f,
+            "mse": float(np.mean((pred - w_M) ** 2)),
+            "mse_persistence": float(np.mean(d_true**2)),
+            "lam": lam,
+            "off": float(off @ off) / nt,
+            "seconds": seconds,
+        }
+        if record.spec.task in CLASSIFICATION:
+            row["loss"], row["acc"] = score(record, pred.astype(np.float32))
+            row["last_loss"], row["last_acc"] = score(record, W[k])
+            row["true_loss"], row["true_acc"] = score(record, W[M])
+        rows.append(row)
+    return rows
+
+
+def run(name: str, seed: int, spec: dict, out: Path) -> None:
+    """Fit ``name`` with ``seed`` on the seed split's train part; score val and test."""
+    path = out / f"{name}__s{seed}.parquet"
+    if path.exists():
+        print(f"{name} s{seed}: done already")
+        return
+    settings = load_settings(HERE.parent / "params.yaml", spec.get("overrides", {}))
+    ds = Trajectories(settings.data.root)
+    train, val, test = (ds.select("seed", part) for part in ("train", "val", "test"))
+    if "train_frac" in spec:  # learning curve: a seeded subset of the train runs
+        rng = np.random.default_rng(1000 + seed)
+        keep = rng.choice(len(train), max(1, round(spec["train_frac"] * len(train))), False)
+        train = train.filter(pl.col("run_id").is_in([train.run_ids[i] for i in sorted(keep)]))
+    method = spec.get("method", "gfm")
+    if "baseline" in spec:
+        forecaster = baselines.make(method, {**spec["baseline"], "seed": seed})
+    else:
+        forecaster = build(method, settings, seed=seed)
+    start = time.perf_counter()
+    forecaster.fit(train, val)
+    fit_seconds = time.perf_counter() - start
+    score = score_for(settings)
+    rows = [
+        {**row, "part": part}
+        for part, runs in (("val", val), ("test", test))
+        for i in range(len(runs))
+        for row in score_run(forecaster, runs[i], score)
+    ]
+    table = pl.DataFrame(rows).with_columns(
+        variant=pl.lit(name), seed=pl.lit(seed), fit_seconds=pl.lit(fit_seconds)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        table.write_parquet(tmp)
+    print(f"{name} s{seed}: fit {fit_seconds:.0f} s, wrote {path}")
+
+
+def ledger(out: Path) -> str:
+    """The markdown ledger over every saved (variant, seed), in ``ablations.yaml`` order."""
+    specs = variants()
+    df = pl.concat([pl.read_parquet(p) for p in sorted(out.glob("*.parquet"))], how="diagonal")
+
+    def cells(part: str) -> pl.DataFrame:  # mean over task × fraction cells, per variant × seed
+        return (
+            df.filter(pl.col("part") == part)
+            .group_by("variant", "seed", "task", "fraction")
+            .agg(pl.col("mse").mean())
+            .group_by("variant", "seed")
+            .agg(pl.col("mse").mean().alias(part))
+        )
+
+    acc = (
+        df.filter((pl.col("part") == "test") & pl.col("task").is_in(CLASSIFICATION))
+        .group_by("variant", "seed")
+        .agg(((pl.col("acc") - pl.col("last_acc")).mean() * 100).alias("acc_vs_last"))
+    )
+    per_seed = (
+        cells("val")
+        .join(cells("test"), on=["variant", "seed"])
+        .join(acc, on=["variant", "seed"], how="left")
+        .join(
+            df.group_by("variant", "seed").agg(pl.col("fit_seconds").first()),
+            on=["variant", "seed"],
+        )
+    )
+    g = per_seed.group_by("variant").agg(
+        pl.col("val", "acc_vs_last", "fit_seconds").mean(),
+        pl.col("test").mean(),
+        pl.col("test").std().alias("test_sd"),
+        pl.col("seed").sort().alias("seeds"),
+    )
+    ref = g.filter(pl.col("variant") == "lstm")["test"]
+    lines = [
+        "| variant | change | seeds | val MSE | test MSE | test / LSTM | acc − last (pts) | fit s | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, spec in specs.items():
+        hit = g.filter(pl.col("variant") == name)
+        if not hit.height:
+            continue
+        r = hit.row(0, named=True)
+        sd = f" ± {r['test_sd']:.5f}" if len(r["seeds"]) > 1 else ""
+        rel = f"{r['test'] / ref[0]:.2f}" if len(ref) else ""
+        acc_pts = "" if r["acc_vs_last"] is None else f"{r['acc_vs_last']:+.1f}"
+        seeds = ",".join(map(str, r["seeds"]))
+        lines.append(
+            f"| `{name}` | {spec['change']} | {seeds} | {r['val']:.5f} | {r['test']:.5f}{sd} "
+            f"| {rel} | {acc_pts} | {r['fit_seconds']:.0f} | {spec.get('verdict', '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--ledger", action="store_true", help="write <out>.md (results/ablations.md)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    specs = variants()
+    for name in args.variants:
+        if name not in specs:
+            raise SystemExit(f"ablations.yaml: unknown variant {name!r}; known: {sorted(specs)}")
+        if specs[name].get("removed"):
+            raise SystemExit(f"ablations.yaml: {name!r} lost and its code was removed; see its row")
+        for seed in args.seeds:
+            run(name, seed, specs[name], args.out)
+    if args.ledger:
+        target = args.out.with_suffix(".md")
+        with atomic_path(target) as tmp:
+            tmp.write_text(ledger(args.out))
+        print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()
