@@ -172,6 +172,39 @@ def ledger(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diagnosis(out: Path, names: list[str], part: str = "val") -> str:
+    """Per task × optimizer × fraction: median λ and off-direction error, mean MSE and accuracy.
+
+    The table issue 11 asks for before any change: how far each forecaster moves along the true
+    displacement, how much it errs off it, and what its forecast network scores.
+    """
+    df = pl.concat([pl.read_parquet(p) for p in sorted(out.glob("*.parquet"))], how="diagonal")
+    df = df.filter((pl.col("part") == part) & pl.col("variant").is_in(names))
+    g = (
+        df.group_by("variant", "task", "optimizer", "fraction")
+        .agg(
+            pl.col("lam").median(),
+            pl.col("off").median(),
+            pl.col("mse").mean(),
+            ((pl.col("acc") - pl.col("last_acc")) * 100).mean().alias("acc_vs_last"),
+            (pl.col("loss") - pl.col("last_loss")).mean().alias("loss_vs_last"),
+        )
+        .sort("task", "optimizer", "fraction", "variant")
+    )
+    lines = [
+        "| task | optimizer | fraction | variant | λ (median) | off (median) | MSE | acc − last (pts) | loss − last |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in g.iter_rows(named=True):
+        acc = "" if r["acc_vs_last"] is None else f"{r['acc_vs_last']:+.1f}"
+        loss = "" if r["loss_vs_last"] is None else f"{r['loss_vs_last']:+.3f}"
+        lines.append(
+            f"| {r['task']} | {r['optimizer']} | {r['fraction']} | `{r['variant']}` "
+            f"| {r['lam']:.2f} | {r['off']:.3f} | {r['mse']:.2e} | {acc} | {loss} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*")
@@ -179,6 +212,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument(
         "--ledger", action="store_true", help="write <out>.md (results/ablations.md)"
+    )
+    parser.add_argument(
+        "--diagnose", nargs="+", metavar="VARIANT", help="write <out>_diagnosis.md for these"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -190,6 +226,16 @@ def main() -> None:
             raise SystemExit(f"ablations.yaml: {name!r} lost and its code was removed; see its row")
         for seed in args.seeds:
             run(name, seed, specs[name], args.out)
+    if args.diagnose:
+        target = args.out.with_name(args.out.name + "_diagnosis.md")
+        with atomic_path(target) as tmp:
+            tmp.write_text(diagnosis(args.out, args.diagnose))
+        print(f"wrote {target}")
+    if args.diagnose:
+        target = args.out.with_name(args.out.name + "_diagnosis.md")
+        with atomic_path(target) as tmp:
+            tmp.write_text(diagnosis(args.out, args.diagnose))
+        print(f"wrote {target}")
     if args.ledger:
         target = args.out.with_suffix(".md")
         with atomic_path(target) as tmp:
