@@ -16,7 +16,14 @@ References:
         Training", arXiv 2505.20221 (2025).
 """
 
-from gfm.jumps.context import OPTIMIZER_NAMES, jump_baseline, optimizer_context
+from gfm.jumps.context import (
+    OPTIMIZER_NAMES,
+    flat_weights,
+    jump_baseline,
+    load_weights,
+    named_params,
+    optimizer_context,
+)
 from gfm.jumps.schedules import FRAMES, Horizon, Jump, JumpOptions, Relative
 from gfm.jumps.wrapper import JumpAhead
 
@@ -28,6 +35,9 @@ __all__ = [
     "JumpAhead",
     "JumpOptions",
     "Relative",
+    "flat_weights",
     "jump_baseline",
+    "load_weights",
+    "named_params",
     "optimizer_context",
 ]

@@ -1,15 +1,66 @@
-"""What a torch optimizer tells the forecaster (its name, its hyperparameters), and baselines to jump with."""
+"""What a torch training loop tells a forecaster (flat weights, optimizer name, hyperparameters), and baselines to jump with.
+
+Shared by ``JumpAhead`` and ``gfm.stopping.Recorder``: both keep flat weights of a live model and
+describe its optimizer the way the dataset's runs are described.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from gfm import baselines
 from gfm.data.schema import RunRecord
 from gfm.forecaster import Forecaster
+
+# ----------------------------------------------------------------------------------------------
+# Flat weights of a live model (the D axis of a Prefix)
+# ----------------------------------------------------------------------------------------------
+
+ModelParams = nn.Module | Iterable[tuple[str, nn.Parameter]] | Iterable[nn.Parameter]
+
+
+def named_params(model_params: ModelParams) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) pairs; plain parameters get names ``"<i>.weight"`` / ``"<i>.bias"``.
+
+    Args:
+        model_params: a module (its ``named_parameters()``), ``named_parameters()`` pairs, or
+            plain parameters.
+
+    Raises:
+        TypeError: the items are neither (name, parameter) pairs nor tensors.
+    """
+    if isinstance(model_params, nn.Module):
+        return list(model_params.named_parameters())
+    items = list(model_params)
+    if all(isinstance(p, tuple) and len(p) == 2 for p in items):
+        return [(str(n), p) for n, p in items]
+    if all(isinstance(p, torch.Tensor) for p in items):
+        # without names, 1-D tensors are taken for biases (ParamMeta's kind and fan_in)
+        return [(f"{i}.{'bias' if p.ndim == 1 else 'weight'}", p) for i, p in enumerate(items)]
+    raise TypeError(
+        "`model_params` must be an nn.Module, named_parameters() pairs or parameters, "
+        f"got items of types {sorted({type(p).__name__ for p in items})}"
+    )
+
+
+def flat_weights(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The parameters concatenated in order: one (D,) float32 CPU vector (a copy)."""
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in params])
+
+
+@torch.no_grad()
+def load_weights(params: Sequence[torch.Tensor], w: torch.Tensor) -> None:
+    """Copy the flat vector ``w`` (D,) into ``params`` in place, in order (``flat_weights``'s inverse)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.copy_(w[offset : offset + n].view_as(p).to(p.device, p.dtype))
+        offset += n
+
 
 # ----------------------------------------------------------------------------------------------
 # What a torch optimizer tells the forecaster (name and hyperparameters, a registry by class)

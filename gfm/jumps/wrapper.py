@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +14,13 @@ from torch import nn
 
 from gfm.data.schema import ParamMeta
 from gfm.forecaster import Forecaster, Prefix
-from gfm.jumps.context import optimizer_context
+from gfm.jumps.context import (
+    ModelParams,
+    flat_weights,
+    load_weights,
+    named_params,
+    optimizer_context,
+)
 from gfm.jumps.schedules import Jump, JumpOptions, Relative
 
 logger = logging.getLogger("gfm.jumps")
@@ -38,24 +44,6 @@ _STATE_KEYS = (
 # ----------------------------------------------------------------------------------------------
 # The wrapper
 # ----------------------------------------------------------------------------------------------
-
-ModelParams = nn.Module | Iterable[tuple[str, nn.Parameter]] | Iterable[nn.Parameter]
-
-
-def _named(model_params: ModelParams) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) pairs; plain parameters get names ``"<i>.weight"`` / ``"<i>.bias"``."""
-    if isinstance(model_params, nn.Module):
-        return list(model_params.named_parameters())
-    items = list(model_params)
-    if all(isinstance(p, tuple) and len(p) == 2 for p in items):
-        return [(str(n), p) for n, p in items]
-    if all(isinstance(p, torch.Tensor) for p in items):
-        # without names, 1-D tensors are taken for biases (ParamMeta's kind and fan_in)
-        return [(f"{i}.{'bias' if p.ndim == 1 else 'weight'}", p) for i, p in enumerate(items)]
-    raise TypeError(
-        "`model_params` must be an nn.Module, named_parameters() pairs or parameters, "
-        f"got items of types {sorted({type(p).__name__ for p in items})}"
-    )
 
 
 class JumpAhead:
@@ -121,7 +109,7 @@ class JumpAhead:
         task: str = "",
     ) -> None:
         self.optimizer_name, _ = optimizer_context(optimizer)  # also checks its type
-        named = _named(model_params)
+        named = named_params(model_params)
         self._check_inputs(optimizer, named, forecaster, options, loss_fn)
         if len({g.get("lr") for g in optimizer.param_groups}) > 1:
             logger.warning("param groups differ in lr: the forecaster sees the first group's")
@@ -233,15 +221,10 @@ class JumpAhead:
 
     def flat(self) -> torch.Tensor:
         """The current weights as one (D,) float32 CPU vector, in ``model_params`` order."""
-        return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in self.params])
+        return flat_weights(self.params)
 
-    @torch.no_grad()
     def _load(self, w: torch.Tensor) -> None:
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.copy_(w[offset : offset + n].view_as(p).to(p.device, p.dtype))
-            offset += n
+        load_weights(self.params, w)
 
     def _record(self, w: torch.Tensor | None = None, lr: float | None = None) -> None:
         """Keep the current weights at ``progress``, or a forecast ``w`` one spacing after the last."""
