@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gfm._torch import one_thread, resolve_device
-from gfm.config import TrainSettings
+from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
 from gfm.fields import Cond, Grad, scan_states
@@ -410,7 +410,7 @@ def fit(
 
 
 def _draw(
-    model: GFM,
+    gfm: GFMSettings,
     train: Sequence[RunRecord],
     cfg: TrainSettings,
     rng: np.random.Generator,
@@ -428,19 +428,60 @@ def _draw(
         M = record.weights.shape[0] - 1
         lo, hi = (observed_index(M, f) for f in TRAIN_FRACTIONS)
         statics = None
-        if model.cfg.prior:
+        if gfm.prior:
             grid = np.unique(np.linspace(lo, hi, _K_GRID).round().astype(int))
             k = int(grid[rng.integers(len(grid))])
             key = (int(i), k)
             if key not in shared:
-                shared[key] = _Prefixed.build(record, k, model.cfg.history, cfg.seed)
+                shared[key] = _Prefixed.build(record, k, gfm.history, cfg.seed)
             statics = shared[key]
         else:
             k = int(rng.integers(lo, hi + 1))
-        examples.append(
-            _example(record, k, cfg.batch_params, model.cfg.history, model.cfg.sigma, rng, statics)
-        )
+        examples.append(_example(record, k, cfg.batch_params, gfm.history, gfm.sigma, rng, statics))
     return examples
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """The ``cfg.steps`` training batches of one fit, in order, from the stream ``cfg.seed``.
+
+    Iterated in the training process, or in a worker process (``cfg.loader_workers``) so that
+    drawing examples and fitting priors overlaps the network's steps on another core; the batches
+    are the same either way.
+    """
+
+    def __init__(self, gfm: GFMSettings, train: Sequence[RunRecord], cfg: TrainSettings) -> None:
+        self.gfm, self.train, self.cfg = gfm, train, cfg
+
+    def __iter__(self) -> Iterator[_Batch]:
+        rng = np.random.default_rng(self.cfg.seed)
+        shared: dict[tuple[int, int], _Prefixed] = {}
+        for _ in range(self.cfg.steps):
+            yield _collate(_draw(self.gfm, self.train, self.cfg, rng, shared))
+
+
+def _batches(gfm: GFMSettings, train: Sequence[RunRecord], cfg: TrainSettings) -> Iterator[_Batch]:
+    """The batches of ``_Batches``, prefetched by ``cfg.loader_workers`` spawned workers (0: here)."""
+    data = _Batches(gfm, train, cfg)
+    if not cfg.loader_workers:
+        return iter(data)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=cfg.loader_workers,
+        prefetch_factor=8,
+        multiprocessing_context="spawn",  # no fork of a process that may run MLflow/Prefect threads
+        worker_init_fn=_one_thread_worker,
+    )
+    return iter(loader)
+
+
+def _as_is(batch: _Batch) -> _Batch:
+    return batch  # each item is already a collated batch
+
+
+def _one_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)  # the examples are small ops; the training process has its core
 
 
 def _loop(
@@ -453,13 +494,12 @@ def _loop(
 ) -> list[dict[str, float]]:
     """The training loop of ``fit`` (same arguments)."""
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     net = model.net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, float]] = []
     best_score, best_state = math.inf, None
     running, seen = 0.0, 0
-    shared: dict[tuple[int, int], _Prefixed] = {}  # prior training: (run, k) -> its statics
+    batches = _batches(model.cfg, train, cfg)
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="gfm fit", disable=None, leave=False)
     for step in bar:
@@ -467,7 +507,7 @@ def _loop(
         for group in opt.param_groups:
             group["lr"] = lr
 
-        batch = _collate(_draw(model, train, cfg, rng, shared)).to(device)
+        batch = next(batches).to(device)
 
         loss = _loss(model, batch)
         opt.zero_grad(set_to_none=True)

@@ -253,6 +253,12 @@ class TrainSettings(_Frozen):
     eval_every: int = Field(1000, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        le=1,
+        description="worker processes drawing the batches (1: overlap with the steps on a 2nd core)",
+    )
     split: Literal["seed", "architecture", "optimizer"] = Field(
         "seed",
         description="the workflow trains on this split's train part, tunes and selects on its "

@@ -177,3 +177,20 @@ def test_the_default_gfm_with_its_prior_forecasts_gradient_descent_15x_better_th
     # alone 0.057; the same budget without the prior 0.051)
     ratio = np.mean(errs) / np.mean(persist)
     assert ratio < 0.067, f"MSE / persistence MSE = {ratio:.4f}"
+
+
+@pytest.mark.slow  # spawns a worker process (~5 s)
+def test_a_loader_worker_draws_the_same_batches_so_training_is_unchanged():
+    # given the same fit in process and with a prefetching worker process
+    runs = [least_squares_run(s) for s in range(6)]
+    nets = []
+    for workers in (0, 1):
+        cfg = TrainSettings(
+            steps=20, batch_params=16, eval_every=20, device="cpu", loader_workers=workers
+        )
+        model = GFM(GFMSettings(), cfg)
+        # when
+        fit(model, runs, None, cfg)
+        nets.append(model.net.state_dict())
+    # then the networks are bit-identical
+    assert all(torch.equal(nets[0][key], nets[1][key]) for key in nets[0])
