@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
@@ -121,8 +120,9 @@ def test_mismatched_prefix_is_rejected_by_name():
         model.forecast(prefix, torch.tensor([0.1]))
 
 
-def test_forecast_of_a_mnist_cnn_sized_run_is_fast():
-    # given a default-size model and a run the size of the largest dataset network (14,378)
+def test_forecast_of_a_mnist_cnn_sized_run_is_finite():
+    # given a default-size model (with its prior) and a run the size of the largest dataset
+    # network (14,378 parameters); what it costs is measured by benchmarks/forecast_cost.py
     named = [
         ("c1.weight", (16, 1, 3, 3)),
         ("c1.bias", (16,)),
@@ -135,11 +135,7 @@ def test_forecast_of_a_mnist_cnn_sized_run_is_fast():
     ]
     model = GFM()
     prefix = _prefix("adam", named=named, k=12, M=50)
-    model.forecast(prefix, torch.tensor([1.0]))  # warm-up
     # when
-    start = time.perf_counter()
-    out = model.forecast(prefix, torch.tensor([1.0]))
-    seconds = time.perf_counter() - start
-    # then (typically ~0.1–0.3 s on one core; generous bound for a shared CI machine)
-    assert out.shape == (1, 14378) and np.isfinite(out.numpy()).all()
-    assert seconds < 5.0
+    out = model.forecast(prefix, torch.tensor([0.5, 1.0]))
+    # then
+    assert out.shape == (2, 14378) and np.isfinite(out.numpy()).all()
