@@ -24,14 +24,16 @@ class LFD2(_Baseline):
 
     i.e. a linear map of (w_0 − w_k, w_k, w_k − w_{k−1}, w_{k−1} − w_{k−2}) normalised per layer.
     One coefficient vector β per (observed-fraction bucket b, target-time node g/G, g = 1..G),
-    fitted by ridge regression (penalty ``ridge``·tr(XᵀX)/5) over all training runs; at forecast
+    fitted by ridge regression (penalty ``ridge``·tr(XᵀX)/5) over all training runs, each sample
+    weighted by c_j² / n_run (``weighting: raw``: the least-squares fit of the raw weights, every
+    run counting alike, which is what the benchmark scores) or not at all (``none``); at forecast
     time the nearest bucket is used and β is interpolated linearly in t between the nodes, with
     β = 0 at t_k (so ŵ(t_k) = w_k); a warning says when no bucket lies within 0.05 of the
     observed fraction. The normal equations are accumulated run by run (one run in
     memory at a time), on at most ``params_per_run`` random parameters of each run.
 
     Config: fractions 0.05, 0.10, …, 0.95; time_grid G = 20; ridge 1e-3; params_per_run 4096;
-    seed 0. Budget: one pass over the training runs (closed-form solve, no iterations).
+    weighting raw; seed 0. Budget: one pass over the training runs (closed-form solve).
     """
 
     name = "lfd2"
@@ -40,6 +42,7 @@ class LFD2(_Baseline):
         "time_grid": 20,
         "ridge": 1e-3,
         "params_per_run": 4096,
+        "weighting": "raw",
         "seed": 0,
     }
     min_train_runs = 1
@@ -64,6 +67,11 @@ class LFD2(_Baseline):
                     f"lfd2: `config.{key}` must be a positive integer, got {self.config[key]!r}"
                 )
         self._positive("ridge")
+        if self.config["weighting"] not in ("raw", "none"):
+            raise ValueError(
+                f"lfd2: `config.weighting` must be one of ['raw', 'none'], "
+                f"got {self.config['weighting']!r}"
+            )
 
     @classmethod
     def _features(cls, prefix: Prefix, idx: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +103,9 @@ class LFD2(_Baseline):
                 x, c = self._features(Prefix.from_record(record, k), torch.from_numpy(idx))
                 later = nodes > k / M + 1e-12
                 y = (_interp_rows(W, nodes[later] * M) - W[k]) / c  # (G', n)
-                xtx[b, later] += x.T @ x
-                xty[b, later] += y @ x
+                s = c**2 / n if cfg["weighting"] == "raw" else np.ones(n)  # (n,) sample weights
+                xtx[b, later] += (x * s[:, None]).T @ x
+                xty[b, later] += (y * s) @ x
         self.coef = np.zeros((len(fractions), G, P))
         self.valid = np.zeros((len(fractions), G), dtype=bool)
         for b in range(len(fractions)):
