@@ -18,9 +18,10 @@ from gfm.config import GFMSettings, TrainSettings
 from gfm.data.names import OPTIMIZERS
 from gfm.data.schema import RunRecord
 from gfm.features import n_context
-from gfm.fields import FIELDS, FreeField, Surrogate, VectorField
+from gfm.fields import FIELDS, FreeField, VectorField
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
+from gfm.surrogate import Surrogate
 
 __all__ = ["GFM"]
 

@@ -26,11 +26,12 @@ from gfm._torch import one_thread, resolve_device
 from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
-from gfm.fields import Cond, Grad, scan_states
+from gfm.fields import Cond, scan_states
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
 from gfm.prior import prior_velocity, quadfit
+from gfm.surrogate import Grad
 
 if TYPE_CHECKING:
     from gfm.model import GFM

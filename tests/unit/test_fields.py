@@ -22,11 +22,11 @@ from gfm.fields import (
     MomentumField,
     RMSpropField,
     SGDField,
-    Surrogate,
     scan_states,
 )
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
+from gfm.surrogate import Surrogate
 from tests.helpers import make_prefix
 
 D = 6

@@ -8,9 +8,10 @@ import torch
 
 from gfm.data.schema import ParamMeta
 from gfm.features import n_context
-from gfm.fields import FIELDS, AdamField, SGDField, Surrogate
+from gfm.fields import FIELDS, AdamField, SGDField
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
+from gfm.surrogate import Surrogate
 from tests.helpers import make_prefix
 
 NAMED = [
