@@ -122,8 +122,9 @@ def test_the_checker_lets_each_layer_import_what_it_may():
     assert not violations("import torch\nfrom gfm.forecaster import Prefix\n", "core")
 
 
-def test_mlflow_only_in_tracking_and_optuna_only_in_the_study():
-    study = {GFM / "ops" / "study.py", GFM / "ops" / "claims.py"}  # the study, its shared side
+def test_mlflow_only_in_tracking_and_optuna_only_in_the_study_and_the_pruner():
+    # the study, its shared side, and the forecast pruner (an optuna.pruners.BasePruner)
+    study = {GFM / "ops" / name for name in ("study.py", "claims.py", "pruning.py")}
     for path in _sources():
         names = imported(path.read_text(), module_of(path))
         if any(_matches(n, ("mlflow",)) for n in names):
