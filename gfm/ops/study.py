@@ -341,7 +341,13 @@ def _objective(
         params = suggest(trial, t.space.flat())
         trial_settings = apply_params(
             settings,
-            {**params, "train.steps": t.trial_steps, "train.eval_every": t.eval_every},
+            # in process: the trials then share one cache of prior fits (gfm.training._prefixed)
+            {
+                **params,
+                "train.steps": t.trial_steps,
+                "train.eval_every": t.eval_every,
+                "train.loader_workers": 0,
+            },
         )
         model = GFM(trial_settings.gfm, trial_settings.train)
         history: list[dict[str, float]] = []
