@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from gfm import ops
@@ -29,6 +29,11 @@ def git_root(params: str) -> Path:
 
 
 @task(name="dvc-repro", task_run_name="dvc repro {stage}", cache_policy=NO_CACHE)
-def repro(stage: str, repo: Path, force: bool = False) -> None:
-    """``dvc repro <stage>``: the stage's ``gfm`` command, skipped when it is up to date."""
-    versioning.reproduce(stage, repo, force=force)
+def repro(stage: str, repo: Path, force: bool = False) -> bool:
+    """``dvc repro <stage>``: the stage's ``gfm`` command, skipped when it is up to date.
+
+    Returns whether it ran; the task's log says so.
+    """
+    ran = versioning.reproduce(stage, repo, force=force)
+    get_run_logger().info("dvc repro %s: %s", stage, "ran" if ran else "up to date, skipped")
+    return ran

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import dvc_repo, git_root, repro, settings
 from gfm import ops
 from gfm.config import Settings
+from gfm.ops.layout import read_step, step_run_id
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
@@ -21,13 +22,15 @@ def evaluate_models(cfg: Settings, train_info: Path, repo: Path) -> dict:
 
 
 @task(name="publish-results", cache_policy=NO_CACHE)
-def publish(metrics_json: Path, results_md: Path) -> str:
+def publish(cfg: Settings) -> str:
     """A markdown artifact in Prefect: the model's test metrics and the results table."""
-    doc = ops.read_json(metrics_json, "evaluate")
+    out = ops.layout(cfg)
+    doc = read_step(out, "evaluate")
+    metrics_json, results_md = out.metrics_json, out.results_md
     lines = [
         f"# gfm evaluation (split `{doc['split']}`, {doc['n_test_runs']} test runs)",
         "",
-        f"MLflow run `{doc['run_id']}`, dataset `{doc['dataset_version']}`",
+        f"MLflow run `{doc.get('run_id')}`, dataset `{doc['dataset_version']}`",
         "",
         "| metric | value |",
         "| --- | --- |",
@@ -49,13 +52,16 @@ def evaluate(
 ) -> str:
     """Evaluate the trained model and the workflow baselines; returns the path of metrics.json.
 
-    In the project's DVC repository this is ``dvc repro evaluate``, else the step directly.
+    In the project's DVC repository this is ``dvc repro evaluate`` (run again when this
+    machine's evaluation record is not of the training run of its train record: the test
+    metrics then reach that MLflow run), else the step directly.
     """
     cfg = settings(params, overrides)
     out = ops.layout(cfg)
     repo = dvc_repo(params, overrides)
     if repo is not None:
-        repro("evaluate", repo)
+        trained = step_run_id(out, "train")
+        repro("evaluate", repo, force=trained is None or step_run_id(out, "evaluate") != trained)
     else:
-        evaluate_models(cfg, Path(train_info or out.train_json), git_root(params))
-    return publish(out.metrics_json, out.results_md)
+        evaluate_models(cfg, Path(train_info or out.train_run), git_root(params))
+    return publish(cfg)

@@ -37,11 +37,11 @@ def promote(
     Args:
         params: the settings file.
         overrides: ``section.key=value`` overrides.
-        train_info: train.json (default: the layout's).
+        train_info: the train step's record (default: reports/local/train.json).
         metrics: metrics.json (default: the layout's).
     """
     cfg = settings(params, overrides)
     out = ops.layout(cfg)
-    info = Path(train_info or out.train_json)
+    info = Path(train_info or out.train_run)
     version = register_model(cfg, info)
     return promote_version(cfg, version, info, Path(metrics or out.metrics_json))

@@ -21,7 +21,15 @@ from gfm.data.schema import RunRecord
 from gfm.forecaster import Forecaster, Prefix, observed_index
 from gfm.metrics import Score, downstream, horizon_mse, mae, mse, rel_mse
 
-__all__ = ["COLUMNS", "GROUP", "evaluate", "horizon_table", "summarize", "to_markdown"]
+__all__ = [
+    "COLUMNS",
+    "GROUP",
+    "evaluate",
+    "held_out",
+    "horizon_table",
+    "summarize",
+    "to_markdown",
+]
 
 COLUMNS = [
     "method",
@@ -316,6 +324,47 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
         aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().alias(f"{m}_std")]
     aggs.append(pl.col("rel_mse_persistence").median().alias("rel_mse_persistence_median"))
     return df.group_by(GROUP).agg(aggs).sort(GROUP)
+
+
+HELD_OUT = {  # held_out column -> the evaluate() column it averages
+    "last_acc": "last_observed_acc",
+    "forecast_acc": "downstream_acc",
+    "final_acc": "true_final_acc",
+    "last_loss": "last_observed_loss",
+    "forecast_loss": "downstream_loss",
+    "final_loss": "true_final_loss",
+}
+
+
+def held_out(df: pl.DataFrame, method: str) -> pl.DataFrame:
+    """How well the task network does with each set of weights, per task × observed fraction.
+
+    For the test runs of one method: the held-out accuracy and loss of the network loaded with
+    the last observed checkpoint w_k (where training stood), with the method's forecast of the
+    final weights ŵ(1), and with the true final weights w_M (mean over runs; accuracy NaN for
+    regression tasks). A forecast worth using lands nearer the true final than w_k does.
+
+    Args:
+        df: the table of ``evaluate``, scored downstream (``score``), or with recorded curves.
+        method: the method whose forecasts fill the ``forecast_*`` columns.
+
+    Returns:
+        ``task``, ``observed_fraction``, ``n_runs`` and ``last_acc``, ``forecast_acc``,
+        ``final_acc``, ``last_loss``, ``forecast_loss``, ``final_loss``; sorted.
+
+    Raises:
+        ValueError: ``df`` has no rows of ``method``.
+    """
+    rows = df.filter(pl.col("method") == method)
+    if not len(rows):
+        raise ValueError(f"`df` has no rows of method {method!r}")
+    aggs = [pl.col(src).fill_nan(None).mean().alias(dst) for dst, src in HELD_OUT.items()]
+    return (
+        rows.group_by("task", "observed_fraction")
+        .agg(pl.len().alias("n_runs"), *aggs)
+        .with_columns(pl.col(c).fill_null(math.nan) for c in HELD_OUT)
+        .sort("task", "observed_fraction")
+    )
 
 
 def _cell(value: Any, precision: int) -> str:

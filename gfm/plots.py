@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 
 from gfm.data.atomic import atomic_path
 from gfm.data.schema import RunRecord
+from gfm.forecaster import Prefix
 
-__all__ = ["plot_accuracy_curves", "plot_horizon", "plot_trajectories"]
+__all__ = ["plot_accuracy_curves", "plot_forecast", "plot_horizon", "plot_trajectories"]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -101,6 +102,61 @@ def plot_trajectories(
         if i == 0:
             ax.legend(fontsize=7)
     fig.suptitle(f"{record.spec.run_id}: forecasts from t_k = {k / M:.2f}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_forecast(
+    prefix: Prefix,
+    forecast: Any,
+    t: Any,
+    path: Path,
+    *,
+    truth: Any | None = None,
+    n_params: int = 4,
+    seed: int = 0,
+) -> Path:
+    """The observed path of a few parameters and their forecast to t = 1 (``gfm forecast``).
+
+    Args:
+        prefix: the observed checkpoints w_0..w_k (drawn solid at t_i = i/M).
+        forecast: (T, D) forecast weights at times ``t`` (drawn from w_k on).
+        t: (T,) the target times.
+        path: the image file to write (suffix picks the format).
+        truth: (M+1, D) the whole run when known (a backtest), drawn thin and grey.
+        n_params: parameters drawn, picked at random with ``seed``.
+        seed: seed of that pick.
+
+    Raises:
+        ValueError: ``forecast`` is not (T, D).
+    """
+    W = prefix.w.detach().cpu().numpy().astype(np.float64)  # (k+1, D)
+    k, M, D = prefix.k, prefix.M, prefix.D
+    tt, F = _as_array(t).reshape(-1), _as_array(forecast)
+    if F.shape != (len(tt), D):
+        raise ValueError(f"`forecast` must have shape (T, D) = {(len(tt), D)}, got {F.shape}")
+    params = sorted(np.random.default_rng(seed).choice(D, size=min(n_params, D), replace=False))
+    cols = min(len(params), 2)
+    rows = (len(params) + cols - 1) // cols
+    fig = Figure(figsize=(5 * cols, 3 * rows), layout="constrained")
+    for i, p in enumerate(params):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        if truth is not None:
+            full = _as_array(truth)
+            ax.plot(np.arange(full.shape[0]) / M, full[:, p], color="grey", lw=0.8, label="true")
+        ax.plot(np.arange(k + 1) / M, W[:, p], color="black", lw=1.5, label="observed")
+        ax.plot(
+            np.concatenate([[k / M], tt]),
+            np.concatenate([[W[k, p]], F[:, p]]),
+            lw=1.2,
+            ls="--",
+            label="forecast",
+        )
+        ax.axvline(k / M, color="grey", ls=":", lw=0.8)
+        ax.set_title(f"{prefix.params.layer[p]}[{prefix.params.index[p]}]", fontsize=9)
+        ax.set_xlabel("t")
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"observed to t_k = {k / M:.2f}, forecast to t = 1 (M = {M})", fontsize=10)
     return _save(fig, path)
 
 

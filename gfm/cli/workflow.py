@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from gfm.cli._app import ParamsOpt, SetOpt, app, read_settings
-from gfm.cli.render import StepErrors, console, fail, produced, tuned_rows
+from gfm.cli.render import (
+    StepErrors,
+    console,
+    fail,
+    held_out_table,
+    produced,
+    score_rows,
+    tuned_rows,
+)
+from gfm.config import Settings
 
 
 @app.command()
@@ -28,32 +37,54 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     cfg = read_settings(params, set_)
     from flows.retrain import retrain
     from gfm import ops
+    from gfm.ops.layout import read_step
 
     try:
         summary = retrain(params=str(params), overrides=list(set_ or []))
     except StepErrors as err:
         raise fail("gfm run", err) from None
     out = ops.layout(cfg)
-    tuned = ops.read_json(Path(summary["tune"]), "tune") if Path(summary["tune"]).is_file() else {}
+    tuned = read_step(out, "tune") if out.tune_json.is_file() else {}
     trained = ops.read_json(Path(summary["train"]), "train")
-    scores = ops.read_json(Path(summary["metrics"]), "evaluate")
+    scores = read_step(out, "evaluate")
     d = summary["decision"]
+    if scores.get("held_out"):
+        console.print(held_out_table(scores["held_out"]))
     produced(
         "gfm run",
         [
             ("dataset version", f"{summary['dataset_version']} ({cfg.data.root})"),
-            *(tuned_rows(tuned) if tuned.get("study") else [("tuning", "off (tune.n_trials=0)")]),
+            *tuned_rows(tuned),
             ("train run", f"{trained['run_id']} (experiment {cfg.tracking.experiment})"),
             ("model", f"{cfg.train.model_dir} and {trained['model_uri']}"),
-            ("test metrics", ", ".join(f"{k}={v:.4g}" for k, v in scores["metrics"].items())),
+            *score_rows(scores),
             (
                 "registry",
                 f"{d['model_name']} version {d['version']} -> @{d['alias']} ({d['model_uri']})",
             ),
             ("decision", d["reason"]),
-            ("reports", out.reports),
+            ("reports", f"{out.reports} (this machine's MLflow ids and paths: {out.local})"),
+            ("to commit", commit_hint(params, set_, cfg)),
         ],
         cfg,
+    )
+
+
+def commit_hint(params: Path, set_: list[str] | None, cfg: Settings) -> str | None:
+    """What the run changed that git tracks (the pinned versions and reports), or None."""
+    from gfm import ops
+    from gfm.ops import versioning
+
+    repo = ops.dvc_repo(params, list(set_ or []))
+    if repo is None:
+        return None
+    paths = [repo / "dvc.lock", cfg.data.root.with_suffix(".dvc"), ops.layout(cfg).reports]
+    changed = versioning.to_commit(repo, [*paths, *repo.glob("**/.gitignore")])
+    if not changed:
+        return "nothing: the run reproduced the committed data, model and reports"
+    return (
+        f"git add {' '.join(changed)} && git commit -m 'gfm run'  "
+        "(the dataset and model versions and the metrics of this run)"
     )
 
 
@@ -183,7 +214,7 @@ def train(
             ),
             ("model folder", doc["model_dir"]),
             ("logged model", doc["model_uri"]),
-            ("files", f"{out.train_json}, {out.history_csv}"),
+            ("files", f"{out.train_json}, {out.history_csv} (ids and paths: {out.train_run})"),
         ],
         cfg,
     )
@@ -198,7 +229,10 @@ def evaluate(
     ] = None,
     train_info: Annotated[
         Path | None,
-        typer.Option(help="train.json naming the MLflow run to add the results to."),
+        typer.Option(
+            help="The train step's record naming the MLflow run to add the results to "
+            "(default: reports/local/train.json)."
+        ),
     ] = None,
 ) -> None:
     """Evaluate the trained model and `evaluate.workflow_baselines` on the test split.
@@ -221,11 +255,12 @@ def evaluate(
     except StepErrors as err:
         raise fail("gfm evaluate", err) from None
     console.print(out.results_md.read_text().split("\n## ")[0], highlight=False)
+    console.print(held_out_table(doc["held_out"]))
     produced(
         "gfm evaluate",
         [
             ("run", doc["run_id"]),
-            ("test metrics", ", ".join(f"{k}={v:.4g}" for k, v in doc["metrics"].items())),
+            *score_rows(doc),
             ("files", f"{out.metrics_json}, {out.results_md}, {out.horizon_png}"),
         ],
         cfg,
@@ -236,7 +271,10 @@ def evaluate(
 def promote(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    train_info: Annotated[Path | None, typer.Option(help="train.json (default: reports/).")] = None,
+    train_info: Annotated[
+        Path | None,
+        typer.Option(help="The train step's record (default: reports/local/train.json)."),
+    ] = None,
     metrics: Annotated[Path | None, typer.Option(help="metrics.json (default: reports/).")] = None,
 ) -> None:
     """Register the trained model; make it `champion` if it beats the champion, else `challenger`.

@@ -17,8 +17,12 @@ run). What the weights cannot tell comes as metadata (a JSON sidecar and/or CLI 
     layout              [[name, shape], ...] the state_dict's tensors in order (a folder gives
                                              it); D = the sum of their sizes
     task                str                  context only
+    run_id              str                  the run of the dataset this is a prefix of, if any
+                                             (``gfm forecast`` then scores the forecast weights)
 
-Shapes: k+1 observed checkpoints, M+1 in the whole run, D parameters.
+Shapes: k+1 observed checkpoints, M+1 in the whole run, D parameters. ``read_run`` reads a whole
+run the same way (all M+1 checkpoints; ``total_checkpoints`` is then the number of rows), for a
+backtest (``gfm backtest``).
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ import torch
 from gfm.data.atomic import read_json_object
 from gfm.data.names import HPARAM_KEYS, OPTIMIZERS, SCHEDULES
 from gfm.data.optim import scheduled_lr
-from gfm.data.schema import ParamMeta
+from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.data.state_dicts import read_run_folder
 from gfm.forecaster import Prefix
 
-__all__ = ["METADATA_KEYS", "read_prefix", "sidecar"]
+__all__ = ["METADATA_KEYS", "read_prefix", "read_run", "read_sidecar", "sidecar"]
 
 METADATA_KEYS = (
     "optimizer",
@@ -48,6 +52,7 @@ METADATA_KEYS = (
     "hparams",
     "layout",
     "task",
+    "run_id",
 )
 
 
@@ -107,7 +112,7 @@ def _layout(value: Any, where: str) -> ParamMeta:
 
 def _required(meta: Mapping[str, Any], key: str, where: str, hint: str) -> Any:
     if meta.get(key) is None:
-        raise ValueError(f"{where}: metadata `{key}` is missing: {hint}")
+        raise ValueError(f"{where}: `{key}` is missing: {hint}")
     return meta[key]
 
 
@@ -127,19 +132,9 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
             the file or field, what was expected and what was given.
     """
     source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: input not found")
-    unknown = sorted(k for k in meta if k not in METADATA_KEYS and meta[k] is not None)
-    if unknown:
-        raise ValueError(
-            f"metadata: unknown key(s) {unknown}; expected some of {list(METADATA_KEYS)}"
-        )
+    w, params, spacing = _read(source, meta)
     where = "metadata"
-    w, params, spacing = _load_weights(source)
-    opt_hint = f"one of {list(OPTIMIZERS)} (--optimizer or the JSON sidecar)"
-    optimizer = _required(meta, "optimizer", where, opt_hint)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"{where}: `optimizer` must be {opt_hint}, got {optimizer!r}")
+    optimizer = _optimizer(meta, where)
     record_every = _record_every(meta, spacing, where)
     n_total = _total_checkpoints(meta, w, source, where)
     params = _params(meta, params, w, source, where)
@@ -156,23 +151,92 @@ def read_prefix(source: str | Path, meta: Mapping[str, Any]) -> Prefix:
     )
 
 
+def read_run(source: str | Path, meta: Mapping[str, Any]) -> RunRecord:
+    """Read a whole recorded run (all M+1 checkpoints) with its metadata, as for ``read_prefix``.
+
+    ``total_checkpoints`` may be left out (it is the number of checkpoints given); the curves
+    (losses, accuracy) are not known and are NaN. The record's run id is ``meta["run_id"]`` or
+    the file's stem, its task ``meta["task"]`` or ``external``.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: the weights or a metadata field are missing or malformed (named).
+    """
+    source = Path(source)
+    w, params, spacing = _read(source, meta)
+    where = "metadata"
+    n = w.shape[0]
+    if meta.get("total_checkpoints") not in (None, n):
+        raise ValueError(
+            f"{where}: `total_checkpoints` must be the {n} checkpoints of the whole run given "
+            f"in {source}, got {meta['total_checkpoints']}"
+        )
+    if n < 3:
+        raise ValueError(f"{source}: a whole run needs >= 3 checkpoints (M >= 2), got {n}")
+    optimizer = _optimizer(meta, where)
+    record_every = _record_every(meta, spacing, where)
+    params = _params(meta, params, w, source, where)
+    lr, base = _lr(meta, n, record_every, where)
+    nan = np.full(n, np.nan)
+    spec = RunSpec(
+        run_id=str(meta.get("run_id") or source.stem or "run"),
+        task=str(meta.get("task") or "external"),
+        hidden=(),
+        optimizer=str(optimizer),
+        hparams=_hparams(meta, base, where),
+        schedule=str(meta.get("schedule") or "constant"),
+        batch_size=None,
+        seed=0,
+        init_seed=0,
+        steps=(n - 1) * record_every,
+        record_every=record_every,
+    )
+    steps = np.arange(n, dtype=np.int64) * record_every
+    return RunRecord(spec, steps, lr, nan, nan.copy(), nan.copy(), w, params)  # (M+1, D)
+
+
+def _read(source: Path, meta: Mapping[str, Any]) -> tuple[np.ndarray, ParamMeta | None, int | None]:
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: input not found")
+    unknown = sorted(k for k in meta if k not in METADATA_KEYS and meta[k] is not None)
+    if unknown:
+        raise ValueError(
+            f"metadata: unknown key(s) {unknown}; expected some of {list(METADATA_KEYS)}"
+        )
+    return _load_weights(source)
+
+
+def _optimizer(meta: Mapping[str, Any], where: str) -> str:
+    opt_hint = f"one of {list(OPTIMIZERS)} (--optimizer or the JSON sidecar)"
+    optimizer = _required(meta, "optimizer", where, opt_hint)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{where}: `optimizer` must be {opt_hint}, got {optimizer!r}")
+    return str(optimizer)
+
+
 def _record_every(meta: Mapping[str, Any], spacing: int | None, where: str) -> int:
     """Optimizer steps between two checkpoints: the metadata's, or the files' step spacing."""
     record_every = meta.get("record_every") if meta.get("record_every") is not None else spacing
     if record_every is None:
         raise ValueError(
-            f"{where}: metadata `record_every` is missing: optimizer steps between two "
+            f"{where}: `record_every` is missing: optimizer steps between two "
             f"checkpoints (--record-every or the JSON sidecar)"
+        )
+    if (
+        isinstance(record_every, bool)
+        or not isinstance(record_every, int | float | np.integer | np.floating)
+        or not float(record_every).is_integer()
+        or record_every < 1
+    ):  # 3.9 is refused, not truncated to 3 (the forecast's time grid depends on it)
+        raise ValueError(
+            f"{where}: `record_every` must be a positive integer, got {record_every!r}"
         )
     if spacing is not None and int(record_every) != spacing:
         raise ValueError(
             f"{where}: `record_every` must match the checkpoints' step spacing {spacing}, "
             f"got {record_every}"
         )
-    record_every = int(record_every)
-    if record_every < 1:
-        raise ValueError(f"{where}: `record_every` must be >= 1, got {record_every}")
-    return record_every
+    return int(record_every)
 
 
 def _total_checkpoints(meta: Mapping[str, Any], w: np.ndarray, source: Path, where: str) -> int:

@@ -1,4 +1,4 @@
-"""A run recorded as a folder of PyTorch ``state_dict`` checkpoints, read as flat weights."""
+"""PyTorch ``state_dict`` checkpoints <-> flat weights: a run folder read, a forecast written."""
 
 from __future__ import annotations
 
@@ -101,3 +101,46 @@ def read_run_folder(run_dir: Path) -> tuple[np.ndarray, np.ndarray, ParamMeta]:
     assert layout is not None  # internal: at least two files were read
     steps = np.asarray([s for s, _ in files], dtype=np.int64)
     return steps, np.stack(rows), ParamMeta.from_named_shapes(layout)  # (M+1, D)
+
+
+def to_state_dict(w: np.ndarray, params: ParamMeta) -> dict[str, Any]:
+    """Flat weights (D,) as a ``state_dict``: one tensor per layer, in the layout's order.
+
+    The inverse of reading a checkpoint: ``params.layer``, ``shape`` and ``index`` say where
+    each of the D values goes, so ``model.load_state_dict(to_state_dict(w, params))`` loads
+    forecast weights into the network they were recorded from.
+
+    Raises:
+        ValueError: ``w`` is not (D,) for the layout's D, or a layer's indices do not cover its
+            tensor exactly once.
+    """
+    import torch
+
+    w = np.asarray(w, dtype=np.float32).reshape(-1)
+    if w.shape[0] != len(params):
+        raise ValueError(f"`w` must have the layout's D={len(params)} values, got {w.shape[0]}")
+    out: dict[str, Any] = {}
+    layers = np.asarray(params.layer)
+    for name in dict.fromkeys(layers.tolist()):
+        cols = np.flatnonzero(layers == name)  # positions of this tensor's values in w
+        shape = tuple(params.shape[cols[0]])
+        flat = np.empty(int(np.prod(shape)) if shape else 1, dtype=np.float32)
+        index = np.asarray(params.index)[cols]
+        if sorted(index.tolist()) != list(range(flat.shape[0])):
+            raise ValueError(
+                f"layout: tensor `{name}` must index each of its {flat.shape[0]} values once"
+            )
+        flat[index] = w[cols]
+        out[str(name)] = torch.from_numpy(flat.reshape(shape))
+    return out
+
+
+def write_state_dict(path: Path, w: np.ndarray, params: ParamMeta) -> Path:
+    """Save ``to_state_dict(w, params)`` with ``torch.save`` (atomically); returns ``path``."""
+    import torch
+
+    from gfm.data.atomic import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        torch.save(to_state_dict(w, params), tmp)
+    return Path(path)

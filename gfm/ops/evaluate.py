@@ -13,19 +13,29 @@ import polars as pl
 
 from gfm import saved
 from gfm.config import Settings
-from gfm.data.atomic import write_json
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Forecaster, Prefix, observed_index, target_times
 from gfm.ops.layout import (
+    TIMINGS,
     dataset_version,
     layout,
     open_dataset,
     read_json,
+    write_step,
 )
 
 log = logging.getLogger("gfm.ops")
 
-MODEL_METRICS = ("mse_final", "rel_mse_persistence", "rel_mse_persistence_median", "acc_gap")
+
+MODEL_METRICS = (
+    "mse_final",
+    "rel_mse_persistence",
+    "rel_mse_persistence_median",
+    "acc_gap",
+    "acc_forecast",
+    "acc_last",
+    "acc_final",
+)
 
 # ----------------------------------------------------------------------------- evaluate
 
@@ -34,9 +44,13 @@ def model_metrics(table: pl.DataFrame, method: str, prefix: str = "test") -> dic
     """Summary metrics of one method from an evaluation table (``gfm.evaluation.evaluate``).
 
         mse_final = mean over rows,  rel_mse_persistence = mean over rows (and its median),
-        acc_gap = mean over rows of downstream_acc − true_final_acc (classification runs)
+        acc_gap = mean over rows of downstream_acc − true_final_acc (classification runs),
+        acc_forecast, acc_last, acc_final = mean held-out accuracy of the task network with the
+            forecast final weights, the last observed checkpoint, the true final weights
 
     Rows are every test run × observed fraction; the promotion compares these same numbers.
+    The mean of rel_mse_persistence is dominated by the few runs that barely move after the
+    observed prefix (persistence's error near 0): the median is the robust summary.
 
     Returns:
         ``{f"{prefix}/mse_final": ..., ...}``; a metric without finite values is left out.
@@ -44,13 +58,22 @@ def model_metrics(table: pl.DataFrame, method: str, prefix: str = "test") -> dic
     rows = table.filter(pl.col("method") == method)
     if not len(rows):
         raise ValueError(f"`table` has no rows of method {method!r}")
-    rel = rows["rel_mse_persistence"].to_numpy().astype(np.float64)
-    gap = (rows["downstream_acc"] - rows["true_final_acc"]).to_numpy().astype(np.float64)
+
+    def column(name: str) -> np.ndarray:
+        return rows[name].to_numpy().astype(np.float64)
+
+    def mean(values: np.ndarray) -> float:
+        return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+    rel = column("rel_mse_persistence")
     values = {
-        "mse_final": float(np.nanmean(rows["mse_final"].to_numpy().astype(np.float64))),
-        "rel_mse_persistence": float(np.nanmean(rel)),
+        "mse_final": mean(column("mse_final")),
+        "rel_mse_persistence": mean(rel),
         "rel_mse_persistence_median": float(np.nanmedian(rel)),
-        "acc_gap": float(np.nanmean(gap)) if np.isfinite(gap).any() else math.nan,
+        "acc_gap": mean(column("downstream_acc") - column("true_final_acc")),
+        "acc_forecast": mean(column("downstream_acc")),
+        "acc_last": mean(column("last_observed_acc")),
+        "acc_final": mean(column("true_final_acc")),
     }
     return {f"{prefix}/{k}": v for k, v in values.items() if math.isfinite(v)}
 
@@ -58,8 +81,11 @@ def model_metrics(table: pl.DataFrame, method: str, prefix: str = "test") -> dic
 def score(forecaster: Forecaster, settings: Settings, ds: Trajectories) -> dict[str, float]:
     """Test metrics of one forecaster on the test part of ``train.split`` (``model_metrics``).
 
-    The same computation as the model's own row in ``evaluate_step``: promotion re-scores the
-    champion with it on the current data.
+    The same computation as the model's own row in ``evaluate_step``, call for call: the same
+    runs, fractions and target times (every later checkpoint: a fixed-step solver's grid, and
+    so its final weights, depends on them), on one thread with the pinned kernels. Promotion
+    re-scores the champion with it on the current data and gets, bit for bit, the value the
+    champion was registered with when data and code are unchanged.
     """
     from gfm.bench.forecast import score_for
     from gfm.evaluation import evaluate
@@ -72,7 +98,6 @@ def score(forecaster: Forecaster, settings: Settings, ds: Trajectories) -> dict[
         settings.evaluate.observed_fractions,
         split=settings.train.split,
         score=score_for(settings) if downstream else None,
-        horizons=False,
     )
     return model_metrics(table, "gfm")
 
@@ -107,21 +132,23 @@ def evaluate_step(
     Args:
         settings: all settings.
         model_dir: the forecaster folder (default ``train.model_dir``).
-        train_info: train.json (default: the layout's, if present).
+        train_info: the train step's record naming its run (default: reports/local/train.json,
+            if present).
         repo: folder whose git commit a new run records.
 
     Returns:
-        The content of metrics.json: ``metrics`` (the model's ``test/*``), ``baselines``
-        (``test/<method>/*``), ``run_id``, ``dataset_version``, ``split``, ``n_test_runs``.
+        The step's record (reports/local/evaluate.json): ``metrics`` (the model's ``test/*``),
+        ``baselines`` (``test/<method>/*``), ``run_id``, ``dataset_version``, ``split``,
+        ``n_test_runs``, ``model_dir``; metrics.json holds all but the id and the path.
     """
     from gfm import tracking
     from gfm.bench.forecast import fit_and_evaluate
-    from gfm.evaluation import horizon_table, summarize, to_markdown
+    from gfm.evaluation import held_out, horizon_table, summarize, to_markdown
     from gfm.plots import plot_horizon
 
     out = layout(settings)
     model_dir = Path(model_dir or out.model_dir)
-    train_info = Path(train_info) if train_info is not None else out.train_json
+    train_info = Path(train_info) if train_info is not None else out.train_run
     info = read_json(train_info, "train") if train_info.is_file() else {}
     ds = open_dataset(settings)
     version = dataset_version(ds.root)
@@ -144,9 +171,12 @@ def evaluate_step(
     summary = summarize(table)
     horizon = horizon_table(table)
     out.reports.mkdir(parents=True, exist_ok=True)
-    flat = table.select([c for c in table.columns if not isinstance(table.schema[c], pl.List)])
+    flat = table.select(
+        [c for c in table.columns if not isinstance(table.schema[c], pl.List) and c not in TIMINGS]
+    )
     flat.write_csv(out.results_csv)
-    md = _results_markdown(table, summary, to_markdown)
+    held = held_out(table, "gfm")
+    md = _results_markdown(table, summary, held, to_markdown)
     out.results_md.write_text(md)
     horizon.write_csv(out.horizon_csv)
     plot_horizon(horizon, out.horizon_png, metric="rel_mse_persistence")
@@ -157,6 +187,7 @@ def evaluate_step(
         "dataset_version": version,
         "split": split,
         "n_test_runs": len(test),
+        "held_out": held.to_dicts(),
         "model_dir": str(model_dir),
         "run_id": info.get("run_id"),
     }
@@ -185,26 +216,35 @@ def evaluate_step(
         )
         tracking.log_table_and_plots(costs, "costs", artifact_path="evaluation")
         doc["run_id"] = run.info.run_id
-    write_json(out.metrics_json, doc)
+    write_step(out, "evaluate", doc)
     log.info("evaluated: %s -> %s", metrics, out.metrics_json)
     return doc
 
 
-def _results_markdown(table: pl.DataFrame, summary: pl.DataFrame, to_markdown: Any) -> str:
-    """A short overall table per method, then the per task x optimizer x fraction summary."""
+def _results_markdown(
+    table: pl.DataFrame, summary: pl.DataFrame, held: pl.DataFrame, to_markdown: Any
+) -> str:
+    """The overall table per method, the task network's held-out scores, then the summary."""
     overall = (
         table.group_by("method")
         .agg(
             pl.len().alias("rows"),
             pl.col("mse_final").mean().alias("mse_final"),
-            pl.col("rel_mse_persistence").mean().alias("rel_mse_persistence"),
             pl.col("rel_mse_persistence").median().alias("rel_mse_persistence_median"),
+            pl.col("downstream_acc").fill_nan(None).mean().alias("acc_forecast"),
         )
         .sort("rel_mse_persistence_median")
     )
     return (
         "## Overall (test runs x observed fractions)\n\n"
         + to_markdown(overall)
+        + "\n`rel_mse_persistence_median`: the median over runs of the final weights' MSE divided "
+        "by persistence's (the last observed checkpoint kept as the forecast); below 1 beats it. "
+        "Its mean is not shown: a few runs that barely move after the observed prefix make it "
+        "huge. `acc_forecast`: held-out accuracy of the task network with the forecast final "
+        "weights (classification tasks).\n"
+        + "\n## Held-out scores of the task network: last checkpoint, GFM's forecast, true final\n\n"
+        + to_markdown(held)
         + "\n## Per task, optimizer and observed fraction\n\n"
         + to_markdown(summary.select([c for c in summary.columns if not c.startswith("forecast")]))
     )

@@ -2,13 +2,19 @@
 
 Steps hand each other files (``Layout``) and MLflow ids, never live objects:
 
-    tune      -> reports/tune.json       best params (dotted keys), study, counts, tune run id
+    tune      -> reports/tune.json       best params (dotted keys), study, counts
     train     -> models/gfm/             the forecaster folder
-                 reports/train.json      run id, logged model URI, dataset version, val metrics
+                 reports/train.json      dataset version, tuned params, val metrics
                  reports/train_history.csv
     evaluate  -> reports/metrics.json    test metrics of the model and each baseline
                  reports/results.{csv,md}, reports/horizon.{csv,png}, reports/trajectories.png
     promote   -> reports/promotion.json  version, alias, decision
+
+The files above are DVC metrics, plots and outputs kept in git: they hold only what the same
+settings and data reproduce on any machine. What one machine's run adds (MLflow run ids, the
+logged model's URI, absolute paths, timings) goes to the step's record in ``reports/local/``
+(``tune.json``, ``train.json``, ``evaluate.json``: the full document, ignored by git), which is
+what the next step reads for ids.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from gfm.config import Settings
+from gfm.data.atomic import write_json
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index
 from gfm.ops import versioning
@@ -31,6 +38,15 @@ from gfm.ops import versioning
 log = logging.getLogger("gfm.ops")
 
 STEPS = ("generate", "tune", "train", "evaluate")  # the DVC stages, in order
+
+# What a step's tracked file leaves to its record in reports/local/: it differs between machines
+# (MLflow ids, absolute paths, timings) or between a first run and a resumed one.
+MACHINE_KEYS = {
+    "tune": ("run_id", "storage", "seconds", "n_new", "workers"),
+    "train": ("run_id", "experiment_id", "model_uri", "model_dir"),
+    "evaluate": ("run_id", "model_dir"),
+}
+TIMINGS = ("train/seconds", "forecast_seconds")  # columns and metrics left to MLflow
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,32 @@ class Layout:
         """The registry decision."""
         return self.reports / "promotion.json"
 
+    def tracked(self, step: str) -> Path:
+        """The file of ``step`` that DVC tracks and git keeps: tune.json, train.json, metrics.json."""
+        return {"tune": self.tune_json, "train": self.train_json, "evaluate": self.metrics_json}[
+            step
+        ]
+
+    @property
+    def local(self) -> Path:
+        """This machine's step records: MLflow ids, absolute paths, timings (not in git)."""
+        return self.reports / "local"
+
+    @property
+    def tune_run(self) -> Path:
+        """The tune step's full record: tune.json plus the tune run id, storage, timings."""
+        return self.local / "tune.json"
+
+    @property
+    def train_run(self) -> Path:
+        """The train step's full record: train.json plus run id, logged model URI, folder."""
+        return self.local / "train.json"
+
+    @property
+    def evaluate_run(self) -> Path:
+        """The evaluate step's full record: metrics.json plus the run id the metrics went to."""
+        return self.local / "evaluate.json"
+
 
 def layout(settings: Settings) -> Layout:
     """The output paths of the steps for these settings."""
@@ -105,6 +147,43 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: not found; run `gfm {what}` first")
     return json.loads(Path(path).read_text())
+
+
+def write_step(out: Layout, step: str, doc: Mapping[str, Any]) -> None:
+    """Write a step's record to ``reports/local/<step>.json`` and its tracked file.
+
+    The tracked file (tune.json, train.json, metrics.json) is ``doc`` without its
+    ``MACHINE_KEYS``: the same wherever the step runs.
+    """
+    write_json(out.local / f"{step}.json", dict(doc))
+    write_json(out.tracked(step), {k: v for k, v in doc.items() if k not in MACHINE_KEYS[step]})
+
+
+def read_step(out: Layout, step: str) -> dict[str, Any]:
+    """A step's full record when it belongs to the tracked file, else the tracked file alone.
+
+    The local record belongs when its reproducible part equals the tracked file: a step that
+    DVC skipped on this machine (fresh clone, checked-out reports) has only the tracked file,
+    without MLflow ids.
+
+    Raises:
+        FileNotFoundError: the tracked file is missing; the message names the step.
+    """
+    doc = read_json(out.tracked(step), step)
+    local = out.local / f"{step}.json"
+    if local.is_file():
+        full = json.loads(local.read_text())
+        if {k: v for k, v in full.items() if k not in MACHINE_KEYS[step]} == doc:
+            return full
+    return doc
+
+
+def step_run_id(out: Layout, step: str) -> str | None:
+    """The MLflow run of this machine's record of ``step``, if it has one that is current."""
+    try:
+        return read_step(out, step).get("run_id")
+    except FileNotFoundError:
+        return None
 
 
 def read_tuned(path: Path | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def register_step(settings: Settings, *, train_info: Path | None = None) -> str:
     """
     from gfm import tracking
 
-    info = read_json(Path(train_info or layout(settings).train_json), "train")
+    info = read_json(Path(train_info or layout(settings).train_run), "train")
     tracking.configure(settings.tracking)
     version = tracking.find_version(info["run_id"], settings.registry)
     if version is not None:
@@ -62,7 +62,7 @@ def promote_step(
     from gfm import tracking
 
     out = layout(settings)
-    train_info = Path(train_info or out.train_json)
+    train_info = Path(train_info or out.train_run)
     info = read_json(train_info, "train")
     scores = read_json(Path(metrics or out.metrics_json), "evaluate")
     ds = open_dataset(settings)

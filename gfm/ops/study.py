@@ -421,7 +421,9 @@ def work(
     target = int(study.user_attrs.get(N_TRIALS_ATTR, t.n_trials))
     objective = _objective(settings, train, val)
     claim = SharedStudy(t.storage, study, grace_s=2.0 * t.heartbeat_s)
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)
+    with warnings.catch_warnings():  # gfm's choice of API, nothing a user can act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)
     deadline = None if t.timeout_s is None else time.monotonic() + t.timeout_s
     poll = min(float(t.heartbeat_s), 2.0)
     new = 0

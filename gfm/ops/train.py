@@ -11,17 +11,19 @@ import polars as pl
 
 from gfm import saved
 from gfm.config import Settings, apply_params
-from gfm.data.atomic import write_json
 from gfm.ops.layout import (
+    TIMINGS,
     _history,
     _small_prefix,
     dataset_version,
     layout,
     open_dataset,
     read_tuned,
+    write_step,
 )
 
 log = logging.getLogger("gfm.ops")
+
 
 # ----------------------------------------------------------------------------- train
 
@@ -59,8 +61,9 @@ def train_step(
         repo: folder whose git commit the run records.
 
     Returns:
-        The content of train.json: ``run_id``, ``model_uri``, ``dataset_version``, ``params``,
-        ``metrics``, ``model_dir``.
+        The step's record (reports/local/train.json): ``run_id``, ``experiment_id``,
+        ``model_uri``, ``dataset_version``, ``params``, ``metrics``, ``model_dir``; train.json
+        holds the part any machine reproduces (no ids, paths or timings).
     """
     from gfm import tracking
     from gfm.model import GFM
@@ -97,7 +100,11 @@ def train_step(
         history = _history(fit(model, train, val if len(val) else None, cfg.train))
         model.net.cpu()
         tracking.log_history(history)
-        final = {k: v for k, v in history[-1].items() if k.startswith(("val/", "train/"))}
+        final = {
+            k: v
+            for k, v in history[-1].items()
+            if k.startswith(("val/", "train/")) and k not in TIMINGS
+        }
         best_val = [h["val/rel_mse_persistence"] for h in history if "val/rel_mse_persistence" in h]
         if best_val:  # the network kept is the one with the best validation score
             final["val/best_rel_mse_persistence"] = min(best_val)
@@ -117,7 +124,7 @@ def train_step(
             "model_dir": str(out.model_dir),
         }
     out.reports.mkdir(parents=True, exist_ok=True)
-    frame.write_csv(out.history_csv)
-    write_json(out.train_json, doc)
+    frame.drop([c for c in TIMINGS if c in frame.columns]).write_csv(out.history_csv)
+    write_step(out, "train", doc)
     log.info("trained: run %s, model %s -> %s", doc["run_id"], out.model_dir, out.train_json)
     return doc

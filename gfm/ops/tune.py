@@ -14,16 +14,17 @@ import polars as pl
 import torch
 
 from gfm.config import Settings
-from gfm.data.atomic import write_json
 from gfm.ops.layout import (
     _history,
     dataset_version,
     layout,
     open_dataset,
+    write_step,
 )
 from gfm.ops.stack import redact
 
 log = logging.getLogger("gfm.ops")
+
 
 # ----------------------------------------------------------------------------- tune
 
@@ -93,11 +94,11 @@ def tune_step(
         raise ValueError(f"`workers` must be >= 1, got {workers}")
     ds = open_dataset(settings)
     version = dataset_version(ds.root)
-    out = layout(settings).tune_json
+    out = layout(settings)
     if settings.tune.n_trials == 0:  # no tuning: train with the settings as they are
         doc = {"best_params": {}, "study": "", "n_trials": 0, "dataset_version": version}
-        write_json(out, doc)
-        log.info("tune.n_trials is 0: no tuning -> %s", out)
+        write_step(out, "tune", doc)
+        log.info("tune.n_trials is 0: no tuning -> %s", out.tune_json)
         return doc
     train, val, _ = ds.parts(settings.train.split)
     if workers > 1:
@@ -143,10 +144,10 @@ def tune_step(
                 pl.DataFrame(result.trials, infer_schema_length=None), "trials"
             )
         doc = {**result.to_dict(), "run_id": run.info.run_id, "dataset_version": version}
-        doc["storage"] = redact(result.storage)  # tune.json is committed: no passwords
+        doc["storage"] = redact(result.storage)  # no passwords in files
         doc["workers"] = per_worker
-        write_json(out, doc)
-    log.info("tuned: %s -> %s", result.best_params, out)
+        write_step(out, "tune", doc)
+    log.info("tuned: %s -> %s", result.best_params, out.tune_json)
     return doc
 
 

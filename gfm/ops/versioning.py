@@ -145,13 +145,32 @@ def stages(repo: Path) -> list[str]:
     return list((yaml.safe_load(path.read_text()) or {}).get("stages") or {})
 
 
-def reproduce(stage: str, repo: Path, *, force: bool = False) -> None:
+def outputs(repo: Path, stage: str) -> list[Path]:
+    """The outputs, metrics and plots that ``repo/dvc.yaml`` declares for ``stage``."""
+    doc = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    items = [i for kind in ("outs", "metrics", "plots") for i in doc.get(stage, {}).get(kind) or []]
+    return [repo / (next(iter(i)) if isinstance(i, dict) else i) for i in items]
+
+
+def _stamps(paths: list[Path]) -> dict[Path, int | None]:
+    return {p: p.stat().st_mtime_ns if p.exists() else None for p in paths}
+
+
+def reproduce(stage: str, repo: Path, *, force: bool = False) -> bool:
     """``dvc repro <stage>``: run it (and stale stages above it) unless it is up to date.
+
+    DVC runs quietly: the stage's own command prints as usual, DVC's hint to ``git add
+    dvc.lock`` is left out (``gfm run`` ends with the files to commit instead), and one log
+    line says whether the stage ran.
 
     Args:
         stage: a stage of ``repo/dvc.yaml``.
         repo: the DVC repository.
-        force: run the stage even when DVC finds it up to date (``--force``).
+        force: run the stage even when DVC finds it up to date (``--force``), this stage only:
+            the stages above it must be up to date.
+
+    Returns:
+        Whether the stage ran (its outputs were written again); False when it was up to date.
 
     Raises:
         VersioningError: the stage is not in dvc.yaml, or DVC failed.
@@ -160,7 +179,42 @@ def reproduce(stage: str, repo: Path, *, force: bool = False) -> None:
         raise VersioningError(
             f"{repo / 'dvc.yaml'}: stage `{stage}` must be declared, got {stages(repo)}"
         )
-    dvc("repro", *(["--force"] if force else []), stage, repo=repo, stream=True)
+    before = _stamps(outputs(repo, stage))
+    # --single-item: force this stage only (with --force alone DVC reruns the stages above too)
+    forced = ["--force", "--single-item"] if force else []
+    dvc("repro", "--quiet", *forced, stage, repo=repo, stream=True)
+    ran = _stamps(list(before)) != before
+    log.info("dvc repro %s: %s", stage, "ran" if ran else "up to date, skipped")
+    return ran
+
+
+def push_outputs(repo: Path, stage: str, remote: str) -> None:
+    """``dvc push <stage>``: the stage's cached outputs to ``remote`` (``dvc status -c`` clean).
+
+    Raises:
+        VersioningError: the push failed.
+    """
+    ensure_remote(repo, remote)
+    dvc("push", "--quiet", stage, repo=repo)
+
+
+def to_commit(repo: Path, paths: list[Path]) -> list[str]:
+    """Files under ``paths`` that git sees changed or new: what a run asks the user to commit.
+
+    Empty outside a git repository.
+    """
+    rel = [os.path.relpath(p.resolve(), repo.resolve()) for p in paths if p.exists()]
+    if not rel:
+        return []
+    proc = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--", *rel],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:  # not a git repository
+        return []
+    return [line[3:] for line in proc.stdout.splitlines() if line.strip()]
 
 
 def restore(data_dir: Path, remote: str) -> bool:

@@ -49,6 +49,7 @@ HPARAM_PREFIX = "hp_"
 META_COLUMNS = ("layer", "kind", "fan_in")
 OPTIONAL_META_COLUMNS = ("index", "shape")
 REQUIRED_COLUMNS = ("w", "lr", "optimizer", "record_every", *META_COLUMNS)
+MAX_VALUES = 2**22  # observed weight values (k+1)·D in one request: 4,194,304 (docs/serving.md)
 OUTPUT_COLUMNS = ("checkpoint", "t", "w")
 _WHERE = "input frame"
 
@@ -245,6 +246,13 @@ def _is_missing(cell: Any) -> bool:
 def _observed_weights(df: pd.DataFrame) -> list[np.ndarray]:
     cells = df["w"].tolist()
     observed = [i for i, cell in enumerate(cells) if not _is_missing(cell)]
+    size = sum(len(cells[i]) if hasattr(cells[i], "__len__") else 1 for i in observed)
+    if size > MAX_VALUES:
+        raise ValueError(
+            f"{_WHERE}: column `w` must hold at most {MAX_VALUES:,} observed values "
+            f"((k+1)·D), got {size:,}: send fewer observed checkpoints (the forecast starts "
+            "from the last ones) or fewer parameters per request"
+        )
     M = len(cells) - 1
     if not observed:
         raise ValueError(f"{_WHERE}: column `w` holds no observed checkpoint; rows 0..k must")

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from mlflow.types.schema import Array, ColSpec, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
 import gfm
 from gfm import saved
@@ -84,17 +84,20 @@ class ForecasterModel(PythonModel):
 def signature() -> ModelSignature:
     """The request/answer schema, written out instead of inferred from one example.
 
-    Inference would make every column of the example required and fix the ``hp_*`` columns to
-    the example's optimizer; this schema accepts any optimizer and keeps optional columns
-    optional (``w`` is null on future rows, metadata lists on rows 1..M).
+    Every input column is optional to MLflow, so that a malformed request reaches
+    ``frame_to_prefix`` and is refused with its message naming the column (a required column
+    makes MLflow answer a missing one with a dump of the whole schema instead). Inference
+    would fix the ``hp_*`` columns to the example's optimizer. ``record_every`` has no type to
+    MLflow (``AnyType``): as a long, MLflow's JSON parsing would truncate 3.9 to 3 before the
+    model could refuse it (``frame_to_prefix`` requires a positive integer).
     """
     hp_types = {"nesterov": "boolean"}
     inputs = [
         ColSpec("long", "checkpoint", required=False),
         ColSpec(Array("double"), "w", required=False),
-        ColSpec("double", "lr"),
-        ColSpec("string", "optimizer"),
-        ColSpec("long", "record_every"),
+        ColSpec("double", "lr", required=False),
+        ColSpec("string", "optimizer", required=False),
+        ColSpec(AnyType(), "record_every", required=False),
         ColSpec("string", "task", required=False),
         *(
             ColSpec(hp_types.get(k, "double"), HPARAM_PREFIX + k, required=False)

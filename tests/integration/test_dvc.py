@@ -113,7 +113,9 @@ def test_run_leaves_nothing_to_reproduce_and_experiments_show_in_dvc_and_mlflow(
     runs = client.search_runs(
         [client.get_experiment_by_name("gfm").experiment_id], "tags.`gfm.step` = 'train'"
     )
-    trained = json.loads((repo / "reports" / "train.json").read_text())  # the experiment's
+    trained = json.loads(
+        (repo / "reports" / "local" / "train.json").read_text()
+    )  # the experiment's
     assert len(runs) == 2 and trained["params"] == {}  # tune.n_trials=0: nothing tuned
     assert {r.info.run_id: r.data.params["gfm.width"] for r in runs}[trained["run_id"]] == "16"
 

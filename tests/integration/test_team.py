@@ -71,10 +71,10 @@ def test_retrain_on_a_team_server_promotes_and_another_process_finds_the_champio
     # then its model is the first champion, its study lives in PostgreSQL, artifacts on the server
     decision = summary["decision"]
     assert (decision["alias"], decision["version"], decision["promoted"]) == ("champion", "1", True)
-    tuned = json.loads(ops.layout(settings).tune_json.read_text())
+    tuned = json.loads(ops.layout(settings).tune_run.read_text())
     study = optuna.load_study(study_name=tuned["study"], storage=storage)
     assert len(study.get_trials(states=FINISHED)) == 2
-    trained = json.loads(ops.layout(settings).train_json.read_text())
+    trained = json.loads(ops.layout(settings).train_run.read_text())
     client = MlflowClient(tracking_uri=mlflow_server["url"])
     run = client.get_run(trained["run_id"])
     assert run.info.status == "FINISHED" and "test/rel_mse_persistence" in run.data.metrics
@@ -132,7 +132,7 @@ def test_two_tune_workers_share_one_study_without_duplicates(workflow, mlflow_se
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
     # then the study holds exactly the trials the two workers finished, each once
-    doc = json.loads(ops.layout(settings).tune_json.read_text())
+    doc = json.loads(ops.layout(settings).tune_run.read_text())
     assert len(doc["workers"]) == 2 and sum(doc["workers"]) == 6 == doc["n_new"]
     study = optuna.load_study(study_name=doc["study"], storage=storage)
     trials = study.get_trials()

@@ -29,6 +29,7 @@ from gfm.cli import app
 from gfm.config import Settings, load_settings
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index, target_times
+from gfm.ops.layout import MACHINE_KEYS, read_step
 from tests.helpers import write_request
 
 pytestmark = pytest.mark.integration
@@ -135,10 +136,17 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     for path in (out.tune_json, out.train_json, out.metrics_json, out.results_md, out.horizon_png):
         assert path.is_file(), path
     assert (out.model_dir / "forecaster.json").is_file()
-    tuned = json.loads(out.tune_json.read_text())
-    trained = json.loads(out.train_json.read_text())
+    tuned = json.loads(out.tune_run.read_text())
+    trained = json.loads(out.train_run.read_text())
     assert tuned["n_complete"] + tuned["n_pruned"] == 2
     assert summary["dataset_version"] == trained["dataset_version"]
+    # and the files git keeps hold what any machine reproduces: no MLflow ids, paths, timings
+    for step in ("tune", "train", "evaluate"):
+        tracked = json.loads(out.tracked(step).read_text())
+        assert not set(tracked) & set(MACHINE_KEYS[step]), step
+        assert read_step(out, step)["run_id"], step  # this machine's record has them
+    assert "seconds" not in out.history_csv.read_text()
+    assert "seconds" not in out.results_csv.read_text().splitlines()[0]
 
     # and MLflow holds the training run with its provenance, losses, test metrics and plots
     client = MlflowClient()
@@ -228,7 +236,11 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     worse = candidate(Offset(), settings, tmp_path / "worse")
     d2 = promote(str(workflow), train_info=str(worse[0]), metrics=str(worse[1]))
     assert (d2["alias"], d2["promoted"], d2["previous_champion"]) == ("challenger", False, "1")
-    assert d2["champion_value"] == pytest.approx(run.data.metrics[settings.registry.metric])
+    # re-scored exactly as evaluated: the value it was registered with, bit for bit
+    assert (
+        d2["champion_value"]
+        == json.loads(out.metrics_json.read_text())["metrics"][settings.registry.metric]
+    )
     assert aliases(settings) == {"champion": "1", "challenger": "2"}
 
     # when a better one is judged: it takes champion, the challenger stays

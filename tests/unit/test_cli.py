@@ -21,6 +21,8 @@ COMMANDS = [
     "generate",
     "tune-worker",
     "bench jumps",
+    "serve",
+    "backtest",
 ]
 OLD_NAMES = {"compare": "runs", "accelerate": "bench jumps"}  # hidden aliases for one release
 

@@ -12,7 +12,7 @@ import torch
 
 from gfm.baselines import make
 from gfm.data.schema import RunRecord
-from gfm.evaluation import evaluate, horizon_table, summarize, to_markdown
+from gfm.evaluation import evaluate, held_out, horizon_table, summarize, to_markdown
 from gfm.forecaster import Prefix, observed_index
 from gfm.plots import plot_horizon, plot_trajectories
 from tests.helpers import make_record
@@ -247,3 +247,27 @@ def test_a_forecast_of_the_wrong_shape_is_an_error(runs):
 
     with pytest.raises(ValueError, match="shape"):
         evaluate({"broken": Broken()}, runs, [0.5], split="seed")
+
+
+def test_held_out_averages_each_set_of_weights_per_task_and_fraction():
+    # given two classification runs and one regression run of one method
+    rows = {
+        "method": ["gfm", "gfm", "gfm", "linear"],
+        "task": ["digits", "digits", "ls", "digits"],
+        "observed_fraction": [0.5, 0.5, 0.5, 0.5],
+        "last_observed_acc": [0.4, 0.6, math.nan, 0.0],
+        "downstream_acc": [0.7, 0.9, math.nan, 0.0],
+        "true_final_acc": [0.9, 1.0, math.nan, 0.0],
+        "last_observed_loss": [2.0, 1.0, 0.5, 9.0],
+        "downstream_loss": [1.0, 0.5, 0.25, 9.0],
+        "true_final_loss": [0.5, 0.1, 0.1, 9.0],
+    }
+    # when
+    held = held_out(pl.DataFrame(rows), "gfm").to_dicts()
+    # then one row per task: means of each set of weights; accuracy NaN for regression
+    assert [(r["task"], r["n_runs"]) for r in held] == [("digits", 2), ("ls", 1)]
+    assert held[0]["last_acc"] == pytest.approx(0.5) and held[0]["forecast_acc"] == 0.8
+    assert held[0]["final_acc"] == pytest.approx(0.95) and held[0]["forecast_loss"] == 0.75
+    assert math.isnan(held[1]["forecast_acc"]) and held[1]["final_loss"] == 0.1
+    with pytest.raises(ValueError, match="no rows of method 'lstm'"):
+        held_out(pl.DataFrame(rows), "lstm")

@@ -22,14 +22,18 @@ def test_model_metrics_are_means_over_runs_and_fractions():
             "rel_mse_persistence": [0.5, 1.5, 4.0],
             "downstream_acc": [0.8, math.nan, 0.1],
             "true_final_acc": [0.9, math.nan, 0.9],
+            "last_observed_acc": [0.5, math.nan, 0.5],
         }
     )
-    # when / then
+    # when / then: accuracies are means over the classification rows (the second is regression)
     assert ops.model_metrics(table, "gfm") == {
         "test/mse_final": 2.0,
         "test/rel_mse_persistence": 1.0,
         "test/rel_mse_persistence_median": 1.0,
         "test/acc_gap": pytest.approx(-0.1),
+        "test/acc_forecast": pytest.approx(0.8),
+        "test/acc_last": 0.5,
+        "test/acc_final": 0.9,
     }
     assert ops.model_metrics(table, "linear", prefix="test/linear")["test/linear/mse_final"] == 9.0
     with pytest.raises(ValueError, match="no rows of method 'lstm'"):

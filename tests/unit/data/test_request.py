@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gfm.data.optim import scheduled_lr
-from gfm.data.request import read_prefix, read_sidecar, sidecar
+from gfm.data.request import read_prefix, read_run, read_sidecar, sidecar
 
 META = {
     "optimizer": "adam",
@@ -52,18 +52,20 @@ def test_a_state_dict_folder_gives_layout_and_record_every(tmp_path):
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"optimizer": None}, "metadata `optimizer` is missing"),
+        ({"optimizer": None}, "metadata: `optimizer` is missing"),
         ({"optimizer": "adagrad"}, "got 'adagrad'"),
-        ({"record_every": None}, "metadata `record_every` is missing"),
-        ({"total_checkpoints": None}, "metadata `total_checkpoints` is missing"),
+        ({"record_every": None}, "metadata: `record_every` is missing"),
+        ({"total_checkpoints": None}, "metadata: `total_checkpoints` is missing"),
         (
             {"total_checkpoints": 4},
             "`total_checkpoints` (4) must exceed the observed checkpoints (4)",
         ),
-        ({"layout": None}, "metadata `layout` is missing"),
+        ({"layout": None}, "metadata: `layout` is missing"),
         ({"layout": [["w", [7]]]}, "must have D=7 columns"),
         ({"layout": "w"}, "`layout` must be a list of [tensor name, shape]"),
-        ({"lr": None}, "metadata `lr` is missing"),
+        ({"lr": None}, "metadata: `lr` is missing"),
+        ({"record_every": 3.9}, "`record_every` must be a positive integer, got 3.9"),
+        ({"record_every": "4"}, "`record_every` must be a positive integer, got '4'"),
         ({"lr": -1.0}, "`lr` must be finite and positive"),
         ({"lr": [0.1, 0.1]}, "must have total_checkpoints=11 entries, got 2"),
         ({"schedule": "linear"}, "`schedule` must be one of"),
@@ -104,3 +106,22 @@ def test_sidecar_must_be_a_json_object(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps([1]))
     with pytest.raises(ValueError, match="JSON object"):
         read_sidecar(tmp_path / "m.json")
+
+
+def test_a_whole_run_reads_as_a_record_for_a_backtest(npy, tmp_path):
+    # given a whole run of 11 checkpoints as .npy + metadata
+    full = tmp_path / "full.npy"
+    np.save(full, np.random.default_rng(0).standard_normal((11, 8)).astype(np.float32))
+    meta = {k: v for k, v in META.items() if k != "total_checkpoints"}
+    # when it is read as a run
+    record = read_run(full, meta)
+    # then it is a record of M = 10 intervals with its metadata and unknown curves
+    record.check()
+    assert (record.weights.shape, record.spec.run_id, record.spec.task) == (
+        (11, 8),
+        "full",
+        "external",
+    )
+    assert record.spec.record_every == META["record_every"] and np.isnan(record.val_acc).all()
+    with pytest.raises(ValueError, match="`total_checkpoints` must be the 11 checkpoints"):
+        read_run(full, {**meta, "total_checkpoints": 20})
