@@ -326,8 +326,9 @@ def _forecast_errors(
             index=idx,
         )[0].double()  # (N,)
         cols = slice(None) if idx is None else idx.numpy()
-        target = torch.from_numpy(record.weights[-1, cols]).double()
-        last = torch.from_numpy(record.weights[prefix.k, cols]).double()
+        # float64 copies: the record's arrays are read-only memory maps
+        target = torch.tensor(record.weights[-1, cols], dtype=torch.float64)
+        last = torch.tensor(record.weights[prefix.k, cols], dtype=torch.float64)
         err = (pred - target).square()
         mse.append(float(err.mean()))
         rel.append(float(err.sum() / (last - target).square().sum().clamp_min(1e-30)))

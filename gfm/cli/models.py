@@ -10,7 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from gfm.cli._app import ParamsOpt, SetOpt, app, read_settings
-from gfm.cli.render import backtest_table, cell, console, fail, held_out_scores
+from gfm.cli.render import (
+    backtest_table,
+    cell,
+    console,
+    fail,
+    fitting_columns,
+    held_out_scores,
+)
 from gfm.config import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -441,11 +448,16 @@ def runs(  # noqa: PLR0913 - typer: one parameter per command-line option
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the table: .csv or .md.")
     ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="Columns to show, comma-separated (default: those that fit)."),
+    ] = None,
 ) -> None:
     """List runs across experiments and people, sorted by any metric, as a table (CSV/markdown).
 
     Each row: run id, experiment, run name, user, git commit, dataset version, step, status,
-    start time, then metrics and params. Examples:
+    start time, then metrics and params. The terminal shows the columns that fit its width
+    (``--columns`` picks them); ``--output`` writes them all. Examples:
 
         gfm runs --sort test/rel_mse_persistence_median
         gfm runs --user alice --dataset-version 5ff06b47 --param gfm.width --output runs.md
@@ -475,13 +487,27 @@ def runs(  # noqa: PLR0913 - typer: one parameter per command-line option
         )
     except Exception as err:  # a malformed filter surfaces as MlflowException
         raise fail("gfm runs", err, code=2 if isinstance(err, ValueError) else 1) from None
+    rows = list(frame.iter_rows(named=True))
+    if columns:
+        shown = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in shown if c not in frame.columns]
+        if unknown:
+            console.print(f"[red]--columns: no column {unknown}; have {frame.columns}[/red]")
+            raise typer.Exit(2)
+        rest: list[str] = []
+    else:
+        candidates = [c for c in frame.columns if c != "start_time"]
+        shown, rest = fitting_columns(rows, candidates, console.width)
     table = Table(title=f"{len(frame)} run(s) in {cfg.tracking.uri}")
-    shown = [c for c in frame.columns if c != "start_time"]
     for c in shown:
-        table.add_column(c, overflow="fold")
-    for row in frame.iter_rows(named=True):
+        table.add_column(c, no_wrap=True)
+    for row in rows:
         table.add_row(*[cell(row[c], c) for c in shown])
     console.print(table)
+    if rest:
+        console.print(
+            f"{len(rest)} more column(s) ({', '.join(rest)}): --columns to pick, --output for all"
+        )
     if output is not None:
         from gfm.evaluation import to_markdown
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -262,7 +263,14 @@ def cell(value: object, column: str) -> str:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar; yields the ``progress(done, total)`` callback gfm's loops report to."""
+    """A rich progress bar; yields the ``progress(done, total)`` callback gfm's loops report to.
+
+    Off a terminal (output to a file, a DVC stage, CI) a bar draws nothing until it ends, so
+    there it prints a line at each tenth of the work and at least every 30 seconds instead.
+    """
+    if not console.is_terminal:
+        yield _progress_lines(description)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(description, total=None)
@@ -271,3 +279,38 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _progress_lines(description: str, every_s: float = 30.0) -> Callable[[int, int], None]:
+    """``progress(done, total)`` printing ``description: done/total (pct) after s`` lines."""
+    start = time.monotonic()
+    last = {"tenth": -1, "at": start}
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        tenth = 10 * done // max(total, 1)
+        if tenth > last["tenth"] or now - last["at"] >= every_s or done == total:
+            last.update(tenth=tenth, at=now)
+            pct = 100 * done / max(total, 1)
+            console.print(f"{description}: {done}/{total} ({pct:.0f}%) after {now - start:.0f} s")
+
+    return update
+
+
+def fitting_columns(
+    rows: list[dict], columns: list[str], width: int
+) -> tuple[list[str], list[str]]:
+    """The leading ``columns`` whose cells fit side by side in ``width`` characters, and the rest.
+
+    Each column takes its widest cell or header (``cell`` text) plus rich's 3 characters of
+    padding and border; the first column is always shown.
+    """
+    shown: list[str] = []
+    used = 1  # the table's left border
+    for c in columns:
+        need = max([len(c), *(len(cell(r[c], c)) for r in rows)]) + 3
+        if shown and used + need > width:
+            break
+        shown.append(c)
+        used += need
+    return shown, columns[len(shown) :]

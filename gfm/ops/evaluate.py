@@ -21,6 +21,7 @@ from gfm.ops.layout import (
     layout,
     open_dataset,
     read_json,
+    run_name,
     write_step,
 )
 
@@ -202,7 +203,10 @@ def evaluate_step(
         context = tracking.resume_run(info["run_id"])
     else:
         context = tracking.start_run(
-            "evaluate", dataset_version=version, repo=repo, tags={"gfm.step": "evaluate"}
+            run_name("evaluate", "gfm", version),
+            dataset_version=version,
+            repo=repo,
+            tags={"gfm.step": "evaluate"},
         )
     with context as run:
         tracking.set_tags(tags)

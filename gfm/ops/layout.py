@@ -218,6 +218,16 @@ def dataset_version(root: Path) -> str:
     return "gfm-" + Trajectories(root).manifest.hash[:32]
 
 
+def run_name(step: str, what: str, version: str | None) -> str:
+    """An MLflow run's display name: ``<step> <what> data-<8 hex>`` (step, model, data version).
+
+    >>> run_name("train", "gfm-free+prior", "ec778557f8fe49e8bfefab253f14b07e.dir")
+    'train gfm-free+prior data-ec778557'
+    """
+    short = (version or "").removeprefix("gfm-")[:8]
+    return f"{step} {what}" + (f" data-{short}" if short else "")
+
+
 def open_dataset(settings: Settings) -> Trajectories:
     """The dataset of ``data.root``.
 

@@ -19,6 +19,7 @@ from gfm.ops.layout import (
     layout,
     open_dataset,
     read_tuned,
+    run_name,
     write_step,
 )
 
@@ -88,7 +89,8 @@ def train_step(
     if tune_info.get("study"):
         tags |= {"gfm.study": tune_info["study"], "gfm.best_trial": tune_info.get("best_trial")}
         tags |= {"gfm.tune_run_id": tune_info.get("run_id")}
-    with tracking.start_run("train", dataset_version=version, repo=repo, tags=tags) as run:
+    name = run_name("train", f"gfm-{cfg.gfm.variant}{'+prior' if cfg.gfm.prior else ''}", version)
+    with tracking.start_run(name, dataset_version=version, repo=repo, tags=tags) as run:
         tracking.log_params_flat(cfg.gfm, "gfm")
         tracking.log_params_flat(cfg.train.model_dump(mode="json", exclude={"model_dir"}), "train")
         tracking.log_params_flat({"seed": cfg.data.seed, "seeds": cfg.data.seeds}, "data")

@@ -19,6 +19,7 @@ from gfm.ops.layout import (
     dataset_version,
     layout,
     open_dataset,
+    run_name,
     write_step,
 )
 from gfm.ops.stack import redact
@@ -106,7 +107,10 @@ def tune_step(
     tracking.configure(settings.tracking)
     name = study_name(settings, version)
     with tracking.start_run(
-        "tune", dataset_version=version, repo=repo, tags={"gfm.step": "tune", "gfm.study": name}
+        run_name("tune", name, version),
+        dataset_version=version,
+        repo=repo,
+        tags={"gfm.step": "tune", "gfm.study": name},
     ) as run:
         # not the storage URL: a team database's may hold a password
         tracking.log_params_flat(settings.tune.model_dump(mode="json", exclude={"storage"}), "tune")

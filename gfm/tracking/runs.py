@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import re
 import subprocess
 import tempfile
@@ -37,6 +38,8 @@ log = logging.getLogger("gfm.tracking")
 TAG_USER = "mlflow.user"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_DATASET_VERSION = "gfm.dataset_version"
+# `dvc exp run` names its experiment and baseline commit in the stage's environment
+DVC_EXP_TAGS = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
 DIGEST_MAX = 36  # MLflow stores a dataset digest in a String(36) column
 _STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -134,7 +137,9 @@ def start_run(
     """Start an MLflow run tagged with who ran it, on which commit and which dataset version.
 
     Tags: ``mlflow.user``, ``mlflow.source.git.commit`` (``git rev-parse HEAD`` in ``repo``;
-    omitted outside a git repository), ``gfm.dataset_version`` (when given), then ``tags``.
+    omitted outside a git repository), ``gfm.dataset_version`` (when given), ``dvc.exp_name``
+    and ``dvc.exp_baseline_rev`` inside a ``dvc exp run`` (the link from a DVC experiment to
+    its MLflow runs), then ``tags``.
     The run ends FINISHED, or FAILED when the block raises (the promotion gate refuses models
     of failed runs).
 
@@ -156,6 +161,7 @@ def start_run(
         all_tags[TAG_GIT_COMMIT] = commit
     if dataset_version is not None:
         all_tags[TAG_DATASET_VERSION] = dataset_version
+    all_tags.update({tag: os.environ[env] for env, tag in DVC_EXP_TAGS.items() if env in os.environ})
     # as text, None values skipped: a tracking server (REST) accepts string tags only
     all_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
     with mlflow.start_run(

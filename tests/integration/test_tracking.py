@@ -368,3 +368,16 @@ def test_project_forecasters_round_trip_through_their_folder(build, tmp_path):
         frame_to_forecast(forecast_frame(again, prefix)),
         frame_to_forecast(forecast_frame(model, prefix)),
     )
+
+
+def test_a_dvc_experiment_names_itself_on_its_runs(tracking, monkeypatch):
+    # given the environment `dvc exp run` gives its stages
+    monkeypatch.setenv("DVC_EXP_NAME", "wider-net")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123456789abcdef")
+    # when a step starts its run
+    with start_run("train") as run:
+        pass
+    # then the MLflow run says which DVC experiment made it
+    tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["dvc.exp_name"] == "wider-net"
+    assert tags["dvc.exp_baseline_rev"] == "0123456789abcdef"

@@ -156,6 +156,10 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     assert run.data.params["gfm.width"] == str(tuned["best_params"]["gfm.width"])
     assert run.data.tags["mlflow.source.git.commit"] == git(workflow.parent, "rev-parse", "HEAD")
     assert run.data.tags["gfm.dataset_version"] == trained["dataset_version"]
+    # named for its step, model and data version, not just "train"
+    short = trained["dataset_version"].removeprefix("gfm-")[:8]
+    prior = "+prior" if run.data.params["gfm.prior"] == "True" else ""
+    assert run.info.run_name == f"train gfm-{run.data.params['gfm.variant']}{prior} data-{short}"
     (dataset,) = {i.dataset.digest for i in run.inputs.dataset_inputs}
     assert dataset == trained["dataset_version"]
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
@@ -186,6 +190,7 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
     # and the Prefect markdown artifact shows the table
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as prefect:
         (artifact,) = prefect.read_artifacts(
@@ -242,6 +247,14 @@ def test_retrain_promotes_then_gates_worse_and_better_models(workflow, prefect_h
         == json.loads(out.metrics_json.read_text())["metrics"][settings.registry.metric]
     )
     assert aliases(settings) == {"champion": "1", "challenger": "2"}
+    # and the flow run shows the decision, its reason and the figures compared
+    with get_client(sync_client=True) as prefect:
+        (artifact,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gfm-promotion"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert "| alias | challenger |" in artifact.data and d2["reason"] in artifact.data
 
     # when a better one is judged: it takes champion, the challenger stays
     better = candidate(Oracle(str(settings.data.root)), settings, tmp_path / "better")
@@ -376,6 +389,19 @@ def test_compare_lists_runs_of_two_experiments_sorted_by_a_metric(workflow, tmp_
     table = pd.read_csv(csv)
     assert second.exit_code == 0 and table["user"].tolist() == ["bob"]
     assert table["gfm.width"].tolist() == [8]
+    # and the terminal table fits the console (100 columns here), no header folded letter by
+    # letter: the columns that fit, the rest named; --columns picks them
+    from gfm.cli.render import console
+
+    console.width = 100
+    try:
+        wide = runner.invoke(app, args)
+        picked = runner.invoke(app, [*args, "--columns", "user,gfm.width"])
+    finally:
+        console.width = None  # back to the detected width
+    assert wide.exit_code == 0 and max(len(line) for line in wide.output.splitlines()) <= 100
+    assert "run_id" in wide.output and "more column(s)" in wide.output
+    assert picked.exit_code == 0 and "bob" in picked.output and "run_id" not in picked.output
     # and an unknown experiment is named
     bad = runner.invoke(app, [*args, "--experiment", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output

@@ -54,3 +54,19 @@ def test_failure_messages_keep_their_brackets():
             "gfm forecast", ValueError("metadata: `layout` is missing: [[name, shape], ...]")
         )
     assert "[[name, shape], ...]" in captured.get()
+
+
+def test_progress_off_a_terminal_prints_lines_at_each_tenth(capsys):
+    # given output that is not a terminal (a file, a DVC stage, CI)
+    from gfm.cli.render import progress_bar
+
+    # when a loop reports 20 of 20 steps
+    with progress_bar("training runs") as progress:
+        for done in range(1, 21):
+            progress(done, 20)
+    # then the first step, then one line per tenth of the work, the last one complete
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 11
+    assert lines[0].startswith("training runs: 1/20 (5%) after")
+    assert lines[1].startswith("training runs: 2/20 (10%) after")
+    assert lines[-1].startswith("training runs: 20/20 (100%)")
