@@ -6,6 +6,7 @@ reads a settings file of one part the same way (the jump benchmark's own setting
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,13 +41,34 @@ def _check_removed(tree: Mapping[str, Any], source: str) -> None:
             raise SettingsError(f"{source}: {dotted}: {why}; delete it from the file")
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+def _defaults_tree() -> dict[str, Any]:
+    """The built-in settings as the plain tree a params file would spell them."""
+    return Settings().model_dump(mode="json")
+
+
+def _set_dotted(
+    tree: dict[str, Any],
+    dotted: str,
+    value: Any,
+    source: str,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``, creating sections on the way.
+
+    A section the tree leaves out is first filled from ``defaults`` (the same path there), so
+    an override changes one key of the effective settings and never replaces its siblings:
+    ``data.optimizers.sgd.lr.low`` on a file without ``data.optimizers`` keeps the other four
+    optimizers, and sgd's ``lr.high``.
+    """
     keys = dotted.split(".")
     if not all(keys):
         raise SettingsError(f"{source}: key must be dotted like `data.seeds`, got {dotted!r}")
-    node = tree
+    node, default = tree, defaults
     for key in keys[:-1]:
-        child = node.setdefault(key, {})
+        default = default.get(key) if isinstance(default, Mapping) else None
+        if key not in node:
+            node[key] = copy.deepcopy(default) if isinstance(default, Mapping) else {}
+        child = node[key]
         if not isinstance(child, dict):
             raise SettingsError(f"{source}: `{dotted}`: {key!r} is a value, not a section")
         node = child
@@ -101,7 +123,9 @@ def load_settings(
 
     Args:
         path: the params file; ``None`` (or a missing default ``params.yaml``) uses built-in defaults.
-        overrides: ``{"data.seeds": 8}`` or ``["data.seeds=8"]``, applied last.
+        overrides: ``{"data.seeds": 8}`` or ``["data.seeds=8"]``, applied last. Each changes one
+            key of the effective settings: a section the file leaves out starts from its
+            defaults, so its other keys (``data.optimizers``' other optimizers) stay.
         environ: environment to read ``GFM_*__*`` overrides from (default ``os.environ``).
 
     Returns:
@@ -153,13 +177,13 @@ def _with_team(
     Whether team mode is on is read after every layer (``GFM_TEAM__ENABLED=true`` switches it
     on); the team's values go below the environment and ``--set``, which stay the strongest.
     """
-    import copy
+    defaults = _defaults_tree()
 
     def applied(base: dict[str, Any]) -> dict[str, Any]:
         out = copy.deepcopy(base)
         for source_name, items in layers:
             for dotted, value in items.items():
-                _set_dotted(out, dotted, value, source_name)
+                _set_dotted(out, dotted, value, source_name, defaults)
         return out
 
     final = applied(tree)
@@ -173,7 +197,7 @@ def _with_team(
     base = copy.deepcopy(tree)
     for section in _TEAM_SECTIONS:
         for key, value in getattr(overlay, section).items():
-            _set_dotted(base, f"{section}.{key}", value, f"team.{section}")
+            _set_dotted(base, f"{section}.{key}", value, f"team.{section}", defaults)
     return applied(base)
 
 

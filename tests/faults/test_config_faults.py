@@ -1,0 +1,65 @@
+"""Bad settings (issue 15): overrides merge into the effective settings (item 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gfm.config import Settings, load_settings
+
+pytestmark = pytest.mark.faults
+
+DEFAULTS = Settings()
+
+
+@pytest.fixture
+def small_params(tmp_path: Path) -> Path:
+    """A params file that sets two keys of `data` and leaves every other section out."""
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  seeds: 4\n  workers: 1\n")
+    return path
+
+
+# ------------------------------------------------------------------ item 3: overrides merge
+
+
+def test_set_under_a_left_out_key_keeps_the_other_optimizers(small_params: Path) -> None:
+    s = load_settings(small_params, ["data.optimizers.sgd.lr.low=0.01"], environ={})
+    assert list(s.data.optimizers) == list(DEFAULTS.data.optimizers)
+    assert s.data.optimizers["sgd"].lr.low == 0.01
+    assert s.data.optimizers["sgd"].lr.high == DEFAULTS.data.optimizers["sgd"].lr.high
+    assert s.data.optimizers["adam"] == DEFAULTS.data.optimizers["adam"]
+    assert s.data.seeds == 4  # the file's own keys stay
+
+
+def test_environment_under_a_left_out_key_keeps_the_other_optimizers(small_params: Path) -> None:
+    env = {"GFM_DATA__OPTIMIZERS__ADAM__BETA1__HIGH": "0.93"}
+    s = load_settings(small_params, environ=env)
+    assert list(s.data.optimizers) == list(DEFAULTS.data.optimizers)
+    assert s.data.optimizers["adam"].beta1.high == 0.93
+    assert s.data.optimizers["adam"].lr == DEFAULTS.data.optimizers["adam"].lr
+
+
+def test_set_under_a_left_out_section_keeps_the_search_space(small_params: Path) -> None:
+    s = load_settings(small_params, ["tune.space.gfm.width={choices: [8, 16]}"], environ={})
+    space = s.tune.space.flat()
+    assert space["gfm.width"].choices == [8, 16]
+    assert set(space) == set(DEFAULTS.tune.space.flat())
+    assert s.tune.n_trials == DEFAULTS.tune.n_trials
+
+
+def test_set_with_no_params_file_merges_into_the_defaults() -> None:
+    s = load_settings(None, ["data.tasks.digits_mlp.steps=300"], environ={})
+    assert list(s.data.tasks) == list(DEFAULTS.data.tasks)
+    assert s.data.tasks["digits_mlp"].steps == 300
+    assert s.data.tasks["digits_mlp"].archs == DEFAULTS.data.tasks["digits_mlp"].archs
+
+
+def test_a_section_the_file_spells_out_is_still_the_files(tmp_path: Path) -> None:
+    # the file names only sgd: an override of sgd changes sgd and adds nobody
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  optimizers:\n    sgd: {lr: {low: 0.02, high: 0.1, log: true}}\n")
+    s = load_settings(path, ["data.optimizers.sgd.lr.high=0.2"], environ={})
+    assert list(s.data.optimizers) == ["sgd"]
+    assert (s.data.optimizers["sgd"].lr.low, s.data.optimizers["sgd"].lr.high) == (0.02, 0.2)
