@@ -59,7 +59,7 @@ from gfm.data.schema import (
     arch_name,
     check_run_id,
 )
-from gfm.data.splits import assign_splits
+from gfm.data.splits import GivenSplit, assign_splits
 
 
 def _marker_spec(path: Path) -> str | None:
@@ -212,6 +212,7 @@ class DatasetWriter:
         *,
         splits: SplitSettings | None = None,
         source: Mapping[str, Any] | None = None,
+        given: GivenSplit | None = None,
     ) -> Manifest:
         """Build runs.parquet, parameters.parquet and manifest.json from staging, then swap it in.
 
@@ -223,6 +224,8 @@ class DatasetWriter:
             splits: split rules when ``cfg`` is None (default ``SplitSettings()``).
             source: what the data was imported from, recorded as ``params`` when ``cfg`` is None
                 (file names only; no absolute paths, so the folder stays machine-independent).
+            given: every run's seed-split part (imports), instead of the ``splits`` counts; its
+                rule is recorded in the manifest as ``splits.rules.given``.
 
         Returns:
             The manifest that was written.
@@ -285,7 +288,7 @@ class DatasetWriter:
             )
         base_schema = {k: v for k, v in RUNS_SCHEMA.items() if not k.startswith("split_")}
         runs = pl.DataFrame(rows, schema=base_schema).sort("run_id")
-        runs = assign_splits(runs, rules, seeds).select(list(RUNS_SCHEMA))
+        runs = assign_splits(runs, rules, seeds, given=given).select(list(RUNS_SCHEMA))
         parameters = pl.concat(
             [
                 _params_frame(task, arch, params_from_layers(layers, f"run {run}: `{META_LAYERS}`"))
@@ -332,7 +335,12 @@ class DatasetWriter:
             counts=counts,
             diverged=diverged_runs,
             splits=SplitsInfo(
-                rules={**rules.model_dump(mode="json"), "seeds": seeds}, counts=split_counts
+                rules={
+                    **rules.model_dump(mode="json"),
+                    "seeds": seeds,
+                    **({"given": given.rule} if given is not None else {}),
+                },
+                counts=split_counts,
             ),
             files=files,
             hash=hash_files(files),
