@@ -41,7 +41,7 @@ from gfm.data.schema import ParamMeta, RunRecord, RunSpec
 from gfm.data.state_dicts import read_run_folder
 from gfm.forecaster import Prefix
 
-__all__ = ["METADATA_KEYS", "read_prefix", "read_run", "read_sidecar", "sidecar"]
+__all__ = ["METADATA_KEYS", "parse_layout", "read_prefix", "read_run", "read_sidecar", "sidecar"]
 
 METADATA_KEYS = (
     "optimizer",
@@ -97,7 +97,16 @@ def _load_weights(source: Path) -> tuple[np.ndarray, ParamMeta | None, int | Non
     return w.astype(np.float32), None, None
 
 
-def _layout(value: Any, where: str) -> ParamMeta:
+def parse_layout(value: Any, where: str) -> ParamMeta:
+    """The per-parameter metadata of a state_dict layout ``[[name, shape], ...]``.
+
+    One form for every input that is a flat array (``gfm forecast``'s sidecar, ``gfm data
+    import --layout``): the tensors in state_dict order, D = the sum of their sizes.
+
+    Raises:
+        ValueError: not a non-empty list of [name, shape] with unique names and sizes >= 1;
+            the message names ``where``.
+    """
     try:
         named = [(str(name), tuple(int(s) for s in shape)) for name, shape in value]
     except (TypeError, ValueError):
@@ -107,6 +116,13 @@ def _layout(value: Any, where: str) -> ParamMeta:
         ) from None
     if not named:
         raise ValueError(f"{where}: `layout` must name at least one tensor")
+    for name, shape in named:
+        if any(s < 1 for s in shape):
+            raise ValueError(f"{where}: `layout` tensor {name!r} must have sizes >= 1, got {shape}")
+    names = [name for name, _ in named]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{where}: `layout` tensor names must be unique, got {repeated} twice")
     return ParamMeta.from_named_shapes(named)
 
 
@@ -274,8 +290,8 @@ def _params(
             "the state_dict's tensors as [[name, shape], ...] (JSON sidecar), needed for a "
             ".npy input",
         )
-        params = _layout(layout, where)
-    elif meta.get("layout") is not None and len(_layout(meta["layout"], where)) != len(params):
+        params = parse_layout(layout, where)
+    elif meta.get("layout") is not None and len(parse_layout(meta["layout"], where)) != len(params):
         raise ValueError(f"{where}: `layout` disagrees with the checkpoint files in {source}")
     if len(params) != w.shape[1]:
         raise ValueError(
