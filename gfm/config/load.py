@@ -89,28 +89,59 @@ def parse_overrides(pairs: Sequence[str], source: str = "--set") -> dict[str, An
     return out
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overrides from ``GFM_<SECTION>__<KEY>`` variables, e.g. ``GFM_TRACKING__URI``."""
-    pairs = [
-        f"{name[len(ENV_PREFIX) :].lower().replace('__', '.')}={value}"
-        for name, value in sorted(environ.items())
+def _env_origins(environ: Mapping[str, str]) -> dict[str, str]:
+    """``{dotted key: "environment variable GFM_..."}`` of the ``GFM_<SECTION>__<KEY>`` variables."""
+    return {
+        name[len(ENV_PREFIX) :].lower().replace("__", "."): f"environment variable {name}"
+        for name in sorted(environ)
         if name.startswith(ENV_PREFIX) and "__" in name
-    ]
-    return parse_overrides(pairs, source="environment")
+    }
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overrides from ``GFM_<SECTION>__<KEY>`` variables, e.g. ``GFM_TRACKING__URI``.
+
+    Raises:
+        SettingsError: a value is not valid YAML; the message names the variable.
+    """
+    out: dict[str, Any] = {}
+    for dotted, origin in _env_origins(environ).items():
+        name = origin.rpartition(" ")[2]
+        out.update(parse_overrides([f"{dotted}={environ[name]}"], source=origin))
+    return out
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _blame(where: str, origins: Mapping[str, str], source: str) -> str:
+    """Who set the key ``where``: the override that set it (or a key inside it), else ``source``.
+
+    An override of ``data.seeds`` is blamed for an error at ``data.seeds`` (or below it) and for
+    one its section reports (``data``: "val_seeds ... smaller than seeds"); the longest match wins.
+    """
+    below = [k for k in origins if where == k or where.startswith(k + ".")]
+    if below:
+        return origins[max(below, key=len)]
+    inside = [k for k in origins if k.startswith(where + ".")]
+    return origins[min(inside, key=len)] if inside else source
+
+
+def _format_error(
+    err: ValidationError, source: str, origins: Mapping[str, str] | None = None
+) -> str:
+    """One line per error: ``<who set it>: <dotted key>: <what it must be>, got <value>``."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml for the valid keys)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}, got {e.get('input')!r}"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"{source}: {where}: {msg}")
+        elif e["type"] != "missing" and isinstance(e.get("input"), _SCALARS):
+            msg = f"{msg}, got {e['input']!r}"  # the expected form, then what was given
+        lines.append(f"{_blame(where, origins or {}, source)}: {where}: {msg}")
     return "\n".join(lines)
 
 
@@ -136,37 +167,48 @@ def load_settings(
         MLflow sqlite store.
 
     Raises:
-        SettingsError: the file is unreadable or not a mapping, or a key or value is invalid;
-            the message names the file and the dotted key.
+        SettingsError: the file is unreadable or not a mapping, or a key or value is
+            invalid; the message names the file (or the ``--set`` or environment variable that
+            set the value) and the dotted key.
     """
     source = str(path) if path is not None else "defaults"
-    tree: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        p = Path(path)
-        if p.exists():
-            try:
-                loaded = yaml.safe_load(p.read_text())
-            except yaml.YAMLError as err:
-                raise SettingsError(f"{source}: not valid YAML: {err}") from err
-            if loaded is not None and not isinstance(loaded, dict):
-                raise SettingsError(
-                    f"{source}: must be a mapping of sections, got {type(loaded).__name__}"
-                )
-            tree = loaded or {}
-            base = p.resolve().parent
-        elif str(path) != "params.yaml":
-            raise SettingsError(f"{source}: file not found")
-    env = env_overrides(os.environ if environ is None else environ)
+    tree, base = _read_params(path, source)
+    environ = os.environ if environ is None else environ
+    env = env_overrides(environ)
     explicit = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    origins = {**_env_origins(environ), **{k: f"--set {k}" for k in explicit}}
     layers = (("environment", env), ("--set", explicit))
     tree = _with_team(tree, layers)
     _check_removed(tree, source)
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as err:
-        raise SettingsError(_format_error(err, source)) from None
+        raise SettingsError(_format_error(err, source, origins)) from None
     return _resolve_paths(settings, base)
+
+
+def _read_params(path: str | Path | None, source: str) -> tuple[dict[str, Any], Path]:
+    """The params file's tree and the folder its relative paths resolve against.
+
+    No file (``None``, or a default ``params.yaml`` that does not exist) gives ``{}`` and the
+    working directory.
+    """
+    if path is None:
+        return {}, Path.cwd()
+    p = Path(path)
+    if not p.exists():
+        if str(path) != "params.yaml":
+            raise SettingsError(f"{source}: file not found")
+        return {}, Path.cwd()
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise SettingsError(f"{source}: not valid YAML: {err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{source}: must be a readable YAML file, got {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SettingsError(f"{source}: must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded or {}, p.resolve().parent
 
 
 def _with_team(

@@ -1,14 +1,19 @@
-"""Bad settings (issue 15): overrides merge into the effective settings (item 3)."""
+"""Bad settings (issue 15): overrides merge into the effective settings (item 3), and an error
+is blamed on the `--set` or environment variable that set the value (item 12)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from gfm.config import Settings, load_settings
+from gfm.cli import app
+from gfm.config import Settings, SettingsError, load_settings
 
 pytestmark = pytest.mark.faults
+
+runner = CliRunner()
 
 DEFAULTS = Settings()
 
@@ -63,3 +68,50 @@ def test_a_section_the_file_spells_out_is_still_the_files(tmp_path: Path) -> Non
     s = load_settings(path, ["data.optimizers.sgd.lr.high=0.2"], environ={})
     assert list(s.data.optimizers) == ["sgd"]
     assert (s.data.optimizers["sgd"].lr.low, s.data.optimizers["sgd"].lr.high) == (0.02, 0.2)
+
+
+# ------------------------------------------------------------------ item 12: the right blame
+
+
+def test_bad_environment_value_blames_the_variable_not_the_file(small_params: Path) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(small_params, environ={"GFM_DATA__SEEDS": "abc"})
+    message = str(err.value)
+    assert message == (
+        "environment variable GFM_DATA__SEEDS: data.seeds: Input should be a valid integer, "
+        "unable to parse string as an integer, got 'abc'"
+    )
+    assert str(small_params) not in message
+
+
+def test_bad_set_value_blames_the_set_option(small_params: Path) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(small_params, ["train.steps=-3"], environ={})
+    assert str(err.value) == (
+        "--set train.steps: train.steps: Input should be greater than 0, got -3"
+    )
+
+
+def test_a_section_check_blames_the_override_that_broke_it(small_params: Path) -> None:
+    # val + test seeds (2) must leave training seeds: the `data` check fails for seeds=2
+    with pytest.raises(SettingsError) as err:
+        load_settings(small_params, environ={"GFM_DATA__SEEDS": "2"})
+    (line,) = str(err.value).splitlines()
+    assert line.startswith("environment variable GFM_DATA__SEEDS: data: ")
+    assert "smaller than seeds (2)" in line
+
+
+def test_a_bad_value_in_the_file_still_blames_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  seeds: many\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, environ={"GFM_TRAIN__STEPS": "10"})
+    assert str(err.value).startswith(f"{path}: data.seeds: Input should be a valid integer")
+
+
+def test_the_cli_names_the_variable_and_exits_2(small_params: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "-p", str(small_params)], env={"GFM_DATA__SEEDS": "abc"})
+    assert result.exit_code == 2, result.output
+    assert "environment variable GFM_DATA__SEEDS: data.seeds:" in result.output
+    assert "got 'abc'" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
