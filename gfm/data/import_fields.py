@@ -30,13 +30,18 @@ METADATA_KEYS = (
     "beta1",
     "beta2",
     "weight_decay",
+    "eps",
     "schedule",
     "batch_size",
     "seed",
     "init_seed",
     "record_every",
+    "split",
 )
 _FLOAT_HPARAMS = ("momentum", "alpha", "beta1", "beta2", "weight_decay")
+_TORCH_EPS = 1e-8  # Adam's and RMSprop's eps in torch, which gfm's fields assume
+_RENAMED = {"run": "run_id", "betas": "beta1 and beta2", "epsilon": "eps", "optimiser": "optimizer"}
+"""Field names people bring from elsewhere -> gfm's name for them (one name per concept)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,7 +56,7 @@ def read_metadata(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         try:
-            text_fields = ("run_id", "task", "arch", "hidden", "optimizer", "schedule")
+            text_fields = ("run_id", "task", "arch", "hidden", "optimizer", "schedule", "split")
             overrides = dict.fromkeys(text_fields, pl.String)
             rows = pl.read_csv(
                 path, infer_schema_length=None, schema_overrides=overrides
@@ -78,8 +83,10 @@ def read_metadata(path: Path) -> list[dict[str, Any]]:
     for i, row in enumerate(rows):
         unknown = sorted(set(row) - set(METADATA_KEYS))
         if unknown:
+            renamed = [f"`{k}` is called {_RENAMED[k]}" for k in unknown if k in _RENAMED]
+            hint = f" ({'; '.join(renamed)} here)" if renamed else ""
             raise ValueError(
-                f"{path}: row {i}: unknown field(s) {unknown}; "
+                f"{path}: row {i}: unknown field(s) {unknown}{hint}; "
                 f"valid fields are {list(METADATA_KEYS)}"
             )
     return [{k: v for k, v in row.items() if v is not None} for row in rows]
@@ -176,6 +183,12 @@ def describe(
         value = _float(row, key, where)
         if value is not None:
             hparams[key] = value
+    eps = _float(row, "eps", where, positive=True)
+    if eps is not None and not np.isclose(eps, _TORCH_EPS, rtol=1e-6, atol=0.0):
+        raise ValueError(
+            f"{where}: `eps` must be {_TORCH_EPS:g} (torch's default, which gfm's optimizer "
+            f"fields assume; other values cannot be recorded yet), got {eps!r}"
+        )
     nesterov = _bool(row, "nesterov", where)
     if nesterov is not None:
         hparams["nesterov"] = nesterov

@@ -11,6 +11,7 @@ Shapes: R runs, M+1 checkpoints, D parameters.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,15 @@ from gfm.data.import_fields import (
     lr_curve,
     read_metadata,
 )
-from gfm.data.schema import ParamMeta, RunRecord, RunSpec, check_run_id
+from gfm.data.request import parse_layout
+from gfm.data.schema import ParamMeta, RunRecord, RunSpec, arch_name, check_run_id
+from gfm.data.splits import (
+    IMPORT_FRACTIONS,
+    GivenSplit,
+    check_part,
+    fraction_parts,
+    parts_from_ranges,
+)
 from gfm.data.state_dicts import read_run_folder
 from gfm.data.validate import check
 from gfm.data.writer import DatasetWriter
@@ -40,7 +49,11 @@ NPZ_KEYS = ("weights", "steps", "lr", "train_loss", "val_loss", "val_acc")
 
 
 def _write_all(
-    records: Iterable[RunRecord], dest: Path, source: dict[str, Any], splits: SplitSettings | None
+    records: Iterable[RunRecord],
+    dest: Path,
+    source: dict[str, Any],
+    splits: SplitSettings | None,
+    given: GivenSplit | None,
 ) -> Manifest:
     """Stage records one at a time (memory: one run), commit them, validate the result."""
     where = str(source.get("weights") or source.get("folder"))
@@ -59,8 +72,87 @@ def _write_all(
             )
         writer.write_run(r)
         run_ids.append(r.spec.run_id)
-    writer.commit(None, run_ids, splits=splits, source=source)
+    writer.commit(None, run_ids, splits=splits, source=source, given=given)
     return check(dest)
+
+
+def _given_split(
+    rows: Sequence[Mapping[str, Any]],
+    fields: Sequence[Mapping[str, Any]],
+    run_ids: Sequence[str],
+    split: Mapping[str, str] | None,
+    splits: SplitSettings | None,
+    where: str,
+) -> GivenSplit | None:
+    """Each run's seed-split part: metadata `split`, else ``split`` ranges, else the fractions.
+
+    ``None`` (the ``splits`` counts decide) only when ``splits`` is given and nothing else is.
+    """
+    with_field = [i for i, row in enumerate(rows) if "split" in row]
+    if with_field and split:
+        raise ValueError(
+            f"{where}: the split must be given once, as metadata `split` or as `split` run "
+            f"ranges (--split), got both"
+        )
+    if with_field:
+        if len(with_field) != len(rows):
+            i = next(i for i, row in enumerate(rows) if "split" not in row)
+            raise ValueError(
+                f"{where}: run {run_ids[i]}: `split` must be given for every run once one has "
+                f"it, one of ['train', 'val', 'test'], got nothing"
+            )
+        parts = [
+            check_part(row["split"], f"{where}: run {run_ids[i]}") for i, row in enumerate(rows)
+        ]
+        rule = "metadata `split`"
+    elif split:
+        parts = parts_from_ranges(split, len(run_ids))
+        rule = "runs " + " ".join(f"{k}={v}" for k, v in split.items()) + ", others train"
+    elif splits is None:
+        groups = [(f["task"], f["optimizer"], arch_name(f["hidden"])) for f in fields]
+        order = [(f["seed"], r) for f, r in zip(fields, run_ids, strict=True)]
+        parts = fraction_parts(groups, order, IMPORT_FRACTIONS)
+        rule = "of each (task, optimizer, arch): the last 10% test, 10% before them val"
+    else:
+        return None
+    return GivenSplit(dict(zip(run_ids, parts, strict=True)), rule)
+
+
+class _Float32:
+    """Casts weights to float32 (the dataset's dtype) and remembers what the cast changed."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.dtypes: set[str] = set()
+        self.abs_change = 0.0
+        self.rel_change = 0.0
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        """``w`` as float32; a wider float's largest absolute and relative change is kept."""
+        w32 = np.asarray(w, dtype=np.float32)
+        if np.issubdtype(w.dtype, np.floating) and w.dtype.itemsize > 4:
+            self.dtypes.add(str(w.dtype))
+            src = np.asarray(w, dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                delta = np.abs(w32.astype(np.float64) - src)
+                finite = np.isfinite(delta)
+                if finite.any():
+                    self.abs_change = max(self.abs_change, float(delta[finite].max()))
+                    nonzero = finite & (src != 0)
+                    if nonzero.any():
+                        rel = float((delta[nonzero] / np.abs(src[nonzero])).max())
+                        self.rel_change = max(self.rel_change, rel)
+        return w32
+
+    def warn(self) -> None:
+        """Say that wider floats were stored as float32, and by how much that changed them."""
+        if self.dtypes:
+            warnings.warn(
+                f"{self.where}: weights are {'/'.join(sorted(self.dtypes))}; stored as float32 "
+                f"(the dataset format), which changed them by up to {self.abs_change:.3g} "
+                f"(relative {self.rel_change:.3g})",
+                stacklevel=3,
+            )
 
 
 def _named_shapes(params: ParamMeta) -> list[tuple[str, tuple[int, ...]]]:
@@ -194,9 +286,9 @@ def _curves(per_run: Mapping[str, np.ndarray | None], i: int, where: str) -> dic
     return curves
 
 
-def _finite_weights(weights: np.ndarray, where: str) -> np.ndarray:
+def _finite_weights(weights: np.ndarray, where: str, cast: _Float32) -> np.ndarray:
     """One run's weights (M+1, D) as float32, all finite."""
-    w = np.asarray(weights, dtype=np.float32)
+    w = cast(np.asarray(weights))
     bad = ~np.isfinite(w)
     if bad.any():
         c, p = np.argwhere(bad)[0]
@@ -205,6 +297,87 @@ def _finite_weights(weights: np.ndarray, where: str) -> np.ndarray:
             f"got {w[c, p]} at checkpoint {c}, param {p}"
         )
     return w
+
+
+def _array_layout(
+    layout: Sequence[tuple[str, Sequence[int]]] | None, D: int, name: str
+) -> ParamMeta:
+    """The layout of the D columns of ``weights``: the given ``[[name, shape], ...]`` or one ``w``."""
+    if layout is None:
+        return ParamMeta.from_named_shapes([("w", (D,))])
+    params = parse_layout(layout, f"{name}: --layout")
+    if len(params) != D:
+        sizes = ", ".join(f"{n} {list(s)}" for n, s in _named_shapes(params)[:4])
+        raise ValueError(
+            f"{name}: --layout must describe the D={D} parameters of array `weights` (its last "
+            f"axis), got {len(params)} ({sizes}{', ...' if len(set(params.layer)) > 4 else ''})"
+        )
+    return params
+
+
+def _base_lr_per_run(
+    arrays: dict[str, np.ndarray], fields: list[dict[str, Any]], R: int, C: int, name: str
+) -> None:
+    """An ``lr`` array of one rate per run, (R,) or (R, 1), as each run's constant base rate.
+
+    It is taken out of ``arrays``; a (C,) or (R, C) array (rates per checkpoint) stays.
+
+    Raises:
+        ValueError: (R,) when R == C (one rate per run, or one per checkpoint?), or a rate that
+            is not finite and > 0, or a metadata `lr` that disagrees.
+    """
+    lr = arrays.get("lr")
+    if lr is not None and lr.shape == (R,) and R == C:
+        raise ValueError(
+            f"{name}: array `lr` of shape ({R},) must say whether it holds one rate per run "
+            f"or one per checkpoint ({R} of each): give shape ({R}, 1) for one per run, "
+            f"or ({R}, {C}) for one per checkpoint of each run"
+        )
+    if lr is None or lr.shape not in ((R,), (R, 1)):
+        return
+    rates = np.asarray(arrays.pop("lr"), dtype=np.float64).reshape(R)
+    for i, (rate, f) in enumerate(zip(rates, fields, strict=True)):
+        if not np.isfinite(rate) or rate <= 0:
+            raise ValueError(f"{name}: run {i}: array `lr` must be finite and > 0, got {rate}")
+        given = f["hparams"].get("lr")
+        if given is not None and given != rate:
+            raise ValueError(
+                f"{name}: run {i}: array `lr` ({rate}) must agree with metadata `lr` ({given})"
+            )
+        f["hparams"]["lr"] = float(rate)
+
+
+def _rows(metadata_path: str | Path | None, R: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The metadata rows of R runs in array order (empty rows without a file), and its name."""
+    if metadata_path is None:
+        return [{} for _ in range(R)], None
+    meta_path = Path(metadata_path)
+    rows = read_metadata(meta_path)
+    if len(rows) != R:
+        raise ValueError(
+            f"{meta_path.name}: must have one row per run in `weights` ({R}), got {len(rows)}"
+        )
+    return rows, meta_path.name
+
+
+def _array_fields(
+    rows: list[dict[str, Any]], where: str, R: int, defaults: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Spec fields and run ids of the runs of an array import (seeds still missing)."""
+    fields, run_ids = [], []
+    for i, row in enumerate(rows):
+        here = f"{where}: run {i}"
+        run_ids.append(check_run_id(row.get("run_id", f"run-{i:0{len(str(R - 1))}d}"), here))
+        f = describe(
+            row, here, task=defaults["task"], optimizer=defaults["optimizer"], lr=defaults["lr"]
+        )
+        if f["record_every"] is None:
+            f["record_every"] = defaults["record_every"]
+        fields.append(f)
+    duplicates = sorted({r for r in run_ids if run_ids.count(r) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: `run_id` must be unique, got duplicates {duplicates[:5]}")
+    return fields, run_ids
 
 
 def import_arrays(  # noqa: PLR0913 - keyword-only, one per `gfm data import` option
@@ -217,14 +390,21 @@ def import_arrays(  # noqa: PLR0913 - keyword-only, one per `gfm data import` op
     lr: float | None = None,
     record_every: int | None = None,
     layout: Sequence[tuple[str, Sequence[int]]] | None = None,
+    split: Mapping[str, str] | None = None,
     splits: SplitSettings | None = None,
 ) -> Manifest:
     """Import trajectories stored as arrays into the dataset folder ``dest`` (replacing it).
 
     ``.npy``: one array ``weights`` (R, M+1, D). ``.npz``: ``weights`` plus optional ``steps``,
-    ``lr``, ``train_loss``, ``val_loss``, ``val_acc``, each (M+1,) shared by all runs or (R, M+1).
-    Metadata rows (CSV or JSON, one per run in the order of the weights' first axis) may set
-    ``METADATA_KEYS``; a field given there wins over the matching argument.
+    ``lr``, ``train_loss``, ``val_loss``, ``val_acc``, each (M+1,) shared by all runs or (R, M+1);
+    ``lr`` may also be (R, 1) (or (R,) when R != M+1): one constant rate per run. Metadata rows
+    (CSV or JSON, one per run in the order of the weights' first axis) may set ``METADATA_KEYS``;
+    a field given there wins over the matching argument. Weights wider than float32 are stored
+    as float32 with a warning saying by how much that changed them.
+
+    The seed split: a metadata ``split`` field (train/val/test per run), else ``split`` run
+    ranges, else ``splits`` counts when given, else of each (task, optimizer, arch) group the
+    last 10% test and the 10% before them val (``IMPORT_FRACTIONS``).
 
     Args:
         weights_path: the ``.npy`` or ``.npz`` file.
@@ -234,9 +414,12 @@ def import_arrays(  # noqa: PLR0913 - keyword-only, one per `gfm data import` op
         optimizer: optimizer of runs whose metadata has none; required one way or the other.
         lr: base learning rate of runs whose metadata has none; needed unless ``lr`` is an array.
         record_every: optimizer steps between checkpoints when no ``steps`` array is given.
-        layout: ``[(name, shape), ...]`` describing the D parameters (default one tensor
-            ``"w"`` of shape (D,)).
-        splits: split rules (default ``SplitSettings()``); seed split by run order per group.
+        layout: the state_dict's tensors ``[[name, shape], ...]`` in order, describing the D
+            parameters (the form ``gfm forecast`` takes; default one tensor ``"w"`` of (D,)).
+        split: ``{"val": "160-179", "test": "180-199"}``: run positions (0-based, inclusive
+            ranges) per part; runs named nowhere are train.
+        splits: split rules (default ``SplitSettings()``); with neither ``split`` nor a
+            metadata ``split``, its seed counts replace the 10% fractions.
 
     Returns:
         The manifest of the new dataset (already validated).
@@ -251,38 +434,15 @@ def import_arrays(  # noqa: PLR0913 - keyword-only, one per `gfm data import` op
     name = path.name
     weights = arrays["weights"]
     R, C, D = _check_weights(weights, name)
-    named = [(n, tuple(int(s) for s in shp)) for n, shp in (layout or [("w", (D,))])]
-    params = ParamMeta.from_named_shapes(named)
-    if len(params) != D:
-        raise ValueError(
-            f"`layout` must describe D={D} parameters like `weights`, got {len(params)}"
-        )
-
-    rows: list[dict[str, Any]] = [{} for _ in range(R)]
-    meta_name = None
-    if metadata_path is not None:
-        meta_path = Path(metadata_path)
-        meta_name = meta_path.name
-        rows = read_metadata(meta_path)
-        if len(rows) != R:
-            raise ValueError(
-                f"{meta_name}: must have one row per run in `weights` ({R}), got {len(rows)}"
-            )
+    params = _array_layout(layout, D, name)
+    rows, meta_name = _rows(metadata_path, R)
+    defaults = {"task": task, "optimizer": optimizer, "lr": lr, "record_every": record_every}
+    fields, run_ids = _array_fields(rows, meta_name or name, R, defaults)
+    _base_lr_per_run(arrays, fields, R, C, name)
     per_run = {k: _per_run(arrays, k, R, C, name) for k in NPZ_KEYS if k != "weights"}
-
-    fields, run_ids = [], []
-    for i, row in enumerate(rows):
-        where = f"{meta_name or name}: run {i}"
-        run_ids.append(check_run_id(row.get("run_id", f"run-{i:0{len(str(R - 1))}d}"), where))
-        fields.append(describe(row, where, task=task, optimizer=optimizer, lr=lr))
-        if fields[-1]["record_every"] is None:
-            fields[-1]["record_every"] = record_every
-    duplicates = sorted({r for r in run_ids if run_ids.count(r) > 1})
-    if duplicates:
-        raise ValueError(
-            f"{meta_name or name}: `run_id` must be unique, got duplicates {duplicates[:5]}"
-        )
     assign_seeds(fields)
+    given = _given_split(rows, fields, run_ids, split, splits, meta_name or name)
+    cast = _Float32(name)
 
     def records() -> Iterator[RunRecord]:
         for i, f in enumerate(fields):
@@ -292,11 +452,13 @@ def import_arrays(  # noqa: PLR0913 - keyword-only, one per `gfm data import` op
             lr_i = per_run["lr"]
             rates = lr_curve(f, None if lr_i is None else lr_i[i], C, where)
             curves = _curves(per_run, i, where)
-            w = _finite_weights(weights[i], where)  # (M+1, D)
+            w = _finite_weights(weights[i], where, cast)  # (M+1, D)
             yield _record(f, run_ids[i], steps, r, rates, curves, w, params)
 
     source = {"kind": "arrays", "weights": name, "metadata": meta_name}
-    return _write_all(records(), Path(dest), source, splits)
+    manifest = _write_all(records(), Path(dest), source, splits, given)
+    cast.warn()
+    return manifest
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +466,29 @@ def import_arrays(  # noqa: PLR0913 - keyword-only, one per `gfm data import` op
 # --------------------------------------------------------------------------------------------
 
 
-def import_state_dicts(
+def _rows_by_run(
+    metadata_path: str | Path | None, folder: Path, run_dirs: list[Path]
+) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Metadata rows by run_id (each naming a run folder), and the file's name."""
+    rows: dict[str, dict[str, Any]] = {}
+    if metadata_path is None:
+        return rows, None
+    meta_path = Path(metadata_path)
+    meta_name = meta_path.name
+    for i, row in enumerate(read_metadata(meta_path)):
+        run_id = row.get("run_id")
+        if run_id is None:
+            raise ValueError(f"{meta_name}: row {i}: `run_id` must name a run folder, got nothing")
+        rows[str(run_id)] = row
+    unknown = sorted(set(rows) - {p.name for p in run_dirs})
+    if unknown:
+        raise ValueError(
+            f"{meta_name}: `run_id` must name a subfolder of {folder.name}, got {unknown[:5]}"
+        )
+    return rows, meta_name
+
+
+def import_state_dicts(  # noqa: PLR0913 - keyword-only, one per `gfm data import` option
     folder: str | Path,
     dest: str | Path,
     *,
@@ -312,6 +496,7 @@ def import_state_dicts(
     task: str = "imported",
     optimizer: str | None = None,
     lr: float | None = None,
+    split: Mapping[str, str] | None = None,
     splits: SplitSettings | None = None,
 ) -> Manifest:
     """Import runs saved as PyTorch ``state_dict`` checkpoints into ``dest`` (replacing it).
@@ -320,8 +505,10 @@ def import_state_dicts(
     ``*.pth`` files named with their step (``step_0.pt``, ``ckpt-0100.pth``; the last integer in
     the name), read with ``torch.load(..., weights_only=True)``. Steps must be 0, r, 2r, ...
     Floating-point tensors are flattened in state_dict order into w (D,); integer buffers (e.g.
-    ``num_batches_tracked``) are skipped with a warning. Metadata rows are matched by ``run_id``;
-    runs without a row take the arguments' defaults.
+    ``num_batches_tracked``) are skipped with a warning, and float64 tensors are stored as
+    float32 with a warning saying by how much. Metadata rows are matched by ``run_id``; runs
+    without a row take the arguments' defaults. The seed split is decided as in
+    ``import_arrays``; run positions count the run folders sorted by name.
 
     Args:
         folder: the folder of run folders.
@@ -330,7 +517,8 @@ def import_state_dicts(
         task: task name of runs whose metadata has none.
         optimizer: optimizer of runs whose metadata has none; required one way or the other.
         lr: constant learning rate of runs whose metadata has none; required one way or the other.
-        splits: split rules (default ``SplitSettings()``).
+        split: ``{"val": "8-9", "test": "10-11"}``: run positions per part (others train).
+        splits: split rules (default ``SplitSettings()``); see ``import_arrays``.
 
     Returns:
         The manifest of the new dataset (already validated).
@@ -345,23 +533,7 @@ def import_state_dicts(
     run_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not run_dirs:
         raise ValueError(f"{folder}: must hold one subfolder per run, got none")
-    rows: dict[str, dict[str, Any]] = {}
-    meta_name = None
-    if metadata_path is not None:
-        meta_path = Path(metadata_path)
-        meta_name = meta_path.name
-        for i, row in enumerate(read_metadata(meta_path)):
-            run_id = row.get("run_id")
-            if run_id is None:
-                raise ValueError(
-                    f"{meta_name}: row {i}: `run_id` must name a run folder, got nothing"
-                )
-            rows[str(run_id)] = row
-        unknown = sorted(set(rows) - {p.name for p in run_dirs})
-        if unknown:
-            raise ValueError(
-                f"{meta_name}: `run_id` must name a subfolder of {folder.name}, got {unknown[:5]}"
-            )
+    rows, meta_name = _rows_by_run(metadata_path, folder, run_dirs)
 
     fields, run_ids = [], []
     for run_dir in run_dirs:
@@ -371,13 +543,19 @@ def import_state_dicts(
         fields.append(describe(rows.get(run_id, {}), where, task=task, optimizer=optimizer, lr=lr))
         check_constant_lr(fields[-1], where)  # before reading any checkpoint
     assign_seeds(fields)
+    run_rows = [rows.get(r, {}) for r in run_ids]
+    given = _given_split(run_rows, fields, run_ids, split, splits, meta_name or folder.name)
+    cast = _Float32(folder.name)
 
     def records() -> Iterator[RunRecord]:
         for run_id, run_dir, f in zip(run_ids, run_dirs, fields, strict=True):
             steps_raw, weights, params = read_run_folder(run_dir)
             steps, r = grid(steps_raw, len(steps_raw), f["record_every"], f"{run_dir}: file names")
             rates = lr_curve(f, None, len(steps), f"{run_dir}")
-            yield _record(f, run_id, steps, r, rates, {}, weights, params)
+            w = _finite_weights(weights, str(run_dir), cast)  # (M+1, D)
+            yield _record(f, run_id, steps, r, rates, {}, w, params)
 
     source = {"kind": "state_dicts", "folder": folder.name, "metadata": meta_name}
-    return _write_all(records(), Path(dest), source, splits)
+    manifest = _write_all(records(), Path(dest), source, splits, given)
+    cast.warn()
+    return manifest

@@ -62,8 +62,20 @@ def _checkpoint_files(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(by_step.items())
 
 
+def _flat(v: Any) -> np.ndarray:
+    """A floating-point tensor as a flat array: float64 kept (callers say what a cast changes)."""
+    import torch
+
+    v = v.detach().reshape(-1)
+    return v.numpy() if v.dtype == torch.float64 else v.float().numpy()
+
+
 def read_run_folder(run_dir: Path) -> tuple[np.ndarray, np.ndarray, ParamMeta]:
-    """(steps (M+1,), weights (M+1, D) float32, params) of one run folder."""
+    """(steps (M+1,), weights (M+1, D), params) of one run folder.
+
+    The weights are float32, or float64 when a tensor is float64 (the caller casts, and says by
+    how much that changed them); half and bfloat16 tensors widen to float32 exactly.
+    """
     files = _checkpoint_files(run_dir)
     layout: list[tuple[str, tuple[int, ...]]] | None = None
     skipped: list[str] = []
@@ -87,7 +99,7 @@ def read_run_folder(run_dir: Path) -> tuple[np.ndarray, np.ndarray, ParamMeta]:
                         f"got {got.get(key)}"
                     )
             raise ValueError(f"{path}: tensors must come in the same order as in {first}")
-        flat = np.concatenate([v.detach().reshape(-1).float().numpy() for _, v in kept])  # (D,)
+        flat = np.concatenate([_flat(v) for _, v in kept])  # (D,)
         bad = ~np.isfinite(flat)
         if bad.any():
             j = int(np.argmax(bad))

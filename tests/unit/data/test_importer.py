@@ -284,3 +284,259 @@ def test_a_failed_import_leaves_the_previous_dataset_intact(
     # then
     assert validate(tmp_path / "data") == []
     assert Trajectories(tmp_path / "data").manifest == manifest
+
+
+# ------------------------------------------------------------------------------- splits
+
+
+def _seed_parts(root: Path) -> dict[str, list[str]]:
+    data = Trajectories(root)
+    return {part: data.select("seed", part).run_ids for part in ("train", "val", "test")}
+
+
+def test_split_from_a_metadata_column(tmp_path: Path, weights: np.ndarray) -> None:
+    # given: the runs' parts named in the metadata
+    np.save(tmp_path / "w.npy", weights)
+    (tmp_path / "meta.csv").write_text(
+        "run_id,optimizer,lr,split\na,sgd,0.1,test\nb,sgd,0.1,train\nc,sgd,0.1,val\n"
+    )
+    # when
+    manifest = import_arrays(
+        tmp_path / "w.npy", tmp_path / "data", metadata_path=tmp_path / "meta.csv"
+    )
+    # then
+    assert _seed_parts(tmp_path / "data") == {"train": ["b"], "val": ["c"], "test": ["a"]}
+    assert manifest.splits.rules["given"] == "metadata `split`"
+
+
+def test_split_from_run_ranges(tmp_path: Path) -> None:
+    # given: 8 runs; positions 3-4 val, 5 and 7 test
+    np.save(tmp_path / "w.npy", np.zeros((8, 3, 2), dtype=np.float32))
+    # when
+    import_arrays(
+        tmp_path / "w.npy",
+        tmp_path / "data",
+        optimizer="sgd",
+        lr=0.1,
+        split={"val": "3-4", "test": "5,7"},
+    )
+    # then
+    assert _seed_parts(tmp_path / "data") == {
+        "train": ["run-0", "run-1", "run-2", "run-6"],
+        "val": ["run-3", "run-4"],
+        "test": ["run-5", "run-7"],
+    }
+
+
+def test_default_split_of_an_import_holds_out_a_tenth_for_val_and_test(tmp_path: Path) -> None:
+    # given: 20 runs of one group, no split given
+    np.save(tmp_path / "w.npy", np.zeros((20, 3, 2), dtype=np.float32))
+    # when
+    manifest = import_arrays(tmp_path / "w.npy", tmp_path / "data", optimizer="sgd", lr=0.1)
+    # then: the last 2 test, the 2 before them val (not 1 and 1)
+    parts = _seed_parts(tmp_path / "data")
+    assert parts["test"] == ["run-18", "run-19"] and parts["val"] == ["run-16", "run-17"]
+    assert manifest.splits.counts["seed"] == {"train": 16, "val": 2, "test": 2}
+
+
+def test_split_settings_counts_still_apply_when_given(tmp_path: Path) -> None:
+    from gfm.config import SplitSettings
+
+    np.save(tmp_path / "w.npy", np.zeros((20, 3, 2), dtype=np.float32))
+    manifest = import_arrays(
+        tmp_path / "w.npy",
+        tmp_path / "data",
+        optimizer="sgd",
+        lr=0.1,
+        splits=SplitSettings(val_seeds=3, test_seeds=4),
+    )
+    assert manifest.splits.counts["seed"] == {"train": 13, "val": 3, "test": 4}
+
+
+def test_split_of_state_dict_runs_from_metadata(tmp_path: Path) -> None:
+    for run in ("r0", "r1", "r2"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        for step in (0, 1):
+            torch.save(nn.Linear(2, 1).state_dict(), tmp_path / "runs" / run / f"{step}.pt")
+    (tmp_path / "meta.json").write_text(
+        json.dumps(
+            [{"run_id": r, "split": p} for r, p in (("r0", "val"), ("r1", "test"), ("r2", "train"))]
+        )
+    )
+    import_state_dicts(
+        tmp_path / "runs",
+        tmp_path / "data",
+        metadata_path=tmp_path / "meta.json",
+        optimizer="sgd",
+        lr=0.1,
+    )
+    assert _seed_parts(tmp_path / "data") == {"train": ["r2"], "val": ["r0"], "test": ["r1"]}
+
+
+@pytest.mark.parametrize(
+    ("meta", "split", "match"),
+    [
+        (
+            "optimizer,lr,split\nsgd,0.1,test\nsgd,0.1,\nsgd,0.1,val\n",
+            None,
+            r"meta.csv: run run-1: `split` must be given for every run once one has it",
+        ),
+        (
+            "optimizer,lr,split\nsgd,0.1,test\nsgd,0.1,holdout\nsgd,0.1,val\n",
+            None,
+            r"meta.csv: run run-1: `split` must be one of \['train', 'val', 'test'\], got 'holdout'",
+        ),
+        (
+            "optimizer,lr,split\nsgd,0.1,test\nsgd,0.1,train\nsgd,0.1,val\n",
+            {"test": "2"},
+            "meta.csv: the split must be given once",
+        ),
+        (None, {"test": "1-2", "val": "2"}, "--split: run 2 must be in one part, got test and val"),
+        (None, {"test": "1-3"}, r"--split test=1-3: range '1-3' must lie within runs 0..2"),
+        (None, {"test": "last"}, "--split test=last: runs must be positions or inclusive ranges"),
+        (None, {"holdout": "1"}, r"--split holdout=1: `split` must be one of \['train'"),
+    ],
+)
+def test_bad_splits_are_named(
+    tmp_path: Path, weights: np.ndarray, meta: str | None, split: dict | None, match: str
+) -> None:
+    np.save(tmp_path / "w.npy", weights)
+    if meta is not None:
+        (tmp_path / "meta.csv").write_text(meta)
+    with pytest.raises(ValueError, match=match):
+        import_arrays(
+            tmp_path / "w.npy",
+            tmp_path / "data",
+            metadata_path=tmp_path / "meta.csv" if meta is not None else None,
+            optimizer="sgd",
+            lr=0.1,
+            split=split,
+        )
+
+
+# ------------------------------------------------------------------------------- layout, dtypes
+
+
+def _linear_runs(folder: Path, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Two runs of nn.Linear(3, 2) saved as state_dict folders; their flat weights (R, M+1, D)."""
+    torch.manual_seed(0)
+    runs = []
+    for run in ("r0", "r1"):
+        net = nn.Linear(3, 2).to(dtype)
+        (folder / run).mkdir(parents=True)
+        rows = []
+        for step in (0, 1, 2):
+            with torch.no_grad():
+                net.weight.add_(0.1)
+            torch.save(net.state_dict(), folder / run / f"step_{step}.pt")
+            rows.append(torch.cat([v.reshape(-1) for v in net.state_dict().values()]))
+        runs.append(torch.stack(rows).numpy())
+    return np.stack(runs)
+
+
+def test_an_npz_with_a_layout_gives_the_same_parameters_as_the_state_dicts(tmp_path: Path) -> None:
+    # given: the same runs as state_dict folders and as an array
+    weights = _linear_runs(tmp_path / "runs")
+    np.savez(tmp_path / "runs.npz", weights=weights)
+    layout = [["weight", [2, 3]], ["bias", [2]]]
+    # when
+    import_state_dicts(tmp_path / "runs", tmp_path / "a", optimizer="sgd", lr=0.1)
+    import_arrays(tmp_path / "runs.npz", tmp_path / "b", optimizer="sgd", lr=0.1, layout=layout)
+    # then: GFM sees the same per-parameter context either way
+    a, b = Trajectories(tmp_path / "a")[0].params, Trajectories(tmp_path / "b")[0].params
+    assert list(a.layer) == list(b.layer) and a.shape == b.shape
+    np.testing.assert_array_equal(a.fan_in, b.fan_in)
+    np.testing.assert_array_equal(a.index, b.index)
+    assert list(b.kind) == ["weight"] * 6 + ["bias"] * 2
+
+
+@pytest.mark.parametrize(
+    ("layout", "match"),
+    [
+        (
+            [["weight", [2, 3]]],
+            r"runs.npz: --layout must describe the D=8 parameters of array `weights`.*got 6",
+        ),
+        (
+            [["weight", "2x3"]],
+            r"runs.npz: --layout: `layout` must be a list of \[tensor name, shape\]",
+        ),
+        ([["w", [2, 3]], ["w", [2]]], r"runs.npz: --layout: `layout` tensor names must be unique"),
+        ([["w", [0, 8]]], r"runs.npz: --layout: `layout` tensor 'w' must have sizes >= 1"),
+    ],
+)
+def test_a_bad_layout_is_named(tmp_path: Path, layout: list, match: str) -> None:
+    np.savez(tmp_path / "runs.npz", weights=np.zeros((2, 3, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match=match):
+        import_arrays(tmp_path / "runs.npz", tmp_path / "d", optimizer="sgd", lr=0.1, layout=layout)
+
+
+def test_float64_arrays_are_stored_as_float32_with_a_warning_saying_how_much(
+    tmp_path: Path,
+) -> None:
+    # given: float64 weights that float32 cannot hold exactly
+    w64 = np.full((2, 3, 4), 1.0 + 1e-12) + np.arange(4) / 3
+    np.save(tmp_path / "w.npy", w64)
+    expected = float(np.abs(w64.astype(np.float32).astype(np.float64) - w64).max())
+    # when
+    with pytest.warns(UserWarning, match="w.npy: weights are float64; stored as float32") as caught:
+        import_arrays(tmp_path / "w.npy", tmp_path / "data", optimizer="sgd", lr=0.1)
+    # then: the warning gives the largest change, and the stored values are the float32 cast
+    assert f"changed them by up to {expected:.3g}" in str(caught[0].message)
+    np.testing.assert_array_equal(
+        Trajectories(tmp_path / "data")[0].weights, w64[0].astype(np.float32)
+    )
+
+
+def test_float64_state_dicts_warn_too_and_float32_ones_do_not(tmp_path: Path) -> None:
+    _linear_runs(tmp_path / "runs64", torch.float64)
+    with pytest.warns(UserWarning, match="runs64: weights are float64; stored as float32"):
+        import_state_dicts(tmp_path / "runs64", tmp_path / "a", optimizer="sgd", lr=0.1)
+    _linear_runs(tmp_path / "runs32")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        import_state_dicts(tmp_path / "runs32", tmp_path / "b", optimizer="sgd", lr=0.1)
+
+
+# ------------------------------------------------------------------------------- learning rates, fields
+
+
+def test_an_lr_array_with_one_rate_per_run(tmp_path: Path, weights: np.ndarray) -> None:
+    # given: 3 runs of 5 checkpoints, one constant rate each
+    np.savez(tmp_path / "runs.npz", weights=weights, lr=np.array([0.1, 0.01, 0.001]))
+    # when
+    import_arrays(tmp_path / "runs.npz", tmp_path / "data", optimizer="sgd")
+    # then
+    data = Trajectories(tmp_path / "data")
+    for record, rate in zip(data, (0.1, 0.01, 0.001), strict=True):
+        assert record.spec.hparams == {"lr": rate}
+        np.testing.assert_array_equal(record.lr, np.full(5, rate))
+
+
+def test_an_lr_array_as_long_as_runs_and_checkpoints_must_say_which(tmp_path: Path) -> None:
+    np.savez(tmp_path / "runs.npz", weights=np.zeros((3, 3, 2), dtype=np.float32), lr=np.ones(3))
+    with pytest.raises(ValueError, match=r"runs.npz: array `lr` of shape \(3,\) must say whether"):
+        import_arrays(tmp_path / "runs.npz", tmp_path / "data", optimizer="sgd")
+    np.savez(
+        tmp_path / "runs.npz", weights=np.zeros((3, 3, 2), dtype=np.float32), lr=np.ones((3, 1))
+    )
+    import_arrays(tmp_path / "runs.npz", tmp_path / "data", optimizer="sgd")
+
+
+def test_metadata_eps_and_names_from_elsewhere(tmp_path: Path, weights: np.ndarray) -> None:
+    np.save(tmp_path / "w.npy", weights)
+    (tmp_path / "ok.csv").write_text("optimizer,lr,eps\nadam,0.1,1e-8\nadam,0.1,1e-8\nadam,0.1,\n")
+    import_arrays(tmp_path / "w.npy", tmp_path / "data", metadata_path=tmp_path / "ok.csv")
+    (tmp_path / "eps.csv").write_text("optimizer,lr,eps\nadam,0.1,1e-6\nadam,0.1,1e-8\nadam,0.1,\n")
+    with pytest.raises(ValueError, match=r"eps.csv: run 0: `eps` must be 1e-08 \(torch's default"):
+        import_arrays(tmp_path / "w.npy", tmp_path / "data", metadata_path=tmp_path / "eps.csv")
+    (tmp_path / "torch.csv").write_text(
+        'run,optimizer,betas\n0,adam,"0.9,0.99"\n1,adam,\n2,adam,\n'
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"torch.csv: row 0: unknown field\(s\) \['betas', 'run'\] \(`betas` is called beta1 and beta2; `run` is called run_id here\)",
+    ):
+        import_arrays(tmp_path / "w.npy", tmp_path / "data", metadata_path=tmp_path / "torch.csv")
