@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gfm.cli._app import ParamsOpt, SetOpt, app, data_app, read_settings
-from gfm.cli.render import console, progress_bar, summary_table
+from gfm.cli.render import console, fail, progress_bar, summary_table
+
+if TYPE_CHECKING:
+    from gfm.data.format import Manifest
 
 
 @app.command()
@@ -110,7 +113,7 @@ def data_validate(
 
 
 @data_app.command("import")
-def data_import(
+def data_import(  # noqa: PLR0913 - typer: one parameter per command-line option
     source: Annotated[
         Path,
         typer.Argument(help="A .npy/.npz array (runs, checkpoints, params) or a folder of runs."),
@@ -118,7 +121,7 @@ def data_import(
     dest: Annotated[Path, typer.Option(help="Dataset folder to write.")] = Path("data-imported"),
     metadata: Annotated[
         Path | None,
-        typer.Option(help="Per-run metadata, CSV or JSON (run_id, optimizer, lr, ...)."),
+        typer.Option(help="Per-run metadata, CSV or JSON (run_id, optimizer, lr, split, ...)."),
     ] = None,
     task: Annotated[str, typer.Option(help="Task name recorded for the runs.")] = "imported",
     optimizer: Annotated[
@@ -128,23 +131,89 @@ def data_import(
         float | None, typer.Option(help="Base learning rate of every run (if no metadata).")
     ] = None,
     record_every: Annotated[
-        int | None, typer.Option(help="Optimizer steps between checkpoints.")
+        int | None, typer.Option(help="Optimizer steps between checkpoints (arrays).")
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="PART=RUNS, e.g. val=160-179 or test=180-199,205 (0-based run positions, "
+            "inclusive; repeatable); runs named nowhere are train. Default: a metadata `split` "
+            "column, else the last 10% of each group test and 10% val."
+        ),
+    ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="The state_dict layout of an array's D parameters, [[name, shape], ...]: a "
+            "JSON file, or the JSON itself (as in gfm forecast's sidecar). Default: one tensor w."
+        ),
     ] = None,
 ) -> None:
     """Import trajectories you bring into the gfm format, validated like generated data.
 
-    Examples:
+    The seed split comes from --split, or a `split` metadata column, or else holds out the last
+    10% of each (task, optimizer, arch) group for test and 10% for val. Examples:
+
         gfm data import runs.npz --metadata runs.csv --dest data-imported
         gfm data import weights.npy --optimizer adam --lr 1e-3 --record-every 10
+        gfm data import runs.npz --metadata runs.csv --split val=160-179 --split test=180-199
+        gfm data import runs.npz --metadata runs.csv --layout layout.json  # tensor names, shapes
         gfm data import checkpoints/ --optimizer sgd --lr 0.1   # one subfolder of *.pt per run
     """
     from gfm.data.format import DatasetError
-    from gfm.data.importer import import_arrays, import_state_dicts
 
     try:
+        manifest, notes = _import(
+            source, dest, metadata, task, optimizer, lr, record_every, split, layout
+        )
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        raise fail("import", err) from None  # printed as text: layouts hold [[...]]
+    for note in notes:
+        console.print("note: " + note, markup=False, highlight=False)
+    console.print(summary_table(dest))
+    seed = manifest.splits.counts["seed"]
+    console.print(
+        f"imported {manifest.counts.runs} run(s) into {dest} (hash {manifest.hash[:16]}…); "
+        f"seed split {seed['train']} train, {seed['val']} val, {seed['test']} test "
+        f"({manifest.splits.rules.get('given', 'split counts')})",
+        highlight=False,
+    )
+
+
+def _import(  # noqa: PLR0913 - the options of `data import`, passed on
+    source: Path,
+    dest: Path,
+    metadata: Path | None,
+    task: str,
+    optimizer: str | None,
+    lr: float | None,
+    record_every: int | None,
+    split: list[str] | None,
+    layout: str | None,
+) -> tuple[Manifest, list[str]]:
+    """Run the import; (its manifest, the warnings it gave as lines)."""
+    import warnings
+
+    from gfm.data.importer import import_arrays, import_state_dicts
+
+    parts = _split_option(split or [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         if source.is_dir():
+            for name, value in (("--layout", layout), ("--record-every", record_every)):
+                if value is not None:
+                    raise ValueError(
+                        f"{source}: {name} is for array inputs; a folder's checkpoints give it "
+                        "(tensor shapes, step numbers in the file names)"
+                    )
             manifest = import_state_dicts(
-                source, dest, metadata_path=metadata, task=task, optimizer=optimizer, lr=lr
+                source,
+                dest,
+                metadata_path=metadata,
+                task=task,
+                optimizer=optimizer,
+                lr=lr,
+                split=parts,
             )
         else:
             manifest = import_arrays(
@@ -155,14 +224,46 @@ def data_import(
                 optimizer=optimizer,
                 lr=lr,
                 record_every=record_every,
+                split=parts,
+                layout=_layout_option(layout),
             )
-    except (DatasetError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]Import failed[/red]\n{err}", highlight=False)
-        raise typer.Exit(1) from None
-    console.print(summary_table(dest))
-    console.print(
-        f"imported {manifest.counts.runs} run(s) into {dest} (hash {manifest.hash[:16]}…)"
-    )
+    return manifest, [str(w.message) for w in caught]
+
+
+def _split_option(values: list[str]) -> dict[str, str]:
+    """``["val=160-179", "test=180-199"]`` -> ``{"val": "160-179", "test": "180-199"}``."""
+    parts: dict[str, str] = {}
+    for value in values:
+        part, sep, runs = value.partition("=")
+        if not sep or not runs.strip():
+            raise ValueError(
+                f"--split must be PART=RUNS like val=160-179 (parts train, val, test), got {value!r}"
+            )
+        part = part.strip()
+        parts[part] = f"{parts[part]},{runs.strip()}" if part in parts else runs.strip()
+    return parts
+
+
+def _layout_option(value: str | None) -> list | None:
+    """The ``--layout`` JSON: inline (starting with ``[``) or in a file."""
+    import json
+
+    if value is None:
+        return None
+    text, where = value, "--layout"
+    if not value.lstrip().startswith("["):
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: --layout file must exist (or give the JSON itself)")
+        text, where = path.read_text(), f"{path}"
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{where}: must be JSON [[name, shape], ...], e.g. "
+            f'[["fc1.weight", [16, 8]], ["fc1.bias", [16]]], got {err}'
+        ) from None
+    return doc
 
 
 @data_app.command("version")
