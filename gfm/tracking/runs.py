@@ -161,7 +161,9 @@ def start_run(
         all_tags[TAG_GIT_COMMIT] = commit
     if dataset_version is not None:
         all_tags[TAG_DATASET_VERSION] = dataset_version
-    all_tags.update({tag: os.environ[env] for env, tag in DVC_EXP_TAGS.items() if env in os.environ})
+    all_tags.update(
+        {tag: os.environ[env] for env, tag in DVC_EXP_TAGS.items() if env in os.environ}
+    )
     # as text, None values skipped: a tracking server (REST) accepts string tags only
     all_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
     with mlflow.start_run(
