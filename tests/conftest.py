@@ -53,6 +53,17 @@ def tiny_settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset, generated once per session (read-only for tests: copy to change it)."""
+    from gfm.data.generate import generate
+
+    root = tmp_path_factory.mktemp("tiny-data") / "data"
+    settings = load_settings(CONFS / "valid" / "tiny.yaml", {"data.root": str(root)}, environ={})
+    generate(settings.data, workers=1)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _reset_mlflow_globals():
     """No test sees another's MLflow state: after each, end its runs and unset the process-wide

@@ -2,7 +2,10 @@
 
 ``Trajectories(root)`` reads only the small tables (manifest, runs, parameters); each run's
 checkpoints (M+1, D) are read from its own Parquet file when first asked for and kept in a
-byte-bounded LRU cache shared by every view of the same dataset.
+byte-bounded LRU cache shared by every view of the same dataset. Every file is checked against
+the manifest's sha256 before it is used (the tables on opening, a run's file when first read,
+all of them with ``verify``), and a run with a non-finite weight is refused: a damaged dataset
+never trains or scores a model.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
+import numpy as np
 import polars as pl
 
 from gfm.data.checkpoints import read_checkpoints
 from gfm.data.format import (
     CHECKPOINTS_DIR,
+    MANIFEST_FILE,
     PARAMETERS_FILE,
     PARAMETERS_SCHEMA,
     RUNS_FILE,
@@ -26,12 +31,14 @@ from gfm.data.format import (
     Manifest,
     params_from_table,
     read_manifest,
+    sha256_file,
 )
 from gfm.data.schema import SPLIT_KINDS, SPLIT_PARTS, ParamMeta, RunRecord
 
 __all__ = ["DEFAULT_CACHE_BYTES", "Trajectories"]
 
 DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB
+_REPAIR = "restore the dataset (`dvc checkout`) or regenerate it (`gfm generate`)"
 
 
 def _record_bytes(record: RunRecord) -> int:
@@ -83,15 +90,49 @@ class _Cache:
 
 
 class _Dataset:
-    """What every view of one dataset folder shares: tables, parameter metadata, the cache."""
+    """What every view of one dataset folder shares.
+
+    The tables, the parameter metadata, the cache, and the files already checked against the
+    manifest.
+    """
 
     def __init__(self, root: Path, cache_bytes: int) -> None:
         self.root = root
         self.manifest = read_manifest(root)
-        self.parameters = _read_table(root / PARAMETERS_FILE, PARAMETERS_SCHEMA)
+        self.verified: set[str] = set()
+        self._lock = threading.Lock()
+        self.parameters = _read_table(self.verify_file(PARAMETERS_FILE), PARAMETERS_SCHEMA)
         self.cache = _Cache(cache_bytes)
         self.params: dict[tuple[str, str], ParamMeta] = {}
-        self._lock = threading.Lock()
+
+    def verify_file(self, rel: str) -> Path:
+        """``root / rel``, once its sha256 is checked against the manifest (once per file).
+
+        The cheap check every reader makes: a file changed, damaged or swapped after the dataset
+        was written (a flipped byte, a hand edit) is refused before a value of it is used.
+
+        Raises:
+            FileNotFoundError: the file is missing.
+            DatasetError: the file is not listed in the manifest or its bytes differ; the
+                message names the file and how to repair the dataset.
+        """
+        path = self.root / rel
+        if rel in self.verified:
+            return path
+        expected = self.manifest.files.get(rel)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: must exist in the gfm dataset; {_REPAIR}")
+        if expected is None:
+            raise DatasetError(f"{path}: must be listed in {MANIFEST_FILE} `files`; {_REPAIR}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise DatasetError(
+                f"{path}: sha256 must be {expected[:16]}... as listed in {MANIFEST_FILE}, got "
+                f"{actual[:16]}... (the file changed after the dataset was written); {_REPAIR}"
+            )
+        with self._lock:
+            self.verified.add(rel)
+        return path
 
     def param_meta(self, task: str, arch: str) -> ParamMeta:
         with self._lock:
@@ -105,6 +146,7 @@ class _Dataset:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["params"] = {}
+        state["verified"] = set(self.verified)
         del state["_lock"]
         return state
 
@@ -129,6 +171,32 @@ def _read_table(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
                 f"{path}: column `{name}` must be {dtype}, got {frame.schema.get(name)}"
             )
     return frame.select(list(schema))
+
+
+def _checkpoint_rel(run_id: str) -> str:
+    return f"{CHECKPOINTS_DIR}/{run_id}.parquet"
+
+
+def _check_finite(record: RunRecord, path: Path) -> None:
+    """The weights and learning rates a forecaster learns from are finite (cheap: one pass).
+
+    Raises:
+        DatasetError: naming the file, the column, the step and the value.
+    """
+    bad = ~np.isfinite(record.weights).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        j = int(np.argmax(~np.isfinite(record.weights[i])))
+        raise DatasetError(
+            f"{path}: `w` must be finite, got {record.weights[i, j]} at step "
+            f"{int(record.steps[i])} (parameter {j}); {_REPAIR}"
+        )
+    lr = np.asarray(record.lr, dtype=np.float64)
+    if not np.isfinite(lr).all():
+        i = int(np.argmin(np.isfinite(lr)))
+        raise DatasetError(
+            f"{path}: `lr` must be finite, got {lr[i]} at step {int(record.steps[i])}; {_REPAIR}"
+        )
 
 
 class Trajectories(Sequence[RunRecord]):
@@ -163,7 +231,9 @@ class Trajectories(Sequence[RunRecord]):
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: dataset folder must exist (run `gfm data generate`?)")
         self._data = _Dataset(root, cache_bytes)
-        self._set_runs(_read_table(root / RUNS_FILE, RUNS_SCHEMA))
+        runs_path = self._data.verify_file(RUNS_FILE)
+        runs = _read_table(runs_path, RUNS_SCHEMA)
+        self._set_runs(runs)
 
     @classmethod
     def _view(cls, data: _Dataset, runs: pl.DataFrame) -> Trajectories:
@@ -201,6 +271,20 @@ class Trajectories(Sequence[RunRecord]):
     def cached_bytes(self) -> int:
         """Bytes of run arrays now held in the shared cache."""
         return self._data.cache.size
+
+    def verify(self) -> None:
+        """Check every file this view reads against the manifest's sha256, before any is used.
+
+        Opening checks the tables and each run's file is checked when first loaded; this checks
+        all of this view's runs at once (a second or so per GB), so a step refuses a damaged
+        dataset before it trains or logs anything.
+
+        Raises:
+            FileNotFoundError: a run's file is missing.
+            DatasetError: a run's file is not listed in the manifest or its bytes differ.
+        """
+        for run_id in self._ids:
+            self._data.verify_file(_checkpoint_rel(run_id))
 
     def select(self, split: str, part: str) -> Trajectories:
         """The runs of one part of one split, e.g. ``select("seed", "train")``.
@@ -248,7 +332,8 @@ class Trajectories(Sequence[RunRecord]):
 
         Raises:
             KeyError: ``run_id`` is not in this view.
-            DatasetError: the run's file is unreadable or disagrees with the tables.
+            DatasetError: the run's file differs from the manifest's sha256, is unreadable,
+                disagrees with the tables, or holds a non-finite weight or learning rate.
         """
         row = self._rows.get(run_id)
         if row is None:
@@ -256,12 +341,13 @@ class Trajectories(Sequence[RunRecord]):
         record = self._data.cache.get(run_id)
         if record is None:
             task, arch = self._runs["task"][row], self._runs["arch"][row]
-            path = self.root / CHECKPOINTS_DIR / f"{run_id}.parquet"
+            path = self._data.verify_file(_checkpoint_rel(run_id))
             record = read_checkpoints(path, params=self._data.param_meta(task, arch))
             if record.spec.run_id != run_id:
                 raise DatasetError(
                     f"{path}: spec `run_id` must be {run_id!r}, got {record.spec.run_id!r}"
                 )
+            _check_finite(record, path)
             self._data.cache.put(run_id, record)
         return record
 

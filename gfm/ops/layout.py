@@ -229,15 +229,24 @@ def run_name(step: str, what: str, version: str | None) -> str:
 
 
 def open_dataset(settings: Settings) -> Trajectories:
-    """The dataset of ``data.root``.
+    """The dataset of ``data.root``, every file checked against its manifest first.
+
+    The cheap validation every step makes before it trains, scores or logs anything: the
+    manifest's sha256 of each file the step reads (``Trajectories.verify``); run ids that
+    would build paths outside the folder and non-finite weights are refused as they are read.
 
     Raises:
-        FileNotFoundError: the folder is missing (the message says how to make it).
+        FileNotFoundError: the folder or one of its files is missing (the message says how to
+            make it).
+        DatasetError: the folder is not a valid dataset, or a file differs from its manifest;
+            the message names the file.
     """
     root = settings.data.root
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found; run `gfm generate` first")
-    return Trajectories(root)
+    ds = Trajectories(root)
+    ds.verify()
+    return ds
 
 
 def _small_prefix(runs: Sequence[Any], table: pl.DataFrame) -> Prefix:

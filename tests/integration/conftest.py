@@ -1,5 +1,6 @@
-"""Shared, session-wide real services for the workflow tests: one tiny dataset, one migrated
-MLflow store to copy, one Prefect test server; and per test a params file pointing at copies."""
+"""Shared, session-wide real services for the workflow tests: one migrated MLflow store to copy,
+one Prefect test server; and per test a params file pointing at copies of the tiny dataset
+(``tiny_data``, in tests/conftest.py: the fault suite reads it too)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-
-from gfm.config import load_settings
-from gfm.data.generate import generate
 
 CONFS = Path(__file__).resolve().parents[1] / "confs"
 
@@ -61,15 +59,6 @@ def _tiny_params(folder: Path, data_root: Path | None = None, **sections: dict) 
 def tiny_params():
     """``tiny_params(folder, data_root=None, **sections)``: the tiny settings tree to write."""
     return _tiny_params
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny dataset, generated once per session (read-only for tests: copy to change it)."""
-    root = tmp_path_factory.mktemp("tiny-data") / "data"
-    settings = load_settings(CONFS / "valid" / "tiny.yaml", {"data.root": str(root)}, environ={})
-    generate(settings.data, workers=1)
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,176 @@
+"""A dataset that fails the cheap validation is refused by every step that reads it (issue 15,
+item 1).
+
+Each case damages a copy of the tiny dataset on disk, runs the real command, and asserts the
+one-line message naming the file, the exit status, and that nothing was written or changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gfm.data.checkpoints import _checkpoint_bytes, read_checkpoints
+from gfm.data.format import MANIFEST_FILE, RUNS_FILE, DatasetError, hash_files, read_manifest
+from gfm.data.trajectories import Trajectories
+from tests.conftest import CONFS
+from tests.faults.helpers import gfm
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_data: Path) -> Path:
+    """A project folder: the tiny params file and a copy of the tiny dataset beside it.
+
+    Every path the settings name (data, models, reports, mlflow.db) resolves inside it.
+    """
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(CONFS / "valid" / "tiny.yaml", folder / "params.yaml")
+    shutil.copytree(tiny_data, folder / "data")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """``{relpath: sha256}`` of every file under ``folder``."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_ids(data: Path, part: str = "train") -> list[str]:
+    """The run ids of one part of the seed split."""
+    runs = pl.read_parquet(data / RUNS_FILE)
+    return runs.filter(pl.col("split_seed") == part)["run_id"].to_list()
+
+
+def flip_byte(path: Path) -> None:
+    """Flip one bit in the middle of the file (a weight, in a checkpoint file)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def rehash(data: Path, *rels: str) -> None:
+    """Rewrite the manifest so it describes ``rels`` as they are now (a consistent dataset)."""
+    manifest = read_manifest(data)
+    files = dict(manifest.files)
+    for rel in rels:
+        files[rel] = hashlib.sha256((data / rel).read_bytes()).hexdigest()
+    fixed = manifest.model_copy(update={"files": files, "hash": hash_files(files)})
+    (data / MANIFEST_FILE).write_text(fixed.to_json())
+
+
+def put_nan(data: Path, run_id: str) -> str:
+    """A NaN weight in a run's file, the manifest rewritten to match; returns the relpath."""
+    rel = f"checkpoints/{run_id}.parquet"
+    record = read_checkpoints(data / rel)
+    weights = record.weights.copy()
+    weights[1, 0] = np.nan
+    (data / rel).write_bytes(_checkpoint_bytes(dataclasses.replace(record, weights=weights)))
+    rehash(data, rel)
+    return rel
+
+
+def invoke(command: str, project: Path) -> tuple[int, list[str]]:
+    """Run the real ``gfm <command> -p <project>/params.yaml`` in its own process, on a console
+    wide enough that no message wraps; (exit status, non-empty output lines)."""
+    return gfm(command, "-p", str(project / "params.yaml"), cwd=project)
+
+
+# ------------------------------------------------------------------ item 1: hashes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate"])
+def test_a_flipped_byte_in_a_checkpoint_is_refused(command: str, project: Path) -> None:
+    rel = f"checkpoints/{run_ids(project / 'data')[0]}.parquet"
+    flip_byte(project / "data" / rel)
+    before = snapshot(project)
+    status, lines = invoke(command, project)
+    assert status == 1, lines
+    assert lines[0] == f"gfm {command} failed"
+    (message,) = lines[1:]  # one line: the file, what it must be, what it is, the repair
+    assert message.startswith(f"{project / 'data' / rel}: sha256 must be ")
+    assert "as listed in manifest.json, got" in message and "`dvc checkout`" in message
+    assert snapshot(project) == before  # no model, report, store or change to the dataset
+
+
+@pytest.mark.slow
+def test_a_damaged_table_is_refused_before_anything_is_read(project: Path) -> None:
+    flip_byte(project / "data" / RUNS_FILE)
+    before = snapshot(project)
+    status, lines = invoke("train", project)
+    assert status == 1
+    assert lines[1].startswith(f"{project / 'data' / RUNS_FILE}: sha256 must be ")
+    assert snapshot(project) == before
+
+
+@pytest.mark.slow
+def test_a_missing_checkpoint_file_is_refused(project: Path) -> None:
+    rel = f"checkpoints/{run_ids(project / 'data', 'test')[0]}.parquet"
+    (project / "data" / rel).unlink()
+    before = snapshot(project)
+    status, lines = invoke("evaluate", project)
+    assert status == 1
+    assert lines[1] == (
+        f"{project / 'data' / rel}: must exist in the gfm dataset; restore the dataset "
+        "(`dvc checkout`) or regenerate it (`gfm generate`)"
+    )
+    assert snapshot(project) == before
+
+
+def test_the_reader_checks_each_file_once_when_it_reads_it(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    first, second = run_ids(data)[:2]
+    flip_byte(data / "checkpoints" / f"{second}.parquet")
+    ds = Trajectories(data)
+    assert ds.load(first).weights.shape[0] > 1  # an intact run still reads
+    with pytest.raises(DatasetError, match=rf"{second}\.parquet: sha256 must be"):
+        ds.load(second)
+    with pytest.raises(DatasetError, match=rf"{second}\.parquet: sha256 must be"):
+        ds.verify()
+
+
+# ------------------------------------------------------------------ item 1: a NaN weight
+
+
+def test_a_nan_weight_is_refused_even_when_the_manifest_agrees(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_id = run_ids(data)[0]
+    rel = put_nan(data, run_id)
+    ds = Trajectories(data)
+    ds.verify()  # the hashes agree: only reading the weights finds it
+    with pytest.raises(DatasetError) as err:
+        ds.load(run_id)
+    assert str(err.value).startswith(f"{data / rel}: `w` must be finite, got nan at step ")
+    assert len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_training_on_a_nan_weight_saves_no_model(project: Path) -> None:
+    data = project / "data"
+    rels = [put_nan(data, run_id) for run_id in run_ids(data)]  # every run training may draw
+    rehash(data, *rels)
+    status, lines = invoke("train", project)
+    assert status == 1, lines
+    # the training log may come first (and MLflow's on stderr after): the error is two lines
+    i = lines.index("gfm train failed")
+    message = lines[i + 1]
+    assert "`w` must be finite, got nan at step" in message
+    assert message.split(": ")[0] in {str(data / rel) for rel in rels}
+    assert not (project / "models").exists()
+    assert not (project / "reports" / "train.json").exists()
