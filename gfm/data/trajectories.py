@@ -4,8 +4,8 @@
 checkpoints (M+1, D) are read from its own Parquet file when first asked for and kept in a
 byte-bounded LRU cache shared by every view of the same dataset. Every file is checked against
 the manifest's sha256 before it is used (the tables on opening, a run's file when first read,
-all of them with ``verify``), and a run with a non-finite weight is refused: a damaged dataset
-never trains or scores a model.
+all of them with ``verify``), run ids must be plain file names, and a run with a non-finite
+weight is refused: a damaged dataset never trains or scores a model.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from gfm.data.format import (
     read_manifest,
     sha256_file,
 )
-from gfm.data.schema import SPLIT_KINDS, SPLIT_PARTS, ParamMeta, RunRecord
+from gfm.data.schema import SPLIT_KINDS, SPLIT_PARTS, ParamMeta, RunRecord, check_run_id
 
 __all__ = ["DEFAULT_CACHE_BYTES", "Trajectories"]
 
@@ -177,6 +177,22 @@ def _checkpoint_rel(run_id: str) -> str:
     return f"{CHECKPOINTS_DIR}/{run_id}.parquet"
 
 
+def _check_run_ids(runs: pl.DataFrame, path: Path) -> None:
+    """Every run id is a plain file name (``check_run_id``).
+
+    The reader builds ``checkpoints/<run_id>.parquet`` from it, so ``../x`` or ``a/b`` would read
+    outside the dataset.
+
+    Raises:
+        DatasetError: naming the table, the row and the id.
+    """
+    for i, run_id in enumerate(runs["run_id"].to_list()):
+        try:
+            check_run_id(run_id, f"{path} row {i}")
+        except ValueError as err:
+            raise DatasetError(str(err)) from None
+
+
 def _check_finite(record: RunRecord, path: Path) -> None:
     """The weights and learning rates a forecaster learns from are finite (cheap: one pass).
 
@@ -233,6 +249,7 @@ class Trajectories(Sequence[RunRecord]):
         self._data = _Dataset(root, cache_bytes)
         runs_path = self._data.verify_file(RUNS_FILE)
         runs = _read_table(runs_path, RUNS_SCHEMA)
+        _check_run_ids(runs, runs_path)
         self._set_runs(runs)
 
     @classmethod

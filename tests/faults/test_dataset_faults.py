@@ -1,5 +1,5 @@
 """A dataset that fails the cheap validation is refused by every step that reads it (issue 15,
-item 1).
+item 1), and the reader refuses run ids that would build paths outside the dataset (item 14).
 
 Each case damages a copy of the tiny dataset on disk, runs the real command, and asserts the
 one-line message naming the file, the exit status, and that nothing was written or changed.
@@ -174,3 +174,32 @@ def test_training_on_a_nan_weight_saves_no_model(project: Path) -> None:
     assert message.split(": ")[0] in {str(data / rel) for rel in rels}
     assert not (project / "models").exists()
     assert not (project / "reports" / "train.json").exists()
+
+
+# ------------------------------------------------------------------ item 14: run ids as paths
+
+
+@pytest.mark.parametrize("bad", ["../outside", "a/b", "/etc/passwd", ".hidden"])
+def test_the_reader_refuses_run_ids_that_are_not_file_names(
+    tiny_data: Path, tmp_path: Path, bad: str
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    victim = run_ids(data)[0]
+    # a file the id would reach, outside the dataset
+    shutil.copy(data / "checkpoints" / f"{victim}.parquet", tmp_path / "outside.parquet")
+    runs = pl.read_parquet(data / RUNS_FILE)
+    row = runs["run_id"].to_list().index(victim)
+    runs.with_columns(
+        pl.when(pl.col("run_id") == victim)
+        .then(pl.lit(bad))
+        .otherwise(pl.col("run_id"))
+        .alias("run_id")
+    ).write_parquet(data / RUNS_FILE)
+    rehash(data, RUNS_FILE)  # the manifest agrees: only the id itself is wrong
+    with pytest.raises(DatasetError) as err:
+        Trajectories(data)
+    message = str(err.value)
+    assert message.startswith(f"{data / RUNS_FILE} row {row}: `run_id` must be 1-200 characters")
+    assert message.endswith(f"got {bad!r}")
+    assert len(message.splitlines()) == 1
