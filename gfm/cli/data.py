@@ -9,9 +9,11 @@ import typer
 
 from gfm.cli._app import ParamsOpt, SetOpt, app, data_app, read_settings
 from gfm.cli.render import console, fail, progress_bar, summary_table
+from gfm.config import Settings
 
 if TYPE_CHECKING:
     from gfm.data.format import Manifest
+    from gfm.data.generate import GenerateReport
 
 
 @app.command()
@@ -41,19 +43,14 @@ def generate(
         gfm generate --set data.executor=dask --set data.dask_address=tcp://10.0.0.5:8786
         gfm generate --no-dvc --summary reports/dataset.json   # as a DVC stage
     """
-    from gfm.data.generate import generate as run_generation
+    from gfm.data.lock import DatasetLocked
     from gfm.ops import versioning
 
     cfg = read_settings(params, set_)
-    if cfg.data.executor == "dask":  # Prefect's DaskTaskRunner: a local or an existing cluster
-        from flows.generate import generate_on_dask
-
-        if workers is not None:
-            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"workers": workers})})
-        report = generate_on_dask(cfg.data)
-    else:
-        with progress_bar("training runs") as progress:
-            report = run_generation(cfg.data, workers=workers, progress=progress)
+    try:
+        report = _generate(cfg, workers)
+    except DatasetLocked as err:
+        raise fail("gfm generate", err) from None
     console.print(summary_table(cfg.data.root))
     if report.diverged:
         console.print(
@@ -71,6 +68,20 @@ def generate(
         console.print(
             f"dataset version (data.dvc md5): [bold]{md5}[/bold], pushed to {cfg.data.remote}"
         )
+
+
+def _generate(cfg: Settings, workers: int | None) -> GenerateReport:
+    """Generate on the configured executor: local processes, or Prefect's DaskTaskRunner."""
+    from gfm.data.generate import generate as run_generation
+
+    if cfg.data.executor == "dask":  # a local or an existing cluster
+        from flows.generate import generate_on_dask
+
+        if workers is not None:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"workers": workers})})
+        return generate_on_dask(cfg.data)
+    with progress_bar("training runs") as progress:
+        return run_generation(cfg.data, workers=workers, progress=progress)
 
 
 def _write_summary(path: Path, root: Path, report: object) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from gfm._torch import kernels_pinned, pinned_environ, reproducible
 from gfm.config import DataSettings, Range, TaskSettings
+from gfm.data.lock import dataset_lock
 from gfm.data.names import OPTIMIZERS
 from gfm.data.optim import DEFAULTS, build_optimizer, scheduled_lr
 from gfm.data.schema import RunRecord, RunSpec, arch_name
@@ -392,13 +393,30 @@ def generate(
         A ``GenerateReport``; diverged runs are listed there and handed to the writer, which keeps
         them out of the dataset.
 
+    The dataset folder's lock (``gfm.data.lock``) is held from planning to commit: a second
+    generation of the same folder stops at once instead of training everything again.
+
     Raises:
         ValueError: ``workers`` < 1, or the plan is invalid (see ``plan_runs``).
+        DatasetLocked: another process is generating this dataset; the message names it.
     """
     start = time.perf_counter()
     n_workers = cfg.workers if workers is None else workers
     if n_workers < 1:
         raise ValueError(f"`workers` must be >= 1, got {n_workers}")
+    with dataset_lock(cfg.root):
+        return _generate(cfg, n_workers, progress, writer, runner, start)
+
+
+def _generate(
+    cfg: DataSettings,
+    n_workers: int,
+    progress: Callable[[int, int], None] | None,
+    writer: Writer | None,
+    runner: Runner | None,
+    start: float,
+) -> GenerateReport:
+    """The body of ``generate`` (same arguments), run under the dataset's lock."""
     if writer is None:
         from gfm.data.writer import DatasetWriter
 
