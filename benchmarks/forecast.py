@@ -60,30 +60,6 @@ def per_group(table: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def per_task(table: pl.DataFrame) -> pl.DataFrame:
-    """Mean ± std over seeds of per-seed means, per method × task (seed split, all fractions)."""
-    seed_means = table.group_by("method", "task", "split", "seed").agg(
-        pl.col("mse_final").mean(),
-        pl.col("rel_mse_persistence").median().alias("rel_mse_median"),
-        (pl.col("downstream_acc") - pl.col("true_final_acc"))
-        .fill_nan(None)
-        .mean()
-        .alias("acc_gap"),
-    )
-    return (
-        seed_means.group_by("method", "task", "split")
-        .agg(
-            pl.col("mse_final").mean().alias("mse_final_mean"),
-            pl.col("mse_final").std().alias("mse_final_std"),
-            pl.col("rel_mse_median").mean().alias("rel_mse_median_mean"),
-            pl.col("rel_mse_median").std().alias("rel_mse_median_std"),
-            pl.col("acc_gap").mean().alias("acc_gap_mean"),
-            pl.col("acc_gap").std().alias("acc_gap_std"),
-        )
-        .sort("split", "task", "mse_final_mean")
-    )
-
-
 def sample_plot(settings, ds: Trajectories, models: dict, path: Path) -> None:
     """Forecast vs true trajectories of a few parameters of one test run."""
     test = ds.select("seed", "test")
@@ -175,7 +151,7 @@ def main() -> None:
     per_group(table).write_csv(out / "forecast.csv")
     costs.write_csv(out / "forecast_costs.csv")
     head = headline(table)
-    tasks = per_task(table)
+    tasks = headline(table, by=("method", "task", "split"))
     horizon = horizon_table(table)
     plot_horizon(horizon, out / "forecast_horizon.png")
     shown = {

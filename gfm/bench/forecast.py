@@ -214,14 +214,15 @@ def fit_and_evaluate(  # noqa: PLR0913 - keyword-only options of one benchmark c
     return table, costs_df
 
 
-def headline(table: pl.DataFrame) -> pl.DataFrame:
-    """Per method × split: mean ± std over training seeds of the per-seed means, over all tasks.
+def headline(table: pl.DataFrame, by: Sequence[str] = ("method", "split")) -> pl.DataFrame:
+    """Mean ± std over training seeds of the per-seed means, per ``by`` group.
 
-    The per-seed mean averages every task, optimizer, fraction and test run of that seed; the
-    spread is then over seeds. ``rel_mse_persistence`` is also given as a median over runs, which
-    is robust to a few runs whose persistence error is tiny.
+    ``by`` is method × split (the headline) or method × task × split (the per-task table). The
+    per-seed mean averages every task, optimizer, fraction and test run of that seed in the
+    group; the spread is then over seeds. ``rel_mse_persistence`` is also given as a median over
+    runs, which is robust to a few runs whose persistence error is tiny.
     """
-    per_seed = table.group_by("method", "split", "seed").agg(
+    per_seed = table.group_by(*by, "seed").agg(
         pl.col("mse_final").mean(),
         pl.col("rel_mse_persistence").mean().alias("rel_mse_mean"),
         pl.col("rel_mse_persistence").median().alias("rel_mse_median"),
@@ -230,15 +231,17 @@ def headline(table: pl.DataFrame) -> pl.DataFrame:
         .mean()
         .alias("acc_gap"),
     )
+    order = [c for c in ("split", "task") if c in by]
     return (
-        per_seed.group_by("method", "split")
+        per_seed.group_by(*by)
         .agg(
             pl.col("mse_final").mean().alias("mse_final_mean"),
             pl.col("mse_final").std().alias("mse_final_std"),
             pl.col("rel_mse_median").mean().alias("rel_mse_median"),
             pl.col("rel_mse_mean").mean().alias("rel_mse_mean"),
             pl.col("acc_gap").mean().alias("acc_gap_mean"),
+            pl.col("acc_gap").std().alias("acc_gap_std"),
             pl.len().alias("seeds"),
         )
-        .sort("split", "mse_final_mean")
+        .sort(*order, "mse_final_mean")
     )
