@@ -30,7 +30,14 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 
 ParamsOpt = Annotated[
-    Path, typer.Option("--params", "-p", help="Settings file.", show_default=True)
+    Path,
+    typer.Option(
+        "--params",
+        "-p",
+        help="Settings file. None there: the built-in defaults; an empty file is refused "
+        "(`{}` in it means every default).",
+        show_default=True,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,

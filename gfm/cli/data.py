@@ -22,7 +22,9 @@ def generate(
     set_: SetOpt = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Parallel processes or local Dask workers (default data.workers)."),
+        typer.Option(
+            min=1, help="Parallel processes or local Dask workers (default data.workers)."
+        ),
     ] = None,
     version: Annotated[
         bool,
@@ -49,7 +51,7 @@ def generate(
     cfg = read_settings(params, set_)
     try:
         report = _generate(cfg, workers)
-    except DatasetLocked as err:
+    except (DatasetLocked, ValueError) as err:
         raise fail("gfm generate", err) from None
     console.print(summary_table(cfg.data.root))
     if report.diverged:

@@ -154,6 +154,7 @@ def load_settings(
 
     Args:
         path: the params file; ``None`` (or a missing default ``params.yaml``) uses built-in defaults.
+            An empty file is refused (``{}`` is the file that means "every default").
         overrides: ``{"data.seeds": 8}`` or ``["data.seeds=8"]``, applied last. Each changes one
             key of the effective settings: a section the file leaves out starts from its
             defaults, so its other keys (``data.optimizers``' other optimizers) stay.
@@ -167,7 +168,7 @@ def load_settings(
         MLflow sqlite store.
 
     Raises:
-        SettingsError: the file is unreadable or not a mapping, or a key or value is
+        SettingsError: the file is unreadable, empty or not a mapping, or a key or value is
             invalid; the message names the file (or the ``--set`` or environment variable that
             set the value) and the dotted key.
     """
@@ -191,7 +192,8 @@ def _read_params(path: str | Path | None, source: str) -> tuple[dict[str, Any], 
     """The params file's tree and the folder its relative paths resolve against.
 
     No file (``None``, or a default ``params.yaml`` that does not exist) gives ``{}`` and the
-    working directory.
+    working directory. An empty file (or one of comments only) is refused: it is far more often
+    a truncated or wrong file than a wish for the whole default job; ``{}`` says "the defaults".
     """
     if path is None:
         return {}, Path.cwd()
@@ -206,9 +208,14 @@ def _read_params(path: str | Path | None, source: str) -> tuple[dict[str, Any], 
         raise SettingsError(f"{source}: not valid YAML: {err}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise SettingsError(f"{source}: must be a readable YAML file, got {err}") from None
-    if loaded is not None and not isinstance(loaded, dict):
+    if loaded is None:
+        raise SettingsError(
+            f"{source}: must hold settings, got an empty file; write the keys to change "
+            "(see params.yaml), or `{}` to run on every default"
+        )
+    if not isinstance(loaded, dict):
         raise SettingsError(f"{source}: must be a mapping of sections, got {type(loaded).__name__}")
-    return loaded or {}, p.resolve().parent
+    return loaded, p.resolve().parent
 
 
 def _with_team(

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 
 from gfm._torch import kernels_pinned, pinned_environ, reproducible
 from gfm.config import DataSettings, Range, TaskSettings
+from gfm.data.format import MANIFEST_FILE
 from gfm.data.lock import dataset_lock
 from gfm.data.names import OPTIMIZERS
 from gfm.data.optim import DEFAULTS, build_optimizer, scheduled_lr
@@ -39,6 +41,7 @@ __all__ = [
     "GenerateReport",
     "Runner",
     "Writer",
+    "check_root",
     "generate",
     "pending",
     "plan_runs",
@@ -360,6 +363,27 @@ def _run_all(specs: list[RunSpec], cfg: DataSettings, workers: int) -> Iterator[
                 future.cancel()
 
 
+def check_root(root: Path) -> None:
+    """Refuse, before any run trains, a ``data.root`` the dataset cannot be written to.
+
+    It must be absent, an empty folder, or a gfm dataset (a folder with a manifest), which the
+    new dataset replaces; anything else would be found only at commit, after every run trained.
+
+    Raises:
+        ValueError: ``root`` is a file, or a folder of other files; the message says what to do.
+    """
+    if root.exists() and not root.is_dir():
+        raise ValueError(
+            f"{root}: data.root must be a dataset folder (or absent), got a file; point "
+            "data.root at a folder"
+        )
+    if root.is_dir() and not (root / MANIFEST_FILE).is_file() and any(root.iterdir()):
+        raise ValueError(
+            f"{root}: data.root must be a gfm dataset (with {MANIFEST_FILE}), an empty folder or "
+            "absent, got a folder of other files; point data.root at a new folder"
+        )
+
+
 def pending(cfg: DataSettings, writer: Writer | None = None) -> list[RunSpec]:
     """The planned runs the writer (default: the dataset of ``cfg.root``) does not hold yet."""
     if writer is None:
@@ -397,7 +421,8 @@ def generate(
     generation of the same folder stops at once instead of training everything again.
 
     Raises:
-        ValueError: ``workers`` < 1, or the plan is invalid (see ``plan_runs``).
+        ValueError: ``workers`` < 1, the plan is invalid (see ``plan_runs``), or ``cfg.root``
+            is neither absent, an empty folder nor a dataset (``check_root``: before training).
         DatasetLocked: another process is generating this dataset; the message names it.
     """
     start = time.perf_counter()
@@ -420,6 +445,7 @@ def _generate(
     if writer is None:
         from gfm.data.writer import DatasetWriter
 
+        check_root(cfg.root)
         writer = DatasetWriter(cfg.root)
 
     specs = plan_runs(cfg)

@@ -80,11 +80,16 @@ def _load_weights(source: Path) -> tuple[np.ndarray, ParamMeta | None, int | Non
         )
     try:
         w = np.load(source, allow_pickle=False)
+    except EOFError:  # an empty file; uncaught, the command would only print "Aborted."
+        raise ValueError(
+            f"{source}: must be a .npy array (observed checkpoints, parameters), got an empty file"
+        ) from None
     except (OSError, ValueError) as err:
         raise ValueError(f"{source}: must be a readable .npy array, got {err}") from None
-    if w.ndim != 2:
+    if w.ndim != 2 or 0 in w.shape:
         raise ValueError(
-            f"{source}: array must be 2-D (observed checkpoints, parameters), got shape {w.shape}"
+            f"{source}: array must be 2-D and non-empty (observed checkpoints, parameters), "
+            f"got shape {w.shape}"
         )
     if not np.issubdtype(w.dtype, np.floating):
         raise ValueError(f"{source}: array must hold floats, got dtype {w.dtype}")
