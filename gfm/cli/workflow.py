@@ -116,7 +116,12 @@ def tune(
     from gfm import ops
 
     try:
-        doc = ops.tune_step(cfg, repo=params.resolve().parent, workers=workers)
+        doc = ops.tune_step(
+            cfg,
+            repo=params.resolve().parent,
+            workers=workers,
+            overrides=ops.override_sources(set_),
+        )
     except StepErrors as err:
         raise fail("gfm tune", err) from None
     produced(
@@ -153,7 +158,9 @@ def tune_worker(
     from gfm import ops
 
     try:
-        doc = ops.tune_worker_step(cfg, study=study, repo=params.resolve().parent)
+        doc = ops.tune_worker_step(
+            cfg, study=study, repo=params.resolve().parent, overrides=ops.override_sources(set_)
+        )
     except StepErrors as err:
         raise fail("gfm tune-worker", err) from None
     produced(
@@ -197,7 +204,10 @@ def train(
     out = ops.layout(cfg)
     try:
         doc = ops.train_step(
-            cfg, tuned=(tuned or out.tune_json) if use_tuned else None, repo=params.resolve().parent
+            cfg,
+            tuned=(tuned or out.tune_json) if use_tuned else None,
+            repo=params.resolve().parent,
+            overrides=ops.override_sources(set_),
         )
     except StepErrors as err:
         raise fail("gfm train", err) from None
@@ -250,7 +260,11 @@ def evaluate(
     out = ops.layout(cfg)
     try:
         doc = ops.evaluate_step(
-            cfg, model_dir=model, train_info=train_info, repo=params.resolve().parent
+            cfg,
+            model_dir=model,
+            train_info=train_info,
+            repo=params.resolve().parent,
+            overrides=ops.override_sources(set_),
         )
     except StepErrors as err:
         raise fail("gfm evaluate", err) from None

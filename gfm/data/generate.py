@@ -115,6 +115,21 @@ def _draw(rng: np.random.Generator, r: Range) -> float:
 
 
 def _check_plan(cfg: DataSettings) -> None:
+    """Refuse a plan gfm cannot generate, before any run trains.
+
+    The seed split must leave training seeds; optimizer ranges must be ones their optimizer
+    uses; a task's architectures must be distinct and fit it.
+
+    Raises:
+        ValueError: naming the setting, what it must be and what it is.
+    """
+    s = cfg.splits
+    if s.val_seeds + s.test_seeds >= cfg.seeds:
+        raise ValueError(
+            f"data.seeds must be larger than data.splits.val_seeds + data.splits.test_seeds "
+            f"({s.val_seeds + s.test_seeds}) so that some runs are left to train on, got "
+            f"{cfg.seeds}"
+        )
     for name, space in cfg.optimizers.items():
         unused = [k for k in _RANGED if getattr(space, k) is not None and k not in DEFAULTS[name]]
         if unused:
@@ -159,8 +174,9 @@ def plan_runs(cfg: DataSettings) -> list[RunSpec]:
         ``digits_mlp-adam-32-32-s003``.
 
     Raises:
-        ValueError: an optimizer space sets a range its optimizer does not use, a task lists the
-            same architecture twice, or an architecture does not fit its task.
+        ValueError: the seed split leaves no training seed, an optimizer space sets a range its
+            optimizer does not use, a task lists the same architecture twice, or an
+            architecture does not fit its task.
     """
     _check_plan(cfg)
     specs = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -201,3 +202,43 @@ def assign_splits(
         .sort("_row")
         .drop(["_row", "_pos", "_n"])
     )
+
+
+def imported(rules: Mapping[str, Any]) -> bool:
+    """Whether a manifest's ``splits.rules`` are an import's (no generation plan: ``seeds`` null)."""
+    return rules.get("seeds") is None
+
+
+def describe_rule(rules: Mapping[str, Any], kind: str) -> str:
+    """How a dataset's ``kind`` split was decided, from its manifest's ``splits.rules``.
+
+    >>> describe_rule({"seeds": None, "given": "metadata `split`"}, "seed")
+    'splits.rules.given: metadata `split`'
+    >>> describe_rule({"seeds": 4, "val_seeds": 1, "test_seeds": 1}, "seed")
+    'splits.rules: val_seeds 1, test_seeds 1 of seeds 4'
+    """
+    if kind == "architecture":
+        return f"splits.rules.holdout_archs: {rules.get('holdout_archs')}"
+    if kind == "optimizer":
+        return f"splits.rules.holdout_optimizer: {rules.get('holdout_optimizer')}"
+    if rules.get("given") is not None:
+        return f"splits.rules.given: {rules['given']}"
+    counts = f"val_seeds {rules.get('val_seeds')}, test_seeds {rules.get('test_seeds')}"
+    if imported(rules):
+        return f"splits.rules: {counts} of each (task, optimizer, arch) group"
+    return f"splits.rules: {counts} of seeds {rules.get('seeds')}"
+
+
+def split_remedy(rules: Mapping[str, Any], kind: str) -> str:
+    """How to give a dataset another ``kind`` split: it is fixed when the dataset is written."""
+    if not imported(rules):
+        key = {"seed": "val_seeds/test_seeds", "architecture": "holdout_archs"}.get(
+            kind, "holdout_optimizer"
+        )
+        return f"regenerate it with other data.splits.{key} (`gfm generate --set ...`)"
+    if kind == "seed":
+        return (
+            "re-import it with `gfm data import --split val=RUNS --split test=RUNS` "
+            "(or a metadata `split` column)"
+        )
+    return "re-import it with other `splits` (gfm.data.importer), or use train.split: seed"

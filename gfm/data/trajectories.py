@@ -34,6 +34,7 @@ from gfm.data.format import (
     sha256_file,
 )
 from gfm.data.schema import SPLIT_KINDS, SPLIT_PARTS, ParamMeta, RunRecord, check_run_id
+from gfm.data.splits import describe_rule, split_remedy
 
 __all__ = ["DEFAULT_CACHE_BYTES", "Trajectories"]
 
@@ -322,14 +323,20 @@ class Trajectories(Sequence[RunRecord]):
     def parts(self, split: str) -> tuple[Trajectories, Trajectories, Trajectories]:
         """(train, val, test) of one split kind; val may be empty.
 
+        The parts are the dataset's own, fixed when it was written (``runs.parquet``, by the rule
+        its manifest records in ``splits.rules``); settings do not change them.
+
         Raises:
-            ValueError: unknown split, or the split has no train or no test runs.
+            ValueError: unknown split, or the split has no train or no test runs; the message
+                names the manifest, its rule and how to write the dataset with another split.
         """
         train, val, test = (self.select(split, part) for part in SPLIT_PARTS)
         if not len(train) or not len(test):
+            rules = self.manifest.splits.rules
             raise ValueError(
-                f"{self.root}: split `{split}` must have train and test runs, got {len(train)} "
-                f"train, {len(test)} test (see data.splits in params.yaml)"
+                f"{self.root / MANIFEST_FILE}: split `{split}` must have train and test runs, "
+                f"got {len(train)} train, {len(test)} test ({describe_rule(rules, split)}); the "
+                f"split is fixed when the dataset is written: {split_remedy(rules, split)}"
             )
         return train, val, test
 

@@ -17,6 +17,7 @@ from gfm.ops.layout import (
     dvc_repo,
     layout,
     open_dataset,
+    override_sources,
     read_json,
     read_tuned,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "log_jumps",
     "model_metrics",
     "open_dataset",
+    "override_sources",
     "promote_step",
     "read_json",
     "read_tuned",

@@ -122,6 +122,7 @@ def evaluate_step(
     model_dir: Path | None = None,
     train_info: Path | None = None,
     repo: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the trained model and ``evaluate.workflow_baselines`` on the test part.
 
@@ -136,6 +137,8 @@ def evaluate_step(
         train_info: the train step's record naming its run (default: reports/local/train.json,
             if present).
         repo: folder whose git commit a new run records.
+        overrides: who set each overridden key (``override_sources``); an override of
+            ``data.seeds``/``data.splits.*`` that contradicts the dataset's split is refused.
 
     Returns:
         The step's record (reports/local/evaluate.json): ``metrics`` (the model's ``test/*``),
@@ -151,7 +154,7 @@ def evaluate_step(
     model_dir = Path(model_dir or out.model_dir)
     train_info = Path(train_info) if train_info is not None else out.train_run
     info = read_json(train_info, "train") if train_info.is_file() else {}
-    ds = open_dataset(settings)
+    ds = open_dataset(settings, overrides=overrides)
     version = dataset_version(ds.root)
     _, _, test = ds.parts(settings.train.split)
     model = saved.load(model_dir)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gfm.config import Settings
+from gfm.config import (
+    ENV_PREFIX,
+    DataSettings,
+    Settings,
+    SettingsError,
+    env_overrides,
+    parse_overrides,
+)
 from gfm.data.atomic import write_json
+from gfm.data.format import MANIFEST_FILE
+from gfm.data.splits import describe_rule, imported, split_remedy
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index
 from gfm.ops import versioning
@@ -228,23 +238,123 @@ def run_name(step: str, what: str, version: str | None) -> str:
     return f"{step} {what}" + (f" data-{short}" if short else "")
 
 
-def open_dataset(settings: Settings) -> Trajectories:
+def override_sources(
+    overrides: Sequence[str] | None = (), environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Who set each overridden key: ``{"data.seeds": "--set data.seeds", ...}``.
+
+    The ``GFM_<SECTION>__<KEY>`` variables of ``environ`` (default ``os.environ``), then the
+    ``--set`` pairs, which win, as in ``load_settings``.
+
+    Raises:
+        SettingsError: a pair is not ``KEY=VALUE`` or a value is not valid YAML.
+    """
+    environ = os.environ if environ is None else environ
+    sources = {
+        key: f"environment variable {ENV_PREFIX}{key.upper().replace('.', '__')}"
+        for key in env_overrides(environ)
+    }
+    return sources | {key: f"--set {key}" for key in parse_overrides(list(overrides or []))}
+
+
+_SPLIT_KINDS = {  # the split settings and the split kind each decides
+    "data.seeds": "seed",
+    "data.splits.val_seeds": "seed",
+    "data.splits.test_seeds": "seed",
+    "data.splits.holdout_archs": "architecture",
+    "data.splits.holdout_optimizer": "optimizer",
+}
+
+
+def _split_conflicts(data: DataSettings, rules: Mapping[str, Any]) -> list[str]:
+    """The split settings (dotted keys) that disagree with the dataset's ``splits.rules``.
+
+    An imported dataset has no generation plan, so ``data.seeds`` never applies to it, nor
+    ``val_seeds``/``test_seeds`` when the import decided each run's part (``given``); any other
+    setting conflicts when it differs from the rule recorded in the manifest.
+    """
+    out = []
+    for key in _SPLIT_KINDS:
+        name = key.rpartition(".")[2]
+        if (
+            key == "data.seeds"
+            and imported(rules)
+            or name in ("val_seeds", "test_seeds")
+            and rules.get("given") is not None
+            or _value(data, key.removeprefix("data.")) != rules.get(name)
+        ):
+            out.append(key)
+    return out
+
+
+def _value(node: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    return node
+
+
+def _touches(key: str, setting: str) -> bool:
+    """Whether an override of ``key`` sets ``setting`` (itself, a section above or a key below)."""
+    return key == setting or setting.startswith(key + ".") or key.startswith(setting + ".")
+
+
+def check_split_overrides(settings: Settings, ds: Trajectories, sources: Mapping[str, str]) -> None:
+    """Refuse an override of ``data.seeds`` or ``data.splits.*`` that contradicts the dataset.
+
+    A step trains and scores on the dataset's own split (``runs.parquet``, by the rule its
+    manifest records), fixed when the dataset was written; an override that says otherwise
+    would have no effect, so it is refused instead of being ignored. Values of the params
+    file are not checked: they describe a generation plan, which an imported dataset lacks.
+
+    Args:
+        settings: the effective settings.
+        ds: the dataset of ``data.root``.
+        sources: who set each overridden key (``override_sources``).
+
+    Raises:
+        SettingsError: one line naming the override, the manifest's rule and how to write the
+            dataset with another split (``gfm data import --split`` or ``gfm generate``).
+    """
+    rules = ds.manifest.splits.rules
+    conflicts = _split_conflicts(settings.data, rules)
+    for key, source in sources.items():
+        setting = next((c for c in conflicts if _touches(key, c)), None)
+        if setting is None:
+            continue
+        kind = _SPLIT_KINDS[setting]
+        what = "imported dataset" if imported(rules) else "dataset"
+        remedy = split_remedy(rules, kind)
+        if not imported(rules):
+            remedy = f"regenerate it with `gfm generate --set {setting}=...`"
+        raise SettingsError(
+            f"{source}: {setting}={_value(settings, setting)!r} cannot change the {kind} split "
+            f"of the {what} {ds.root}, fixed when it was written ({ds.root / MANIFEST_FILE} "
+            f"{describe_rule(rules, kind)}); drop the override, or {remedy}"
+        )
+
+
+def open_dataset(settings: Settings, *, overrides: Mapping[str, str] | None = None) -> Trajectories:
     """The dataset of ``data.root``, every file checked against its manifest first.
 
     The cheap validation every step makes before it trains, scores or logs anything: the
     manifest's sha256 of each file the step reads (``Trajectories.verify``); run ids that
     would build paths outside the folder and non-finite weights are refused as they are read.
+    With ``overrides`` (``override_sources``), one of the split settings that contradicts the
+    dataset's own split is refused (``check_split_overrides``).
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing (the message says how to
             make it).
         DatasetError: the folder is not a valid dataset, or a file differs from its manifest;
             the message names the file.
+        SettingsError: an override of ``data.seeds``/``data.splits.*`` contradicts the dataset.
     """
     root = settings.data.root
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found; run `gfm generate` first")
     ds = Trajectories(root)
+    if overrides:
+        check_split_overrides(settings, ds, overrides)
     ds.verify()
     return ds
 

@@ -43,7 +43,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gfm.config import GFMSettings, SearchParam, Settings, TrainSettings, apply_params
+from gfm.data.format import MANIFEST_FILE
 from gfm.data.schema import RunRecord
+from gfm.data.splits import describe_rule, split_remedy
+from gfm.data.trajectories import Trajectories
 from gfm.ops.claims import SharedStudy
 from gfm.ops.stack import redact
 
@@ -500,11 +503,29 @@ def study_result(
 
 
 def _check_parts(settings: Settings, train: Sequence[RunRecord], val: Sequence[RunRecord]) -> None:
-    if len(train) == 0 or len(val) == 0:
+    """Tuning needs train and val runs; the message names where the split was decided.
+
+    A dataset's parts are fixed in it when it is written (its manifest records the rule), so
+    for a dataset's views the manifest is named with how to write another split; for runs
+    handed in from elsewhere, the ``train``/``val`` arguments.
+
+    Raises:
+        ValueError: ``train`` or ``val`` is empty.
+    """
+    if len(train) and len(val):
+        return
+    split = settings.train.split
+    got = f"got {len(train)} train and {len(val)} val"
+    if not isinstance(train, Trajectories):
         raise ValueError(
-            f"tune: split `{settings.train.split}` must have train and val runs, got "
-            f"{len(train)} train and {len(val)} val (see data.splits in params.yaml)"
+            f"tune: split `{split}` must have train and val runs (arguments `train`, `val`), {got}"
         )
+    rules = train.manifest.splits.rules
+    raise ValueError(
+        f"{train.root / MANIFEST_FILE}: split `{split}` must have train and val runs to tune "
+        f"on, {got} ({describe_rule(rules, split)}); the split is fixed when the dataset is "
+        f"written: {split_remedy(rules, split)}, or set tune.n_trials: 0 to train untuned"
+    )
 
 
 def tune(

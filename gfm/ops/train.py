@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,11 @@ def _history_figure(history: list[dict[str, float]]) -> Any:
 
 
 def train_step(
-    settings: Settings, *, tuned: Path | None = None, repo: Path | None = None
+    settings: Settings,
+    *,
+    tuned: Path | None = None,
+    repo: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train GFM on the train part of ``train.split`` with the best trial's params; log it.
 
@@ -60,6 +65,8 @@ def train_step(
         tuned: tune.json of ``tune_step``; its ``best_params`` override ``gfm``/``train``
             (None, a missing file or empty best params: the settings as they are).
         repo: folder whose git commit the run records.
+        overrides: who set each overridden key (``override_sources``); an override of
+            ``data.seeds``/``data.splits.*`` that contradicts the dataset's split is refused.
 
     Returns:
         The step's record (reports/local/train.json): ``run_id``, ``experiment_id``,
@@ -70,7 +77,7 @@ def train_step(
     from gfm.model import GFM
     from gfm.training import fit
 
-    ds = open_dataset(settings)
+    ds = open_dataset(settings, overrides=overrides)
     version = dataset_version(ds.root)
     train, val, _ = ds.parts(settings.train.split)
     tune_info = read_tuned(tuned)

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,11 @@ def _trial_logger(
 
 
 def tune_step(
-    settings: Settings, *, repo: Path | None = None, workers: int | None = None
+    settings: Settings,
+    *,
+    repo: Path | None = None,
+    workers: int | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Search GFM hyperparameters (``gfm.ops.study``), log the study and each trial, write tune.json.
 
@@ -79,6 +83,8 @@ def tune_step(
         settings: all settings.
         repo: folder whose git commit the runs record (default: the working directory).
         workers: worker processes (default ``tune.workers``).
+        overrides: who set each overridden key (``override_sources``); an override of
+            ``data.seeds``/``data.splits.*`` that contradicts the dataset's split is refused.
 
     Returns:
         The content of tune.json: ``best_params``, ``best_value``, ``study``, counts,
@@ -93,7 +99,7 @@ def tune_step(
     workers = settings.tune.workers if workers is None else workers
     if workers < 1:
         raise ValueError(f"`workers` must be >= 1, got {workers}")
-    ds = open_dataset(settings)
+    ds = open_dataset(settings, overrides=overrides)
     version = dataset_version(ds.root)
     out = layout(settings)
     if settings.tune.n_trials == 0:  # no tuning: train with the settings as they are
@@ -190,6 +196,7 @@ def tune_worker_step(
     parent_run_id: str | None = None,
     worker: int | None = None,
     repo: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Work on an existing study until it is finished: ``gfm tune-worker``, on any machine.
 
@@ -204,6 +211,8 @@ def tune_worker_step(
         parent_run_id: the run to log trials under (default: found by tag, see above).
         worker: the worker's index, which seeds its sampler (default: from the process id).
         repo: folder whose git commit the runs record.
+        overrides: who set each overridden key (``override_sources``); an override of
+            ``data.seeds``/``data.splits.*`` that contradicts the dataset's split is refused.
 
     Returns:
         ``study``, ``n_new`` (trials this worker finished), ``n_finished`` and ``n_trials``
@@ -221,7 +230,7 @@ def tune_worker_step(
     if not logging.getLogger().handlers and not log.handlers:  # a spawned worker process
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("gfm").setLevel(logging.INFO)
-    ds = open_dataset(settings)
+    ds = open_dataset(settings, overrides=overrides)
     version = dataset_version(ds.root)
     train, val, _ = ds.parts(settings.train.split)
     seed = None if worker is None else worker_seed(settings.tune.seed, worker)

@@ -93,12 +93,12 @@ def test_bad_set_value_blames_the_set_option(small_params: Path) -> None:
 
 
 def test_a_section_check_blames_the_override_that_broke_it(small_params: Path) -> None:
-    # val + test seeds (2) must leave training seeds: the `data` check fails for seeds=2
+    # the held-out optimizer must be a known one: the `data` section's check fails
     with pytest.raises(SettingsError) as err:
-        load_settings(small_params, environ={"GFM_DATA__SEEDS": "2"})
+        load_settings(small_params, environ={"GFM_DATA__SPLITS__HOLDOUT_OPTIMIZER": "lion"})
     (line,) = str(err.value).splitlines()
-    assert line.startswith("environment variable GFM_DATA__SEEDS: data: ")
-    assert "smaller than seeds (2)" in line
+    assert line.startswith("environment variable GFM_DATA__SPLITS__HOLDOUT_OPTIMIZER: data: ")
+    assert "got 'lion'" in line
 
 
 def test_a_bad_value_in_the_file_still_blames_the_file(tmp_path: Path) -> None:

@@ -89,9 +89,11 @@ def test_relative_sqlite_uris_become_absolute(tmp_path):
     assert s.tune.storage == f"sqlite:///{tmp_path.resolve()}/optuna.db"
 
 
-def test_splits_must_leave_training_runs():
-    with pytest.raises(SettingsError, match="smaller than seeds"):
-        load_settings(None, ["data.seeds=2"], environ={})
+def test_splits_need_no_seeds_until_generation():
+    # a step on an imported dataset never uses data.seeds: the plan's check is generation's
+    # (tests/unit/test_split_overrides.py), so the settings load whatever the counts
+    s = load_settings(None, ["data.seeds=2"], environ={})
+    assert s.data.seeds == 2 and s.data.splits.val_seeds + s.data.splits.test_seeds == 2
 
 
 def test_record_every_must_divide_steps():
