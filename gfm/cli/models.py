@@ -200,15 +200,27 @@ def _forecast(
             tracking.use_store(cfg.tracking)
             w = tracking.predict(target, prefix)
     except Exception as err:  # MLflow raises several types for a missing model or alias
-        hint = ""
-        if "not found" in str(err).lower() or "RESOURCE_DOES_NOT_EXIST" in str(err):
-            hint = (
-                f"\nno model at {target} in {cfg.tracking.uri}: run the workflow first "
-                "(`gfm run`), or pass --model with a registry URI or a forecaster folder "
-                "(e.g. models/gfm, written by `gfm train`)"
-            )
-        raise fail(f"forecast with {target}", f"{err}{hint}") from None
+        raise fail(f"forecast with {target}", _load_failure(err, target, cfg)) from None
     return w, target
+
+
+def _load_failure(err: BaseException, target: str, cfg: Settings) -> str:
+    """One line saying why the model ``target`` could not be loaded, and what to do about it.
+
+    MLflow's message is joined onto one line. When the store has no such registered model,
+    version or alias, the line says so, naming the store, and gives the two ways out: run
+    the workflow (which registers one) or pass a model with ``--model``.
+    """
+    text = " ".join(str(err).split()) or type(err).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    if "not found" not in text.lower() and "RESOURCE_DOES_NOT_EXIST" not in text:
+        return f"{target}: {text}"
+    return (
+        f"{target}: no such model in the MLflow store {cfg.tracking.uri} ({text}); run the "
+        "workflow first (`gfm run`) to register one, or pass --model DIR (a forecaster folder, "
+        "e.g. models/gfm from `gfm train`) or another registry URI"
+    )
 
 
 def _score_forecast(cfg: Settings, run_id: str, prefix: Prefix, w: np.ndarray) -> None:
@@ -291,7 +303,7 @@ def serve(
         raise fail("gfm serve", err, code=2) from None
     except Exception as err:  # MLflow raises several types for a missing model or alias
         raise fail(
-            "gfm serve", f"{err}\nrun the workflow first (`gfm run`) or pass --model"
+            "gfm serve", _load_failure(err, model or tracking.model_uri(cfg.registry), cfg)
         ) from None
 
 
@@ -377,9 +389,7 @@ def _load_forecaster(cfg: Settings, model: str | None) -> tuple[Forecaster, str]
         tracking.use_store(cfg.tracking)
         return tracking.load_model(target, cfg), target
     except Exception as err:  # MLflow raises several types for a missing model or alias
-        raise fail(
-            f"loading {target}", f"{err}\nrun the workflow first (`gfm run`) or pass --model"
-        ) from None
+        raise fail(f"loading {target}", _load_failure(err, target, cfg)) from None
 
 
 def _backtest_plot(
