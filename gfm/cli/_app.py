@@ -53,11 +53,36 @@ def read_settings(params: Path, overrides: list[str] | None) -> Settings:
         raise typer.Exit(2) from None
 
 
+# Seconds the temporary Prefect API (started by the first flow call when PREFECT_API_URL is unset)
+# may take to answer its health check. Prefect waits 20 s by default, and on a busy 2-core machine
+# a fresh PREFECT_HOME's first start (database migrations) has missed that: `gfm run` then failed
+# with "Timed out while attempting to connect to ephemeral Prefect API server" (issue 15, item 15).
+EPHEMERAL_STARTUP_TIMEOUT_S = 120
+_EPHEMERAL_STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
+def generous_prefect_startup(environ: dict[str, str] | None = None) -> None:
+    """Give the temporary Prefect API at least ``EPHEMERAL_STARTUP_TIMEOUT_S`` to start.
+
+    Sets ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` in ``environ`` (the process's
+    environment by default) before prefect is imported, so this process and the ones it starts
+    (Dask workers, DVC stages) read it. It is a floor: a larger value of the user's is kept, a
+    smaller one raised, since the wait ends as soon as the server is healthy and a shorter one
+    only turns a slow start into a failed run. A value that is not an integer is left for
+    Prefect to report.
+    """
+    env = os.environ if environ is None else environ
+    current = env.get(_EPHEMERAL_STARTUP, "0").strip() or "0"
+    if current.isdigit() and int(current) < EPHEMERAL_STARTUP_TIMEOUT_S:
+        env[_EPHEMERAL_STARTUP] = str(EPHEMERAL_STARTUP_TIMEOUT_S)
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     # no telemetry and no artifact progress bars from MLflow in a terminal's log
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    generous_prefect_startup()
     logging.basicConfig(
         level=logging.WARNING,  # other libraries: warnings only (Prefect logs on its own)
         format="%(message)s",
