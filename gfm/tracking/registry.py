@@ -15,9 +15,12 @@ were.
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from gfm import saved
 from gfm.config import RegistrySettings, Settings
 from gfm.forecaster import Forecaster
 from gfm.tracking.pyfunc import ARTIFACT_KEY
-from gfm.tracking.runs import TAG_DATASET_VERSION, TAG_GIT_COMMIT, use_store
+from gfm.tracking.runs import TAG_DATASET_VERSION, TAG_GIT_COMMIT, _sqlite_path, use_store
 
 TAG_GIT = "gfm.git_commit"
 TAG_RUN = "gfm.run_id"
@@ -131,6 +134,14 @@ def promote(
     test split; else its ``metric.<name>`` tag, its logged-model or its run metric); decide; tag
     the version with every metric (``metric.<name>``) and the decision; set the alias last.
 
+    Promotions are serialised, so two at once cannot both be judged against the old champion
+    and leave the worse one holding the alias (issue 15, item 2): on a sqlite store a file
+    lock beside it (``promotion_lock``) makes the second wait for the first and judge against
+    its result; on any store the champion alias is compared before and after it is set, and a
+    promotion that finds it moved by another judges again (``_CAS_ATTEMPTS`` times at most).
+    The returned decision (and the version's ``gfm.promotion`` tag) is the one the registry
+    shows.
+
     Args:
         version: the version to judge.
         metrics: its test metrics; must hold ``cfg.metric`` as a finite number.
@@ -143,11 +154,65 @@ def promote(
 
     Raises:
         ValueError: ``metrics`` lacks ``cfg.metric`` or it is not finite.
-        PromotionError: anything failed before the alias moved (aliases are unchanged).
+        PromotionError: anything failed before the alias moved (aliases are unchanged), or
+            the champion kept moving under concurrent promotions.
     """
     version = str(version)
     value = _metric_value(metrics, cfg.metric)
     client = MlflowClient()
+    with promotion_lock(mlflow.get_registry_uri()):
+        for _ in range(_CAS_ATTEMPTS):
+            decision = _judge(client, version, value, metrics, cfg, compare)
+            if decision.previous_champion == version or _aliased(client, cfg, decision):
+                return decision
+    raise PromotionError(
+        f"promote {cfg.model_name} version {version}: the {cfg.champion_alias} alias moved "
+        f"under {_CAS_ATTEMPTS} concurrent promotions in a row; run the promotion again"
+    )
+
+
+# Judgements one promotion makes at most when other promotions keep moving the champion.
+_CAS_ATTEMPTS = 5
+
+
+@contextmanager
+def promotion_lock(registry_uri: str) -> Iterator[Path | None]:
+    """Hold the store's promotion lock for the ``with`` block; yields the lock file, if any.
+
+    For a sqlite store, ``<store>.promote.lock`` beside it, held with the kernel's
+    ``fcntl.flock`` (waits for the holder; a holder that dies releases it). Other stores (an
+    MLflow server, PostgreSQL) give no lock here: ``promote`` relies on its alias re-check.
+    """
+    try:
+        db = _sqlite_path(registry_uri)
+    except ValueError:  # a relative path: sqlite opens it from the working directory
+        relative = registry_uri.removeprefix("sqlite:///")
+        db = None if ":memory:" in registry_uri else Path(relative).resolve()
+    if db is None or not db.parent.is_dir():
+        yield None
+        return
+    path = db.with_name(db.name + ".promote.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
+
+
+def _judge(
+    client: MlflowClient,
+    version: str,
+    value: float,
+    metrics: Mapping[str, float],
+    cfg: RegistrySettings,
+    compare: Callable[[str], float] | None,
+) -> Decision:
+    """Decide champion or challenger against the current champion and tag the version.
+
+    Raises:
+        PromotionError: anything failed (no alias has moved).
+    """
     try:
         _check_version(client, cfg.model_name, version)
         champion = _alias_version(client, cfg.model_name, cfg.champion_alias)
@@ -180,10 +245,6 @@ def promote(
             f"promote {cfg.model_name} version {version}: {type(err).__name__}: {err} "
             f"(aliases unchanged)"
         ) from err
-    # The single alias call: everything about this version is written by now.
-    client.set_registered_model_alias(cfg.model_name, alias, version)
-    if promoted and _alias_version(client, cfg.model_name, cfg.challenger_alias) == version:
-        client.delete_registered_model_alias(cfg.model_name, cfg.challenger_alias)
     return Decision(
         version=version,
         alias=alias,
@@ -194,6 +255,26 @@ def promote(
         champion_value=champion_value,
         reason=reason,
     )
+
+
+def _aliased(client: MlflowClient, cfg: RegistrySettings, decision: Decision) -> bool:
+    """Set the decision's alias if the champion is still the one judged against.
+
+    Returns False, with the alias unset or taken over, when another promotion moved the
+    champion before or just after this one set it: the caller judges again.
+    """
+    name, version = cfg.model_name, decision.version
+    if _alias_version(client, name, cfg.champion_alias) != decision.previous_champion:
+        return False
+    # The single alias call: everything about this version is written by now.
+    client.set_registered_model_alias(name, decision.alias, version)
+    if not decision.promoted:
+        return True
+    if _alias_version(client, name, cfg.champion_alias) != version:
+        return False  # another promotion set it meanwhile, maybe judged against the old one
+    if _alias_version(client, name, cfg.challenger_alias) == version:
+        client.delete_registered_model_alias(name, cfg.challenger_alias)
+    return True
 
 
 def _metric_value(metrics: Mapping[str, float], name: str) -> float:
