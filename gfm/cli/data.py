@@ -219,26 +219,18 @@ def _import(  # noqa: PLR0913 - the options of `data import`, passed on
                         f"{source}: {name} is for array inputs; a folder's checkpoints give it "
                         "(tensor shapes, step numbers in the file names)"
                     )
-            manifest = import_state_dicts(
-                source,
-                dest,
-                metadata_path=metadata,
-                task=task,
-                optimizer=optimizer,
-                lr=lr,
-                split=parts,
-            )
+        common = {
+            "metadata_path": metadata,
+            "task": task,
+            "optimizer": optimizer,
+            "lr": lr,
+            "split": parts,
+        }
+        if source.is_dir():
+            manifest = import_state_dicts(source, dest, **common)
         else:
             manifest = import_arrays(
-                source,
-                dest,
-                metadata_path=metadata,
-                task=task,
-                optimizer=optimizer,
-                lr=lr,
-                record_every=record_every,
-                split=parts,
-                layout=_layout_option(layout),
+                source, dest, **common, record_every=record_every, layout=_layout_option(layout)
             )
     return manifest, [str(w.message) for w in caught]
 
