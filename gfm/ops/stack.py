@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from gfm.services import redact  # re-exported: the stack's URLs are printed through it
+
 __all__ = [
     "Service",
     "check_host",
@@ -32,6 +34,7 @@ __all__ = [
     "database_exists",
     "down",
     "drop_database",
+    "redact",
     "status",
     "up",
 ]
@@ -79,16 +82,6 @@ def check_host(host: str, *, allow_remote: bool = False) -> None:
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
-
-
-def redact(url: str) -> str:
-    """A URL without its password: ``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    credentials, _, host = rest.partition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
 def _libpq(url: str, database: str | None = None) -> str:

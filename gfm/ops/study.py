@@ -37,8 +37,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -48,12 +50,13 @@ from gfm.data.schema import RunRecord
 from gfm.data.splits import describe_rule, split_remedy
 from gfm.data.trajectories import Trajectories
 from gfm.ops.claims import SharedStudy
-from gfm.ops.stack import redact
+from gfm.services import ServiceUnavailable, redact
 
 __all__ = [
     "TrialResult",
     "TuneResult",
     "check_shared",
+    "check_storage",
     "join_study",
     "open_study",
     "progress",
@@ -192,17 +195,63 @@ def study_name(settings: Settings, dataset_version: str) -> str:
 
 
 def _storage(settings: Settings) -> RDBStorage:
+    """The study's storage, opened; a database that cannot be reached says so in one line.
+
+    Raises:
+        ServiceUnavailable: PostgreSQL is down, refuses the login or lacks the database (the
+            message names the URL, password redacted, and what to check).
+    """
     t = settings.tune
     if t.storage is None:
         raise ValueError("`settings.tune.storage` must be set (load_settings fills it in)")
+    # a PostgreSQL host that drops packets fails the connect in seconds, not the OS's minutes
+    engine = {"connect_args": {"connect_timeout": 10}} if _postgres(t.storage) else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            t.storage,
-            heartbeat_interval=t.heartbeat_s,
-            grace_period=2 * t.heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry),
-        )
+        try:
+            return RDBStorage(
+                t.storage,
+                engine_kwargs=engine,
+                heartbeat_interval=t.heartbeat_s,
+                grace_period=2 * t.heartbeat_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=t.max_retry
+                ),
+            )
+        except sqlalchemy.exc.OperationalError as err:
+            if not _postgres(t.storage):
+                raise
+            raise ServiceUnavailable(_unreachable(t.storage, err)) from None
+
+
+def check_storage(settings: Settings) -> None:
+    """Open a PostgreSQL study storage once and close it (sqlite needs no check).
+
+    A server that is down or a database that is missing fails the step before it starts an
+    MLflow run.
+
+    Raises:
+        ServiceUnavailable: as ``_storage``.
+    """
+    if settings.tune.storage and _postgres(settings.tune.storage):
+        _storage(settings).engine.dispose()
+
+
+def _postgres(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+def _unreachable(url: str, err: sqlalchemy.exc.OperationalError) -> str:
+    """One line for a PostgreSQL storage that cannot be opened: the URL, the server's reason."""
+    first = str(err.orig or err).strip().splitlines()[0]
+    reason = " ".join(first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").split())
+    database = urlsplit(url).path.lstrip("/")
+    return (
+        f"tune.storage: cannot open the Optuna storage {redact(url)}: {reason}; check that "
+        f"PostgreSQL runs at that host and port and that database {database!r} exists "
+        f"(`gfm stack up` creates it, or `createdb {database}`), or set tune.storage / "
+        f"GFM_TUNE__STORAGE"
+    )
 
 
 def _sampler(seed: int) -> optuna.samplers.BaseSampler:

@@ -94,7 +94,15 @@ def tune_step(
         ValueError: several workers on storage other than PostgreSQL.
     """
     from gfm import tracking
-    from gfm.ops.study import check_shared, open_study, quiet, study_name, study_result, tune
+    from gfm.ops.study import (
+        check_shared,
+        check_storage,
+        open_study,
+        quiet,
+        study_name,
+        study_result,
+        tune,
+    )
 
     workers = settings.tune.workers if workers is None else workers
     if workers < 1:
@@ -110,6 +118,7 @@ def tune_step(
     train, val, _ = ds.parts(settings.train.split)
     if workers > 1:
         check_shared(settings.tune.storage)
+    check_storage(settings)  # a dead PostgreSQL fails here, before a tune run is logged
     tracking.configure(settings.tracking)
     name = study_name(settings, version)
     with tracking.start_run(

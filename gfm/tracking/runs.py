@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from gfm.config import TrackingSettings
 from gfm.evaluation import to_markdown
+from gfm.services import check_listening
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,6 +64,7 @@ def configure(cfg: TrackingSettings) -> str:
     db = _sqlite_path(cfg.uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+    check_server(cfg.uri)
     mlflow.set_tracking_uri(cfg.uri)
     mlflow.set_registry_uri(cfg.uri)
     location = cfg.artifact_location
@@ -92,8 +94,31 @@ def use_store(cfg: TrackingSettings) -> None:
             f"tracking.uri: no MLflow store at {db}; run `gfm run` (or `gfm train`) first, or "
             f"set tracking.uri / GFM_TRACKING__URI to the store to read"
         )
+    check_server(cfg.uri)
     mlflow.set_tracking_uri(cfg.uri)
     mlflow.set_registry_uri(cfg.uri)
+
+
+def check_server(uri: str) -> None:
+    """Fail in seconds, in one line, when the MLflow server of an ``http(s)`` URI is down.
+
+    MLflow's client retries a refused connection for about four minutes
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) and then raises a long traceback; a server that is
+    not there at the start of a command is reported at once instead (issue 15, item 5). Other
+    URIs (sqlite, a database) are left to MLflow.
+
+    Raises:
+        ServiceUnavailable: nothing accepts connections at the URI's host and port.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    check_listening(
+        uri,
+        setting="tracking.uri",
+        what="MLflow server",
+        hint="check that the server runs (`gfm stack up`, or `mlflow server --host H --port P`) "
+        "and that tracking.uri / GFM_TRACKING__URI names its host and port",
+    )
 
 
 def _sqlite_path(uri: str) -> Path | None:
