@@ -1,6 +1,7 @@
 """Two promotions at once (issue 15, item 2): the better version ends as champion and each
 version's promotion record matches the registry. Two real processes promote two versions of one
-model on a sqlite MLflow store in ``tmp_path`` against the same champion; their re-scoring of
+model against the same champion, on a sqlite MLflow store in ``tmp_path`` (serialised by the
+file lock beside it) and through a real ``mlflow server`` (by the alias re-check alone); their re-scoring of
 the champion is slow (as a real re-score on the test split is), the worse one's slowest, so
 without serialisation both are judged against the old champion and the worse one moves the
 alias last."""
@@ -8,8 +9,14 @@ alias last."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,14 +58,65 @@ print(json.dumps(vars(promote(version, {cfg.metric: float(value)}, cfg, compare=
 """
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mlflow server exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} did not answer /health within {timeout} s")
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> tuple[str, list[str]]:
-    """A sqlite store with three versions of one model, the first champion at 0.5."""
+def server(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port (its own sqlite store); its URL.
+
+    Promotions through it cannot share a file lock: only the alias re-check serialises them.
+    """
+    port = _free_port()
+    folder = tmp_path / "server"
+    folder.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+        + ["--artifacts-destination", str(folder / "artifacts")],
+        cwd=folder,
+        env=gfm_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers end with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, list[str]]:
+    """A store with three versions of one model, the first champion at 0.5: a sqlite file in
+    ``tmp_path``, or an MLflow server."""
     from gfm.baselines import BASELINES
 
-    tracking = TrackingSettings(
-        uri=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", experiment="gfm-test"
+    uri = (
+        f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("server")
     )
+    tracking = TrackingSettings(uri=uri, experiment="gfm-test")
     configure(tracking)
     layout = [("net.0.weight", (3, 2)), ("net.0.bias", (3,))]
     prefix = helpers.make_prefix(k=3, M=8, layout=layout, seed=1, task="mlp_regression")
