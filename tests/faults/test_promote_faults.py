@@ -1,10 +1,10 @@
 """Two promotions at once (issue 15, item 2): the better version ends as champion and each
 version's promotion record matches the registry. Two real processes promote two versions of one
 model against the same champion, on a sqlite MLflow store in ``tmp_path`` (serialised by the
-file lock beside it) and through a real ``mlflow server`` (by the alias re-check alone); their re-scoring of
-the champion is slow (as a real re-score on the test split is), the worse one's slowest, so
-without serialisation both are judged against the old champion and the worse one moves the
-alias last."""
+file lock beside it) and through a real ``mlflow server`` (by the alias re-check alone). Their
+re-scoring of the champion is slow (as a real re-score on the test split is), the worse one's
+slowest, so without serialisation both are judged against the old champion and the worse one
+moves the alias last."""
 
 from __future__ import annotations
 
