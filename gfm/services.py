@@ -10,7 +10,14 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
-__all__ = ["ServiceUnavailable", "check_listening", "redact"]
+__all__ = [
+    "ServiceUnavailable",
+    "check_listening",
+    "check_shared",
+    "is_postgres",
+    "redact",
+    "storage_unreachable",
+]
 
 CONNECT_TIMEOUT_S = 5.0  # a service on a team network answers a TCP connect in well under that
 
@@ -67,3 +74,38 @@ def check_listening(
     except OSError as err:
         reason = f"{host}:{port}: {(err.strerror or str(err)).lower()}"
     raise ServiceUnavailable(f"{setting}: no {what} answers at {redact(url)} ({reason}); {hint}")
+
+
+def is_postgres(url: str) -> bool:
+    """Whether a storage URL names PostgreSQL (any driver: ``postgresql+psycopg://...``)."""
+    return url.startswith("postgresql")
+
+
+def storage_unreachable(url: str, err: Exception) -> str:
+    """One line for a PostgreSQL Optuna storage that cannot be opened: the URL, the server's reason.
+
+    ``err`` is SQLAlchemy's ``OperationalError`` (its ``orig`` holds the driver's message).
+    """
+    first = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    reason = " ".join(first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").split())
+    database = urlsplit(url).path.lstrip("/")
+    return (
+        f"tune.storage: cannot open the Optuna storage {redact(url)}: {reason}; check that "
+        f"PostgreSQL runs at that host and port and that database {database!r} exists "
+        f"(`gfm stack up` creates it, or `createdb {database}`), or set tune.storage / "
+        f"GFM_TUNE__STORAGE"
+    )
+
+
+def check_shared(storage: str | None) -> None:
+    """Several tuning worker processes need PostgreSQL storage (their claims are locked there).
+
+    Raises:
+        ValueError: the storage is not a ``postgresql`` URL; the message says what to set.
+    """
+    if not is_postgres(storage or ""):
+        raise ValueError(
+            f"tune.storage: several tuning workers need PostgreSQL storage "
+            f"(`postgresql+psycopg://user@host:5432/db`, team mode: docs/team.md), "
+            f"got {storage!r}; use tune.workers: 1 with sqlite"
+        )

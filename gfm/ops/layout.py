@@ -388,3 +388,29 @@ def dvc_repo(params: Path, overrides: Sequence[str] = ()) -> Path | None:
     if repo is None or overrides or Path(params).resolve() != (repo / "params.yaml").resolve():
         return None
     return repo if set(STEPS) <= set(versioning.stages(repo)) else None
+
+
+def check_tuning_parts(settings: Settings, train: Sequence[Any], val: Sequence[Any]) -> None:
+    """Tuning needs train and val runs; the message names where the split was decided.
+
+    A dataset's parts are fixed in it when it is written (its manifest records the rule), so
+    for a dataset's views the manifest is named with how to write another split; for runs
+    handed in from elsewhere, the ``train``/``val`` arguments.
+
+    Raises:
+        ValueError: ``train`` or ``val`` is empty.
+    """
+    if len(train) and len(val):
+        return
+    split = settings.train.split
+    got = f"got {len(train)} train and {len(val)} val"
+    if not isinstance(train, Trajectories):
+        raise ValueError(
+            f"tune: split `{split}` must have train and val runs (arguments `train`, `val`), {got}"
+        )
+    rules = train.manifest.splits.rules
+    raise ValueError(
+        f"{train.root / MANIFEST_FILE}: split `{split}` must have train and val runs to tune "
+        f"on, {got} ({describe_rule(rules, split)}); the split is fixed when the dataset is "
+        f"written: {split_remedy(rules, split)}, or set tune.n_trials: 0 to train untuned"
+    )

@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy.exc
@@ -45,12 +44,16 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gfm.config import GFMSettings, SearchParam, Settings, TrainSettings, apply_params
-from gfm.data.format import MANIFEST_FILE
 from gfm.data.schema import RunRecord
-from gfm.data.splits import describe_rule, split_remedy
-from gfm.data.trajectories import Trajectories
 from gfm.ops.claims import SharedStudy
-from gfm.services import ServiceUnavailable, redact
+from gfm.ops.layout import check_tuning_parts
+from gfm.services import (
+    ServiceUnavailable,
+    check_shared,
+    is_postgres,
+    redact,
+    storage_unreachable,
+)
 
 __all__ = [
     "TrialResult",
@@ -205,7 +208,7 @@ def _storage(settings: Settings) -> RDBStorage:
     if t.storage is None:
         raise ValueError("`settings.tune.storage` must be set (load_settings fills it in)")
     # a PostgreSQL host that drops packets fails the connect in seconds, not the OS's minutes
-    engine = {"connect_args": {"connect_timeout": 10}} if _postgres(t.storage) else None
+    engine = {"connect_args": {"connect_timeout": 10}} if is_postgres(t.storage) else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -219,9 +222,9 @@ def _storage(settings: Settings) -> RDBStorage:
                 ),
             )
         except sqlalchemy.exc.OperationalError as err:
-            if not _postgres(t.storage):
+            if not is_postgres(t.storage):
                 raise
-            raise ServiceUnavailable(_unreachable(t.storage, err)) from None
+            raise ServiceUnavailable(storage_unreachable(t.storage, err)) from None
 
 
 def check_storage(settings: Settings) -> None:
@@ -233,25 +236,8 @@ def check_storage(settings: Settings) -> None:
     Raises:
         ServiceUnavailable: as ``_storage``.
     """
-    if settings.tune.storage and _postgres(settings.tune.storage):
+    if settings.tune.storage and is_postgres(settings.tune.storage):
         _storage(settings).engine.dispose()
-
-
-def _postgres(url: str) -> bool:
-    return url.startswith("postgresql")
-
-
-def _unreachable(url: str, err: sqlalchemy.exc.OperationalError) -> str:
-    """One line for a PostgreSQL storage that cannot be opened: the URL, the server's reason."""
-    first = str(err.orig or err).strip().splitlines()[0]
-    reason = " ".join(first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").split())
-    database = urlsplit(url).path.lstrip("/")
-    return (
-        f"tune.storage: cannot open the Optuna storage {redact(url)}: {reason}; check that "
-        f"PostgreSQL runs at that host and port and that database {database!r} exists "
-        f"(`gfm stack up` creates it, or `createdb {database}`), or set tune.storage / "
-        f"GFM_TUNE__STORAGE"
-    )
 
 
 def _sampler(seed: int) -> optuna.samplers.BaseSampler:
@@ -310,20 +296,6 @@ def open_study(
         if anchor is not None:
             study.enqueue_trial(anchor, user_attrs={"gfm.anchor": True})
     return study
-
-
-def check_shared(storage: str | None) -> None:
-    """Several worker processes need PostgreSQL storage (their claims are locked there).
-
-    Raises:
-        ValueError: the storage is not a ``postgresql`` URL; the message says what to set.
-    """
-    if not (storage or "").startswith("postgresql"):
-        raise ValueError(
-            f"tune.storage: several tuning workers need PostgreSQL storage "
-            f"(`postgresql+psycopg://user@host:5432/db`, team mode: docs/team.md), "
-            f"got {storage!r}; use tune.workers: 1 with sqlite"
-        )
 
 
 def join_study(
@@ -551,32 +523,6 @@ def study_result(
     )
 
 
-def _check_parts(settings: Settings, train: Sequence[RunRecord], val: Sequence[RunRecord]) -> None:
-    """Tuning needs train and val runs; the message names where the split was decided.
-
-    A dataset's parts are fixed in it when it is written (its manifest records the rule), so
-    for a dataset's views the manifest is named with how to write another split; for runs
-    handed in from elsewhere, the ``train``/``val`` arguments.
-
-    Raises:
-        ValueError: ``train`` or ``val`` is empty.
-    """
-    if len(train) and len(val):
-        return
-    split = settings.train.split
-    got = f"got {len(train)} train and {len(val)} val"
-    if not isinstance(train, Trajectories):
-        raise ValueError(
-            f"tune: split `{split}` must have train and val runs (arguments `train`, `val`), {got}"
-        )
-    rules = train.manifest.splits.rules
-    raise ValueError(
-        f"{train.root / MANIFEST_FILE}: split `{split}` must have train and val runs to tune "
-        f"on, {got} ({describe_rule(rules, split)}); the split is fixed when the dataset is "
-        f"written: {split_remedy(rules, split)}, or set tune.n_trials: 0 to train untuned"
-    )
-
-
 def tune(
     settings: Settings,
     train: Sequence[RunRecord],
@@ -618,7 +564,7 @@ def tune(
             metric=t.metric,
             seconds=0.0,
         )
-    _check_parts(settings, train, val)
+    check_tuning_parts(settings, train, val)
     with quiet():
         study = open_study(settings, dataset_version)
         done = _count(study, *_FINISHED)
