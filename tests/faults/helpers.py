@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 GFM = Path(sys.executable).parent / "gfm"  # the project environment's console script
+
+# the smallest dataset a fault can hit: 3 least-squares runs of 4 steps
+MICRO = """\
+data:
+  root: data
+  seeds: 3
+  workers: 1
+  schedules: [constant]
+  tasks:
+    least_squares: {archs: [[]], steps: 4, record_every: 2, batch_sizes: [null], dim: 4, n_train: 16, n_test: 8}
+"""
 
 
 def gfm_env(**extra: str) -> dict[str, str]:
@@ -29,3 +41,12 @@ def gfm(*args: str, cwd: Path, timeout: float = 300, **env: str) -> tuple[int, l
     )
     lines = (proc.stdout + proc.stderr).splitlines()
     return proc.returncode, [line.rstrip() for line in lines if line.strip()]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """``{relpath: sha256}`` of every file under ``folder``."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from gfm.config import Settings, SettingsError, load_settings
-from tests.faults.helpers import gfm
-from tests.faults.test_dataset_faults import snapshot
-from tests.faults.test_generate_faults import MICRO
+from tests.faults.helpers import MICRO, gfm, snapshot
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from gfm.data.checkpoints import _checkpoint_bytes, read_checkpoints
 from gfm.data.format import MANIFEST_FILE, RUNS_FILE, DatasetError, hash_files, read_manifest
 from gfm.data.trajectories import Trajectories
 from tests.conftest import CONFS
-from tests.faults.helpers import gfm
+from tests.faults.helpers import gfm, snapshot
 
 pytestmark = pytest.mark.faults
 
@@ -36,15 +36,6 @@ def project(tmp_path: Path, tiny_data: Path) -> Path:
     shutil.copy(CONFS / "valid" / "tiny.yaml", folder / "params.yaml")
     shutil.copytree(tiny_data, folder / "data")
     return folder
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """``{relpath: sha256}`` of every file under ``folder``."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def run_ids(data: Path, part: str = "train") -> list[str]:

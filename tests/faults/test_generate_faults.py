@@ -13,26 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from gfm.config import Settings, load_settings
+from gfm.config import Settings
 from gfm.data.generate import generate
 from gfm.data.lock import DatasetLocked, dataset_lock, lock_path
 from gfm.data.validate import validate
-from tests.faults.helpers import gfm, gfm_env
-from tests.faults.test_dataset_faults import snapshot
+from tests.faults.helpers import gfm, gfm_env, snapshot
 
 pytestmark = pytest.mark.faults
 
 # 15 runs of a 5-parameter least-squares problem: a dataset in about 2 s
-MICRO = """\
-data:
-  root: data
-  seeds: 3
-  workers: 1
-  schedules: [constant]
-  tasks:
-    least_squares: {archs: [[]], steps: 4, record_every: 2, batch_sizes: [null], dim: 4, n_train: 16, n_test: 8}
-"""
-
 HOLD = """\
 import sys
 from pathlib import Path
@@ -42,15 +31,6 @@ with dataset_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()  # until the test closes stdin (or kills this process)
 """
-
-
-@pytest.fixture
-def micro(tmp_path: Path) -> Settings:
-    """A generated micro dataset in ``tmp_path/data`` and its settings (params in ``tmp_path``)."""
-    (tmp_path / "params.yaml").write_text(MICRO)
-    settings = load_settings(tmp_path / "params.yaml", environ={})
-    generate(settings.data, workers=1)
-    return settings
 
 
 def hold(root: Path) -> subprocess.Popen[str]:

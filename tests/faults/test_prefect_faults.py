@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from gfm.cli._app import EPHEMERAL_STARTUP_TIMEOUT_S, generous_prefect_startup
-from tests.faults.helpers import GFM, gfm_env
-from tests.faults.test_generate_faults import MICRO
+from tests.faults.helpers import GFM, MICRO, gfm_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

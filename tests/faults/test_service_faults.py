@@ -12,24 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from gfm.config import Settings, load_settings
-from gfm.data.generate import generate
+from gfm.config import Settings
 from tests.faults.helpers import gfm
-from tests.faults.test_generate_faults import MICRO
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 QUICK_S = 60  # the command's whole run, start-up included, on a loaded 2-core machine; was 264 s
-
-
-@pytest.fixture
-def micro(tmp_path: Path) -> Settings:
-    """A generated micro dataset in ``tmp_path/data`` and its settings (params in ``tmp_path``)."""
-    (tmp_path / "params.yaml").write_text(MICRO)
-    settings = load_settings(tmp_path / "params.yaml", environ={})
-    generate(settings.data, workers=1)
-    return settings
 
 
 def closed_port() -> int:
