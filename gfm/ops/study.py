@@ -58,7 +58,6 @@ from gfm.services import (
 __all__ = [
     "TrialResult",
     "TuneResult",
-    "check_shared",
     "check_storage",
     "join_study",
     "open_study",

@@ -95,7 +95,6 @@ def tune_step(
     """
     from gfm import tracking
     from gfm.ops.study import (
-        check_shared,
         check_storage,
         open_study,
         quiet,
@@ -103,6 +102,7 @@ def tune_step(
         study_result,
         tune,
     )
+    from gfm.services import check_shared
 
     workers = settings.tune.workers if workers is None else workers
     if workers < 1:
