@@ -19,6 +19,8 @@ pin_kernels()
 
 from gfm.config import Settings, load_settings  # noqa: E402
 
+pytest_plugins = ["tests.faults.report"]  # the fault suite's results table (--faults-csv)
+
 CONFS = Path(__file__).parent / "confs"
 
 # Nothing here may reach the network, and service logs should show only what matters.

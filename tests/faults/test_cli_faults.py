@@ -23,6 +23,10 @@ def no_traceback(lines: list[str]) -> None:
 # ------------------------------------------------------------------ --workers 0
 
 
+@pytest.mark.fault(
+    "item 11: `--workers 0` to gfm generate / gfm tune",
+    "exit 2, one usage line naming --workers; nothing written",
+)
 @pytest.mark.parametrize("command", ["generate", "tune"])
 def test_workers_zero_is_a_usage_error(command: str, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(MICRO)
@@ -37,6 +41,10 @@ def test_workers_zero_is_a_usage_error(command: str, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ an empty params file
 
 
+@pytest.mark.fault(
+    "item 11: an empty (or comments-only) params.yaml",
+    "exit 2, one line naming params.yaml; no default job runs",
+)
 @pytest.mark.parametrize("text", ["", "# every key commented out\n# data:\n#   seeds: 8\n"])
 def test_an_empty_params_file_is_refused_not_run_on_the_defaults(text: str, tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
@@ -51,6 +59,9 @@ def test_an_empty_params_file_is_refused_not_run_on_the_defaults(text: str, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no default job ran
 
 
+@pytest.mark.fault(
+    "item 11: `{}` as params.yaml", "loads as every default; an empty file is still refused"
+)
 def test_braces_are_the_params_file_of_every_default(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")
@@ -64,6 +75,10 @@ def test_braces_are_the_params_file_of_every_default(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ data.root is not a dataset
 
 
+@pytest.mark.fault(
+    "item 11: data.root is a folder of other files",
+    "exit 1, one line naming data.root before any run trains; the files kept",
+)
 def test_a_data_root_of_other_files_is_refused_before_training(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(MICRO)
     root = tmp_path / "data"
@@ -82,6 +97,10 @@ def test_a_data_root_of_other_files_is_refused_before_training(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]  # no staging
 
 
+@pytest.mark.fault(
+    "item 11: data.root is a file",
+    "exit 1, one line naming data.root before any run trains; the file kept",
+)
 def test_a_data_root_that_is_a_file_is_refused_before_training(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(MICRO)
     (tmp_path / "data").write_text("a file\n")
@@ -99,6 +118,9 @@ def test_a_data_root_that_is_a_file_is_refused_before_training(tmp_path: Path) -
 # ------------------------------------------------------------------ an empty .npy to forecast
 
 
+@pytest.mark.fault(
+    "item 11: a zero-size .npy to gfm forecast", "exit 1, one line naming the file (not Aborted.)"
+)
 def test_an_empty_npy_to_forecast_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "prefix.npy").write_bytes(b"")
     status, lines = gfm("forecast", "--input", "prefix.npy", "--model", "models/gfm", cwd=tmp_path)
@@ -111,6 +133,10 @@ def test_an_empty_npy_to_forecast_is_one_line(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prefix.npy"]  # no forecast written
 
 
+@pytest.mark.fault(
+    "item 11: an .npy of zero checkpoints to gfm forecast",
+    "exit 1, one line naming the file and the expected shape",
+)
 def test_an_npy_of_no_checkpoints_to_forecast_is_one_line(tmp_path: Path) -> None:
     np.save(tmp_path / "prefix.npy", np.zeros((0, 6), dtype=np.float32))
     status, lines = gfm("forecast", "--input", "prefix.npy", "--model", "models/gfm", cwd=tmp_path)

@@ -29,6 +29,10 @@ def small_params(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------ item 3: overrides merge
 
 
+@pytest.mark.fault(
+    "item 3: --set data.optimizers.sgd.lr under a section params.yaml leaves out",
+    "the other optimizers keep their defaults",
+)
 def test_set_under_a_left_out_key_keeps_the_other_optimizers(small_params: Path) -> None:
     s = load_settings(small_params, ["data.optimizers.sgd.lr.low=0.01"], environ={})
     assert list(s.data.optimizers) == list(DEFAULTS.data.optimizers)
@@ -38,6 +42,10 @@ def test_set_under_a_left_out_key_keeps_the_other_optimizers(small_params: Path)
     assert s.data.seeds == 4  # the file's own keys stay
 
 
+@pytest.mark.fault(
+    "item 3: GFM_DATA__OPTIMIZERS__... under a section params.yaml leaves out",
+    "the other optimizers keep their defaults",
+)
 def test_environment_under_a_left_out_key_keeps_the_other_optimizers(small_params: Path) -> None:
     env = {"GFM_DATA__OPTIMIZERS__ADAM__BETA1__HIGH": "0.93"}
     s = load_settings(small_params, environ=env)
@@ -46,6 +54,7 @@ def test_environment_under_a_left_out_key_keeps_the_other_optimizers(small_param
     assert s.data.optimizers["adam"].lr == DEFAULTS.data.optimizers["adam"].lr
 
 
+@pytest.mark.fault("item 3: --set tune.space.<one dimension>", "the other search dimensions kept")
 def test_set_under_a_left_out_section_keeps_the_search_space(small_params: Path) -> None:
     s = load_settings(small_params, ["tune.space.gfm.width={choices: [8, 16]}"], environ={})
     space = s.tune.space.flat()
@@ -54,6 +63,7 @@ def test_set_under_a_left_out_section_keeps_the_search_space(small_params: Path)
     assert s.tune.n_trials == DEFAULTS.tune.n_trials
 
 
+@pytest.mark.fault("item 3: --set with no params file", "merged into the defaults, siblings kept")
 def test_set_with_no_params_file_merges_into_the_defaults() -> None:
     s = load_settings(None, ["data.tasks.digits_mlp.steps=300"], environ={})
     assert list(s.data.tasks) == list(DEFAULTS.data.tasks)
@@ -61,6 +71,10 @@ def test_set_with_no_params_file_merges_into_the_defaults() -> None:
     assert s.data.tasks["digits_mlp"].archs == DEFAULTS.data.tasks["digits_mlp"].archs
 
 
+@pytest.mark.fault(
+    "item 3: a section params.yaml spells out, then --set",
+    "the file's section with the one key changed",
+)
 def test_a_section_the_file_spells_out_is_still_the_files(tmp_path: Path) -> None:
     # the file names only sgd: an override of sgd changes sgd and adds nobody
     path = tmp_path / "params.yaml"
@@ -73,6 +87,10 @@ def test_a_section_the_file_spells_out_is_still_the_files(tmp_path: Path) -> Non
 # ------------------------------------------------------------------ item 12: the right blame
 
 
+@pytest.mark.fault(
+    "item 12: GFM_DATA__SEEDS=abc",
+    "error names the environment variable and the value, not params.yaml",
+)
 def test_bad_environment_value_blames_the_variable_not_the_file(small_params: Path) -> None:
     with pytest.raises(SettingsError) as err:
         load_settings(small_params, environ={"GFM_DATA__SEEDS": "abc"})
@@ -84,6 +102,7 @@ def test_bad_environment_value_blames_the_variable_not_the_file(small_params: Pa
     assert str(small_params) not in message
 
 
+@pytest.mark.fault("item 12: --set data.seeds=abc", "error names the --set option and the value")
 def test_bad_set_value_blames_the_set_option(small_params: Path) -> None:
     with pytest.raises(SettingsError) as err:
         load_settings(small_params, ["train.steps=-3"], environ={})
@@ -92,6 +111,9 @@ def test_bad_set_value_blames_the_set_option(small_params: Path) -> None:
     )
 
 
+@pytest.mark.fault(
+    "item 12: an override that breaks a cross-field check", "error names the override"
+)
 def test_a_section_check_blames_the_override_that_broke_it(small_params: Path) -> None:
     # the held-out optimizer must be a known one: the `data` section's check fails
     with pytest.raises(SettingsError) as err:
@@ -101,6 +123,7 @@ def test_a_section_check_blames_the_override_that_broke_it(small_params: Path) -
     assert "got 'lion'" in line
 
 
+@pytest.mark.fault("item 12: a bad value in params.yaml", "error names params.yaml")
 def test_a_bad_value_in_the_file_still_blames_the_file(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("data:\n  seeds: many\n")
@@ -109,6 +132,7 @@ def test_a_bad_value_in_the_file_still_blames_the_file(tmp_path: Path) -> None:
     assert str(err.value).startswith(f"{path}: data.seeds: Input should be a valid integer")
 
 
+@pytest.mark.fault("item 12: gfm with GFM_DATA__SEEDS=abc", "exit 2, one line naming the variable")
 def test_the_cli_names_the_variable_and_exits_2(small_params: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "-p", str(small_params)], env={"GFM_DATA__SEEDS": "abc"})
     assert result.exit_code == 2, result.output

@@ -16,6 +16,10 @@ from tests.faults.helpers import GFM, MICRO, gfm_env
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
+@pytest.mark.fault(
+    "item 15: a slow temporary Prefect API (fresh PREFECT_HOME, tiny budget)",
+    "gfm run waits for it and finishes",
+)
 def test_gfm_run_waits_for_a_slow_temporary_prefect_api(tmp_path: Path) -> None:
     # data.root is a file: the flow's first step refuses it at once, so the run reaching that
     # message proves the flow ran against the temporary API (about 10-30 s, mostly its start)
@@ -39,6 +43,10 @@ def test_gfm_run_waits_for_a_slow_temporary_prefect_api(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("given", "effective"),
     [(None, "120"), ("1", "120"), ("", "120"), ("300", "300"), ("soon", "soon")],
+)
+@pytest.mark.fault(
+    "item 15: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS unset or low",
+    "raised to at least 120 s; a higher value kept",
 )
 def test_the_startup_timeout_is_a_floor(given: str | None, effective: str) -> None:
     env = {} if given is None else {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": given}

@@ -148,6 +148,10 @@ def _promoters(uri: str, jobs: list[tuple[str, float, float]], barrier: Path) ->
     return decisions
 
 
+@pytest.mark.fault(
+    "item 2: two gfm promote at once against one champion",
+    "the better version ends champion; each record matches the registry",
+)
 def test_two_promotions_at_once_leave_the_better_version_champion(
     store: tuple[str, list[str]], tmp_path: Path
 ) -> None:

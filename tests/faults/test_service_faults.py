@@ -43,6 +43,9 @@ def one_line_failure(command: str, lines: list[str]) -> str:
     return lines[1]
 
 
+@pytest.mark.fault(
+    "item 5: tracking.uri at a closed port", "exit 1 in seconds, one line naming the URL"
+)
 @pytest.mark.parametrize("command", ["runs", "train"])
 def test_an_mlflow_server_that_refuses_connections_fails_at_once(
     command: str, micro: Settings, tmp_path: Path
@@ -85,6 +88,10 @@ def _tune_on(storage: str, cwd: Path) -> tuple[str, float]:
     return one_line_failure("tune", lines), took
 
 
+@pytest.mark.fault(
+    "item 5: tune.storage naming a missing PostgreSQL database",
+    "exit 1, one line naming the URL (password redacted)",
+)
 def test_an_optuna_database_that_does_not_exist_is_named(micro: Settings, tmp_path: Path) -> None:
     _postgres_or_skip()
     url = with_password(f"{POSTGRES}/gfm_fault_no_such_db")
@@ -99,6 +106,10 @@ def test_an_optuna_database_that_does_not_exist_is_named(micro: Settings, tmp_pa
     assert not list(tmp_path.glob("mlflow*"))  # failed before any MLflow run was logged
 
 
+@pytest.mark.fault(
+    "item 5: tune.storage at a PostgreSQL that is down",
+    "exit 1, one line naming the URL (password redacted)",
+)
 def test_a_postgresql_that_is_down_is_named(micro: Settings, tmp_path: Path) -> None:
     port = closed_port()
     line, took = _tune_on(f"postgresql+psycopg://gfm:s3cret@127.0.0.1:{port}/gfm_optuna", tmp_path)
