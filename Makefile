@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Stage commands in dvc.yaml call `gfm`: resolve it (and dvc) from the project environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-unit lint format bench clean
+.PHONY: install run test test-unit lint format bench faults clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ test-unit: install
 
 bench: install
 	$(BIN)/python -m benchmarks.generation
+
+# the fault-injection suite (issue 15) with its results table: benchmarks/results/faults.csv, .md
+faults: install
+	$(BIN)/python -m benchmarks.faults
 
 clean:
 	rm -rf .data.partial .pytest_cache .ruff_cache
