@@ -209,17 +209,28 @@ def _load_failure(err: BaseException, target: str, cfg: Settings) -> str:
 
     MLflow's message is joined onto one line. When the store has no such registered model,
     version or alias, the line says so, naming the store, and gives the two ways out: run
-    the workflow (which registers one) or pass a model with ``--model``.
+    the workflow (which registers one) or pass a model with ``--model``. When the version is
+    registered but its artifacts are gone, the line names the version and where they were.
     """
+    from gfm import tracking
+    from gfm.services import redact
+
     text = " ".join(str(err).split()) or type(err).__name__
     if len(text) > 300:
         text = text[:297] + "..."
+    gone = tracking.missing_artifacts(target)
+    if gone is not None:  # registered, but its files were deleted (or are another machine's)
+        return (
+            f"{target}: {gone} ({text}); restore them there, or register and promote a new "
+            "model (`gfm run`, or `gfm train` then `gfm promote`), or pass --model DIR (a "
+            "forecaster folder, e.g. models/gfm from `gfm train`) or another registry URI"
+        )
     if "not found" not in text.lower() and "RESOURCE_DOES_NOT_EXIST" not in text:
         return f"{target}: {text}"
     return (
-        f"{target}: no such model in the MLflow store {cfg.tracking.uri} ({text}); run the "
-        "workflow first (`gfm run`) to register one, or pass --model DIR (a forecaster folder, "
-        "e.g. models/gfm from `gfm train`) or another registry URI"
+        f"{target}: no such model in the MLflow store {redact(cfg.tracking.uri)} ({text}); run "
+        "the workflow first (`gfm run`) to register one, or pass --model DIR (a forecaster "
+        "folder, e.g. models/gfm from `gfm train`) or another registry URI"
     )
 
 

@@ -86,28 +86,39 @@ def stack_up(  # noqa: PLR0913 - typer: one parameter per command-line option
             allow_remote=allow_remote,
         )
     except ValueError as err:
-        raise fail("gfm stack up", err, code=2) from None
+        raise fail("gfm stack up", _scrubbed(err, backend_store_uri, storage), code=2) from None
     except (ConnectionError, RuntimeError) as err:
-        raise fail("gfm stack up", err) from None
+        raise fail("gfm stack up", _scrubbed(err, backend_store_uri, storage)) from None
     table = Table(title="gfm team stack", show_header=True, title_justify="left")
     for column in ("server", "url", "pid", "log"):
         table.add_column(column, overflow="fold")
     for s in services:
         table.add_row(s.name, s.url, str(s.pid), str(s.log))
     console.print(table)
-    from gfm.ops import redact
-
     console.print(
-        f"MLflow backend store: {redact(backend_store_uri)}; artifacts: {dest}", soft_wrap=True
+        f"MLflow backend store: {stack.redact(backend_store_uri)}; artifacts: {dest}",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
     )
-    lines = [
-        "export GFM_TEAM__ENABLED=true",
-        f"export GFM_TEAM__TRACKING__URI={services[0].url}",
-        f"export GFM_TEAM__TUNE__STORAGE={storage}",
-    ]
+    lines = ["export GFM_TEAM__ENABLED=true", f"export GFM_TEAM__TRACKING__URI={services[0].url}"]
+    if stack.passwords(storage):  # never printed: keep the value set in params or the environment
+        lines.append(
+            f"# GFM_TEAM__TUNE__STORAGE: as set ({stack.redact(storage)}; the password is not "
+            "printed)"
+        )
+    elif storage:
+        lines.append(f"export GFM_TEAM__TUNE__STORAGE={storage}")
     if prefect:
         lines.append(f"export PREFECT_API_URL={services[1].url}/api")
     console.print("Team mode for this shell:\n" + "\n".join(lines), highlight=False, soft_wrap=True)
+
+
+def _scrubbed(err: BaseException, *urls: str) -> str:
+    """``err``'s message without the password of any of ``urls`` (a driver may quote one)."""
+    from gfm.ops import stack
+
+    return stack.scrub(str(err), [p for url in urls for p in stack.passwords(url)])
 
 
 @stack_app.command("down")

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gfm.data.names import OPTIMIZERS, SCHEDULES, TASKS, check_known
+from gfm.services import redact
+
+# the stores MLflow's client opens ('': a folder path) and the SQLAlchemy dialects Optuna's RDB
+# storage speaks; a database URL may name its driver (postgresql+psycopg)
+TRACKING_SCHEMES = (
+    *("", "http", "https", "file", "sqlite", "postgresql", "mysql", "mssql"),
+    *("databricks", "databricks-uc", "uc"),
+)
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
+
+
+def _check_scheme(url: str, schemes: tuple[str, ...], forms: str) -> str:
+    """``url`` when its scheme (driver aside) is one of ``schemes``, else a ValueError."""
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # an unbalanced bracket in the host: not a URL at all
+        scheme = "?"
+    if scheme.split("+", 1)[0].lower() not in schemes:
+        raise ValueError(f"must be {forms}, got {redact(url)!r} (unknown scheme {scheme!r})")
+    return url
 
 
 class _Frozen(BaseModel):
@@ -90,6 +111,11 @@ class TaskSettings(_Frozen):
         for arch in archs:
             if any(h <= 0 for h in arch):
                 raise ValueError(f"hidden sizes must be positive integers, got {arch}")
+        repeated = [a for i, a in enumerate(archs) if a in archs[:i]]
+        if repeated:  # each names its runs and files: two alike would write the same ones
+            raise ValueError(
+                f"architectures must be distinct, got {repeated[0]} more than once in {archs}"
+            )
         return archs
 
     @field_validator("batch_sizes")
@@ -368,6 +394,18 @@ class TuneSettings(_Frozen):
     max_retry: int = Field(1, ge=0, description="times a trial whose worker died is run again")
     space: SearchSpace = Field(default_factory=_default_space)
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        return _check_scheme(
+            url,
+            STORAGE_SCHEMES,
+            "an Optuna RDB storage URL: sqlite:///optuna.db, "
+            "postgresql+psycopg://user@host:5432/db (or mysql, mariadb, mssql, oracle)",
+        )
+
 
 class ScheduleSettings(_Frozen):
     """When ``gfm schedule`` runs the retrain flow (against a Prefect server)."""
@@ -434,6 +472,16 @@ class TrackingSettings(_Frozen):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "gfm"
     artifact_location: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _store_uri(cls, uri: str) -> str:
+        return _check_scheme(
+            uri,
+            TRACKING_SCHEMES,
+            "an MLflow tracking URI: http(s)://host:port (a server), sqlite:///mlflow.db, "
+            "postgresql+psycopg://user@host:5432/db (or mysql, mssql), file:/folder or a folder",
+        )
 
 
 def _default_team() -> dict[str, dict[str, Any]]:

@@ -6,6 +6,11 @@ answer and returns their URLs; ``down`` stops them, ``status`` tells whether the
 servers bind loopback only unless ``allow_remote`` is given: an MLflow or Prefect server has no
 authentication of its own, so exposing one is a decision, not a default (docs/team.md).
 
+A database password never reaches a command line (``ps`` shows every user's) or a message: the
+MLflow server gets its backend store URI in its environment (``MLFLOW_BACKEND_STORE_URI``, which
+only its owner can read in ``/proc``), messages carry URLs through ``redact``, and a state
+folder it creates (0700) and the servers' logs (0600) are the owner's alone (issue 15, item 8).
+
 An edge module: it runs ``mlflow server`` and ``prefect server start`` as commands and speaks
 to PostgreSQL with psycopg; it imports neither mlflow nor prefect.
 """
@@ -21,9 +26,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gfm.services import redact  # re-exported: the stack's URLs are printed through it
 
@@ -34,7 +40,9 @@ __all__ = [
     "database_exists",
     "down",
     "drop_database",
+    "passwords",
     "redact",
+    "scrub",
     "status",
     "up",
 ]
@@ -88,7 +96,7 @@ def _libpq(url: str, database: str | None = None) -> str:
     """``postgresql+psycopg://u@h:5432/db`` -> ``postgresql://u@h:5432/<database or db>``."""
     parts = urlsplit(url)
     if not parts.scheme.startswith("postgresql"):
-        raise ValueError(f"a PostgreSQL URL must start with postgresql, got {url!r}")
+        raise ValueError(f"a PostgreSQL URL must start with postgresql, got {redact(url)!r}")
     path = parts.path if database is None else f"/{database}"
     return urlunsplit(("postgresql", parts.netloc, path, parts.query, ""))
 
@@ -96,7 +104,7 @@ def _libpq(url: str, database: str | None = None) -> str:
 def _database(url: str) -> str:
     name = urlsplit(url).path.lstrip("/")
     if not name:
-        raise ValueError(f"the URL must name a database (`.../gfm_optuna`), got {url!r}")
+        raise ValueError(f"the URL must name a database (`.../gfm_optuna`), got {redact(url)!r}")
     return name
 
 
@@ -184,12 +192,46 @@ def _answers(url: str, timeout: float = 2.0) -> bool:
 HEALTH = {"mlflow": "/health", "prefect": "/api/health"}
 
 
-def _start(name: str, cmd: list[str], url: str, state_dir: Path, *, timeout_s: float) -> Service:
+def passwords(url: str) -> list[str]:
+    """The password in ``url`` as written and percent-decoded (none: ``[]``)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return sorted({password, unquote(password)}, key=len, reverse=True) if password else []
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _private_log(path: Path) -> int:
+    """Open ``path`` to append, readable by its owner only (0600, an older log's mode too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def _start(  # noqa: PLR0913 - keyword-only after the command
+    name: str,
+    cmd: list[str],
+    url: str,
+    state_dir: Path,
+    *,
+    timeout_s: float,
+    secret_env: Mapping[str, str] | None = None,
+) -> Service:
     """Start ``cmd`` in its own session, logging to ``state_dir/<name>.log``; wait until it answers.
 
     The pid and URL are written to ``<name>.pid`` and ``<name>.url`` for ``status`` and ``down``.
+    ``secret_env`` (a URL with a password) goes into the server's environment, never onto its
+    command line; the password is replaced by ``***`` in the log tail a failure quotes.
     """
     pid_file, log = state_dir / f"{name}.pid", state_dir / f"{name}.log"
+    secrets = [p for value in (secret_env or {}).values() for p in passwords(value)]
     health = url + HEALTH[name]
     running = _read_pid(pid_file)
     if running is not None:
@@ -202,8 +244,9 @@ def _start(name: str, cmd: list[str], url: str, state_dir: Path, *, timeout_s: f
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **(secret_env or {}),
     }
-    with open(log, "ab") as out:
+    with os.fdopen(_private_log(log), "ab") as out:
         proc = subprocess.Popen(
             cmd,
             stdout=out,
@@ -218,7 +261,7 @@ def _start(name: str, cmd: list[str], url: str, state_dir: Path, *, timeout_s: f
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pid_file.unlink(missing_ok=True)
-            tail = log.read_text(errors="replace")[-2000:]
+            tail = scrub(log.read_text(errors="replace"), secrets)[-2000:]
             raise RuntimeError(f"{name} server exited with {proc.returncode}; {log}:\n{tail}")
         if _answers(health):
             return Service(name, url, proc.pid, True, log)
@@ -283,7 +326,7 @@ def up(  # noqa: PLR0913 - keyword-only, one per `gfm stack up` option
         RuntimeError: a server exited or did not answer in time (the message has its log's tail).
     """
     check_host(host, allow_remote=allow_remote)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     create_database(database_url)
     if optuna_url is not None:
         create_database(optuna_url)
@@ -292,11 +335,9 @@ def up(  # noqa: PLR0913 - keyword-only, one per `gfm stack up` option
     # an unspecified address binds every interface; others reach it by this machine's name
     url_host = socket.getfqdn() if host in ("0.0.0.0", "::") else host
     url_host = f"[{url_host}]" if ":" in url_host else url_host
-    mlflow_cmd = [
+    mlflow_cmd = [  # the backend store (a password in it) goes by environment, not on argv
         str(Path(sys.executable).with_name("mlflow")),
         "server",
-        "--backend-store-uri",
-        database_url,
         "--artifacts-destination",
         str(artifacts),
         "--host",
@@ -307,7 +348,14 @@ def up(  # noqa: PLR0913 - keyword-only, one per `gfm stack up` option
         str(mlflow_workers),
     ]
     services = [
-        _start("mlflow", mlflow_cmd, f"http://{url_host}:{port}", state_dir, timeout_s=timeout_s)
+        _start(
+            "mlflow",
+            mlflow_cmd,
+            f"http://{url_host}:{port}",
+            state_dir,
+            timeout_s=timeout_s,
+            secret_env={"MLFLOW_BACKEND_STORE_URI": database_url},
+        )
     ]
     if prefect_port is not None:
         prefect_cmd = [

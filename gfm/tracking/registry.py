@@ -33,6 +33,7 @@ from mlflow.pyfunc import PyFuncModel
 from gfm import saved
 from gfm.config import RegistrySettings, Settings
 from gfm.forecaster import Forecaster
+from gfm.services import redact
 from gfm.tracking.pyfunc import ARTIFACT_KEY
 from gfm.tracking.runs import TAG_DATASET_VERSION, TAG_GIT_COMMIT, _sqlite_path, use_store
 
@@ -377,6 +378,34 @@ def find_version(run_id: str, cfg: RegistrySettings) -> str | None:
         raise
     mine = [mv for mv in versions if mv.run_id == run_id or mv.tags.get(TAG_RUN) == run_id]
     return str(max(int(mv.version) for mv in mine)) if mine else None
+
+
+def missing_artifacts(uri: str) -> str | None:
+    """Which version a registry URI names and where its missing artifacts were; None otherwise.
+
+    For ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` whose version exists in the
+    store MLflow points at but whose artifact location holds nothing (deleted, or another
+    machine's folder): ``"version 3 of gfm (alias champion): no artifacts at <location>"``.
+    None when the URI names no such version or its artifacts are there: the failure was another.
+    """
+    if not uri.startswith(SCHEME):
+        return None
+    name, sep, alias = uri[len(SCHEME) :].partition("@")
+    client = MlflowClient()
+    try:
+        if sep:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            name, _, version = name.partition("/")
+            version = version.split("/", 1)[0]
+            client.get_model_version(name, version)
+        location = client.get_model_version_download_uri(name, version)
+        if mlflow.artifacts.list_artifacts(artifact_uri=location):
+            return None
+    except Exception:  # noqa: BLE001 - only a better message is at stake: the caller has one
+        return None
+    via = f" (alias {alias})" if sep else ""
+    return f"version {version} of {name}{via}: no artifacts at {redact(location)}"
 
 
 def load(
