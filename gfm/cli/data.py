@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,6 +15,7 @@ from gfm.config import Settings
 if TYPE_CHECKING:
     from gfm.data.format import Manifest
     from gfm.data.generate import GenerateReport
+    from gfm.data.stop import Terminated
 
 
 @app.command()
@@ -46,13 +48,17 @@ def generate(
         gfm generate --no-dvc --summary reports/dataset.json   # as a DVC stage
     """
     from gfm.data.lock import DatasetLocked
+    from gfm.data.space import DiskFull
+    from gfm.data.stop import Terminated
     from gfm.ops import versioning
 
     cfg = read_settings(params, set_)
     try:
         report = _generate(cfg, workers)
-    except (DatasetLocked, ValueError) as err:
+    except (DatasetLocked, DiskFull, ValueError) as err:
         raise fail("gfm generate", err) from None
+    except Terminated as err:
+        raise _stopped(cfg.data.root, err) from None
     console.print(summary_table(cfg.data.root))
     if report.diverged:
         console.print(
@@ -82,8 +88,32 @@ def _generate(cfg: Settings, workers: int | None) -> GenerateReport:
         if workers is not None:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"workers": workers})})
         return generate_on_dask(cfg.data)
-    with progress_bar("training runs") as progress:
+    from gfm.data.stop import sigterm_raises
+
+    # SIGTERM stops the pool's workers and leaves the dataset as it was (gfm.data.stop)
+    with sigterm_raises(), progress_bar("training runs") as progress:
         return run_generation(cfg.data, workers=workers, progress=progress)
+
+
+def _stopped(root: Path, err: Terminated) -> typer.Exit:
+    """Say in one line where a generation stopped by SIGTERM left the data; exit 143 (128 + 15)."""
+    from gfm.data.writer import staging_path
+
+    if err.after:
+        line = f"gfm generate stopped by SIGTERM after {err.after}; no summary or DVC step ran"
+    else:
+        staging = staging_path(root)
+        staged = sum(1 for p in staging.rglob("[!.]*") if p.is_file()) if staging.is_dir() else 0
+        line = "gfm generate stopped by SIGTERM: " + (
+            f"the dataset at {root} is unchanged" if root.exists() else "no dataset was written"
+        )
+        if staged:
+            line += (
+                f"; the {staged} run(s) finished so far stay in {staging} and the next "
+                "`gfm generate` reuses them"
+            )
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(128 + signal.SIGTERM)
 
 
 def _write_summary(path: Path, root: Path, report: object) -> None:

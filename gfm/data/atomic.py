@@ -36,7 +36,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Whatever the block writes to the yielded path is fsynced and renamed over ``path`` with
     ``os.replace``, so readers see either the old file or the complete new one. If the block
-    raises, the temporary file is removed and ``path`` is untouched.
+    raises, the temporary file is removed and ``path`` is untouched; an ``OSError`` that names
+    no file (a full disk's ENOSPC from ``write``) is raised again naming ``path``.
 
     Args:
         path: the destination file; its folder is created if missing.
@@ -52,6 +53,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno is not None and not err.filename:  # e.g. ENOSPC from write(): name the file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -10,10 +10,12 @@ machine-independent kernels (``gfm._torch.kernel_env``) on one thread, with oneD
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import multiprocessing
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +33,9 @@ from gfm.data.format import MANIFEST_FILE
 from gfm.data.lock import dataset_lock
 from gfm.data.names import OPTIMIZERS
 from gfm.data.optim import DEFAULTS, build_optimizer, scheduled_lr
+from gfm.data.pool import init_worker, stop_pool
 from gfm.data.schema import RunRecord, RunSpec, arch_name
+from gfm.data.space import DiskFull, disk_full, no_space, plan_bytes
 from gfm.data.tasks import TASK_CLASSES, flatten, make_task, param_meta
 
 if TYPE_CHECKING:
@@ -344,16 +348,14 @@ def _train(spec: RunSpec, task_cfg: TaskSettings) -> RunRecord:
     )
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # two workers on two cores: no oversubscription
-
-
 def _run_all(specs: list[RunSpec], cfg: DataSettings, workers: int) -> Iterator[RunRecord]:
     """Train ``specs``, yielding records as they finish.
 
     Inline when one worker suffices and this process's kernels are pinned; otherwise in
     spawned processes started with the pinned kernels (``pinned_environ``), so the records do
-    not depend on the number of workers nor on what the calling process ran before.
+    not depend on the number of workers nor on what the calling process ran before. The
+    workers die with this process, even by SIGKILL (``gfm.data.pool.init_worker``); on an
+    error, SIGTERM (``gfm.data.stop``), Ctrl-C or an early close they are stopped at once.
     """
     if not specs:
         return
@@ -364,19 +366,21 @@ def _run_all(specs: list[RunSpec], cfg: DataSettings, workers: int) -> Iterator[
     # spawn: a fresh interpreter per worker, safe with torch's threads (fork is not), and one
     # that reads the kernel variables before its first tensor op
     ctx = multiprocessing.get_context("spawn")
-    with (
-        pinned_environ(),
-        ProcessPoolExecutor(
-            min(workers, len(specs)), mp_context=ctx, initializer=_init_worker
-        ) as pool,
-    ):
-        futures = [pool.submit(train_run, spec, cfg.tasks[spec.task]) for spec in specs]
+    with pinned_environ():
+        pool = ProcessPoolExecutor(
+            min(workers, len(specs)),
+            mp_context=ctx,
+            initializer=init_worker,
+            initargs=(os.getpid(),),
+        )
         try:
+            futures = [pool.submit(train_run, spec, cfg.tasks[spec.task]) for spec in specs]
             for future in as_completed(futures):
                 yield future.result()
-        finally:
-            for future in futures:  # on error or early close, drop what has not started
-                future.cancel()
+        except BaseException:  # error, Terminated, Ctrl-C, close(): do not wait for runs
+            stop_pool(pool)
+            raise
+        pool.shutdown()
 
 
 def check_root(root: Path) -> None:
@@ -440,30 +444,52 @@ def generate(
         ValueError: ``workers`` < 1, the plan is invalid (see ``plan_runs``), or ``cfg.root``
             is neither absent, an empty folder nor a dataset (``check_root``: before training).
         DatasetLocked: another process is generating this dataset; the message names it.
+        DiskFull: a write ran out of space, quota or file-size limit (``gfm.data.space``): the
+            message names the file, the space the plan needs and the space free; the staging
+            folder was removed and the previous dataset is unchanged.
     """
     start = time.perf_counter()
     n_workers = cfg.workers if workers is None else workers
     if n_workers < 1:
         raise ValueError(f"`workers` must be >= 1, got {n_workers}")
     with dataset_lock(cfg.root):
-        return _generate(cfg, n_workers, progress, writer, runner, start)
+        if writer is None:
+            from gfm.data.writer import DatasetWriter
+
+            check_root(cfg.root)
+            writer = DatasetWriter(cfg.root)
+        try:
+            return _generate(cfg, n_workers, progress, writer, runner, start)
+        except OSError as err:
+            if not no_space(err) or isinstance(err, DiskFull):
+                raise
+            raise _disk_full(err, cfg, writer) from None
+
+
+def _disk_full(err: OSError, cfg: DataSettings, writer: Writer) -> DiskFull:
+    """``gfm.data.space.disk_full`` for this generation: the plan's size, the writer's staging."""
+    try:
+        needed: tuple[int, str] | None = plan_bytes(plan_runs(cfg), cfg)
+    except Exception:  # noqa: BLE001 - an estimate must never hide the out-of-space message
+        needed = None
+    staging = getattr(writer, "staging", None)
+    error = disk_full(err, cfg.root, staging if isinstance(staging, Path) else None, needed)
+    recover = getattr(writer, "recover", None)
+    if callable(recover):  # a swap cut between its renames: put the previous dataset back
+        with contextlib.suppress(OSError):
+            recover()
+    return error
 
 
 def _generate(
     cfg: DataSettings,
     n_workers: int,
     progress: Callable[[int, int], None] | None,
-    writer: Writer | None,
+    writer: Writer,
     runner: Runner | None,
     start: float,
 ) -> GenerateReport:
     """The body of ``generate`` (same arguments), run under the dataset's lock."""
-    if writer is None:
-        from gfm.data.writer import DatasetWriter
-
-        check_root(cfg.root)
-        writer = DatasetWriter(cfg.root)
-
     specs = plan_runs(cfg)
     todo = [spec for spec in specs if not writer.has(spec)]
     log.info(
@@ -476,15 +502,17 @@ def _generate(
 
     diverged: list[tuple[str, int]] = []
     records = runner(todo, cfg) if runner is not None and todo else _run_all(todo, cfg, n_workers)
-    for done, record in enumerate(records, start=1):
-        writer.write_run(record)
-        if record.diverged_at is not None:
-            diverged.append((record.spec.run_id, record.diverged_at))
-            log.warning("%s diverged at step %d", record.spec.run_id, record.diverged_at)
-        else:
-            log.debug("%s done: val_loss %.4g", record.spec.run_id, record.val_loss[-1])
-        if progress is not None:
-            progress(done, len(todo))
+    # closed on any error (a full disk in write_run), so a pool stops now, not when collected
+    with contextlib.closing(records) if hasattr(records, "close") else contextlib.nullcontext():
+        for done, record in enumerate(records, start=1):
+            writer.write_run(record)
+            if record.diverged_at is not None:
+                diverged.append((record.spec.run_id, record.diverged_at))
+                log.warning("%s diverged at step %d", record.spec.run_id, record.diverged_at)
+            else:
+                log.debug("%s done: val_loss %.4g", record.spec.run_id, record.val_loss[-1])
+            if progress is not None:
+                progress(done, len(todo))
 
     # naming the plan lets the writer drop staged runs of an earlier, different plan
     manifest = writer.commit(cfg, run_ids=[spec.run_id for spec in specs])

@@ -30,6 +30,7 @@ __all__ = [
     "DigitsMLP",
     "MNISTCNN",
     "make_task",
+    "count_params",
     "flatten",
     "load_flat",
     "param_meta",
@@ -333,6 +334,26 @@ def make_task(name: str, cfg: TaskSettings, seed: int) -> Task:
     if name not in TASK_CLASSES:
         raise ValueError(f"`task` must be one of {list(TASK_CLASSES)}, got {name!r}")
     return TASK_CLASSES[name](cfg, seed)
+
+
+def count_params(name: str, cfg: TaskSettings, hidden: tuple[int, ...] | list[int]) -> int:
+    """D, the length of a recorded weight vector of task ``name`` with hidden sizes ``hidden``.
+
+    The network is built on torch's meta device: no memory, no data, no random draws.
+
+    Raises:
+        ValueError: ``name`` is not a key of ``TASK_CLASSES``, or ``hidden`` does not fit it.
+    """
+    if name not in TASK_CLASSES:
+        raise ValueError(f"`task` must be one of {list(TASK_CLASSES)}, got {name!r}")
+    cls = TASK_CLASSES[name]
+    hidden = tuple(int(h) for h in hidden)
+    cls.check_hidden(hidden)
+    task = cls.__new__(cls)  # only _model's settings: no problem drawn, no dataset loaded
+    task.cfg = cfg
+    with torch.device("meta"):
+        model = task._model(hidden)
+    return sum(t.numel() for t in model.state_dict().values())
 
 
 def flatten(model: nn.Module) -> np.ndarray:

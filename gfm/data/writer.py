@@ -60,6 +60,7 @@ from gfm.data.schema import (
     check_run_id,
 )
 from gfm.data.splits import GivenSplit, assign_splits
+from gfm.data.stop import shielded
 
 
 def _marker_spec(path: Path) -> str | None:
@@ -74,6 +75,12 @@ def _file_spec(path: Path) -> str | None:
         return spec_to_json(read_run_spec(path))
     except (OSError, DatasetError):
         return None
+
+
+def staging_path(root: str | Path) -> Path:
+    """Where a generation of the dataset ``root`` stages its runs: ``.<name>.partial`` beside it."""
+    root = Path(root)
+    return root.parent / f".{root.name}.partial"
 
 
 class DatasetWriter:
@@ -96,7 +103,7 @@ class DatasetWriter:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.staging = self.root.parent / f".{self.root.name}.partial"
+        self.staging = staging_path(self.root)
         self.old = self.root.parent / f".{self.root.name}.old"
         self._root_files: dict[str, str] | None = None
         self.recover()
@@ -350,16 +357,18 @@ class DatasetWriter:
         return manifest
 
     def _swap(self) -> None:
-        if self.old.exists():
-            shutil.rmtree(self.old)
-        if self.root.exists():
-            os.replace(self.root, self.old)
-        # If the process dies here, `root` is missing; recover() completes the swap.
-        os.replace(self.staging, self.root)
-        _fsync_dir(self.root.parent)
-        if self.old.exists():
-            shutil.rmtree(self.old)
-        self._root_files = None
+        # a SIGTERM (gfm.data.stop) waits for both renames: readers never find `root` missing
+        with shielded(f"the new dataset at {self.root} was committed"):
+            if self.old.exists():
+                shutil.rmtree(self.old)
+            if self.root.exists():
+                os.replace(self.root, self.old)
+            # If the process dies here, `root` is missing; recover() completes the swap.
+            os.replace(self.staging, self.root)
+            _fsync_dir(self.root.parent)
+            if self.old.exists():
+                shutil.rmtree(self.old)
+            self._root_files = None
 
 
 def _width(dtype: pl.DataType | None, path: Path) -> int:

@@ -5,7 +5,15 @@ import torch
 from gfm.config import TaskSettings
 from gfm.data import names
 from gfm.data.schema import RunSpec
-from gfm.data.tasks import TASK_CLASSES, evaluate_weights, flatten, load_flat, make_task, param_meta
+from gfm.data.tasks import (
+    TASK_CLASSES,
+    count_params,
+    evaluate_weights,
+    flatten,
+    load_flat,
+    make_task,
+    param_meta,
+)
 
 SMALL = TaskSettings(archs=[[]], steps=10, record_every=5, n_train=128, n_test=64, dim=4)
 HIDDEN = {
@@ -84,6 +92,17 @@ def test_flatten_load_flat_round_trip_in_state_dict_order(name):
 def test_mnist_cnn_default_arch_has_about_14k_params():
     task = make_task("mnist_cnn", SMALL, seed=0)
     assert len(param_meta(task.build((16, 32, 32), 0))) == 14378
+
+
+@pytest.mark.parametrize("name", list(TASK_CLASSES))
+def test_count_params_is_the_recorded_width_without_data_or_random_draws(name):
+    state = torch.random.get_rng_state()
+    n = count_params(name, SMALL, HIDDEN[name])
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert n == len(param_meta(make_task(name, SMALL, seed=0).build(HIDDEN[name], 0)))
+    assert count_params("mnist_cnn", SMALL, [16, 32, 32]) == 14378
+    with pytest.raises(ValueError, match="hidden"):
+        count_params("least_squares", SMALL, [4])
 
 
 def test_real_splits_are_fixed_and_scaled():
