@@ -105,7 +105,9 @@ def tune(
     forecast loss (`tune.metric`) lags. The study lives in `tune.storage` (sqlite beside the
     MLflow store by default) and resumes where an interrupted run stopped. Each trial is a
     nested MLflow run under a `tune` run. With `--workers N` (PostgreSQL storage, team mode)
-    N processes share the study; `gfm tune-worker` adds more from other machines. Examples:
+    N processes share the study; `gfm tune-worker` adds more from other machines. A trial whose
+    process was killed or interrupted (Ctrl-C: exit 130) runs again with its parameters on the
+    next start, and no other configuration is tried twice. Examples:
 
         gfm tune
         gfm tune --set tune.n_trials=20 --set tune.trial_steps=600
@@ -124,6 +126,8 @@ def tune(
         )
     except StepErrors as err:
         raise fail("gfm tune", err) from None
+    except KeyboardInterrupt:
+        raise interrupted("gfm tune", cfg) from None
     produced(
         "gfm tune",
         [
@@ -133,6 +137,23 @@ def tune(
         ],
         cfg,
     )
+
+
+def interrupted(what: str, cfg: Settings) -> typer.Exit:
+    """Ctrl-C of a tuning command: one line saying where the study is kept; exit status 130.
+
+    The trial it interrupted is failed and runs again on the next start (``gfm.ops.study``).
+    """
+    from gfm.services import redact
+
+    console.print(
+        f"interrupted: {what} stopped, study kept at {redact(cfg.tune.storage or '')}, "
+        "rerun to resume",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return typer.Exit(130)
 
 
 @app.command("tune-worker")
@@ -163,6 +184,8 @@ def tune_worker(
         )
     except StepErrors as err:
         raise fail("gfm tune-worker", err) from None
+    except KeyboardInterrupt:
+        raise interrupted("gfm tune-worker", cfg) from None
     produced(
         "gfm tune-worker",
         [

@@ -1,16 +1,20 @@
 """Hyperparameter search for GFM with Optuna: the space from ``cfg.tune``, a pruned objective.
 
-The only module of gfm that imports optuna (it never imports mlflow: the caller logs each trial
-through ``on_trial``). One trial trains a GFM for ``tune.trial_steps`` steps on the train part of
-``train.split`` and reports the validation forecast loss (``tune.metric``) to the pruner every
-``tune.eval_every`` steps; its value is the best reported one (``fit`` keeps that network).
+With its sampler (``gfm.ops.sampling``) and shared side (``gfm.ops.claims``) the module of gfm
+that imports optuna (it never imports mlflow: the caller logs each trial through ``on_trial``).
+One trial trains a GFM for ``tune.trial_steps`` steps on the train part of ``train.split`` and
+reports the validation forecast loss (``tune.metric``) to the pruner every ``tune.eval_every``
+steps; its value is the best reported one (``fit`` keeps that network).
 
 The study is resumable: its name is ``tune.study_name`` plus a fingerprint of what the trials
 depend on (dataset version, search space, the fixed settings), ``load_if_exists`` reopens it and
 only the missing trials run (``tune.n_trials`` counts finished trials: complete or pruned). A
-trial whose process died is failed once its heartbeat is older than ``2 · tune.heartbeat_s`` and
-run again with the same parameters. The first trial of a new study is the configured settings
-themselves (when they lie in the space), so tuning never returns worse than the default on val.
+trial whose process died is failed (at once when the process was on this machine, else once its
+heartbeat is older than ``2 · tune.heartbeat_s``) and run again with the same parameters, once
+(``tune.max_retry``); so is the trial a Ctrl-C interrupted. Otherwise no configuration is drawn
+twice, and a resumed study's sampler does not restart its seeded stream (``gfm.ops.sampling``).
+The first trial of a new study is the configured settings themselves (when they lie in the
+space), so tuning never returns worse than the default on val.
 
 Several worker processes, on one machine or many, can share one study on PostgreSQL storage
 (``work``; ``gfm tune --workers N`` and ``gfm tune-worker --study NAME``). Each worker claims a
@@ -43,10 +47,18 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from gfm.config import GFMSettings, SearchParam, Settings, TrainSettings, apply_params
+from gfm.config import Settings, apply_params
 from gfm.data.schema import RunRecord
-from gfm.ops.claims import SharedStudy
+from gfm.ops.claims import (
+    PROCESS_ATTR,
+    WORKER_ATTR,
+    NoInterruptedTrial,
+    SharedStudy,
+    process_token,
+    retry_interrupted,
+)
 from gfm.ops.layout import check_tuning_parts
+from gfm.ops.sampling import contains, resume_seed, sampler, suggest, worker_seed
 from gfm.services import (
     ServiceUnavailable,
     check_shared,
@@ -59,6 +71,7 @@ __all__ = [
     "TrialResult",
     "TuneResult",
     "check_storage",
+    "finished_by",
     "join_study",
     "open_study",
     "progress",
@@ -74,7 +87,6 @@ __all__ = [
 log = logging.getLogger("gfm.tune")
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 N_TRIALS_ATTR = "gfm.n_trials"  # the study's target, so workers started elsewhere agree on it
-WORKER_ATTR = "gfm.worker"  # host:pid of the process that ran a trial
 
 
 @dataclass(frozen=True)
@@ -134,43 +146,6 @@ class TuneResult:
 
 
 OnTrial = Callable[[TrialResult], None]
-
-
-def _field_type(key: str) -> type:
-    section, _, name = key.partition(".")
-    model = {"gfm": GFMSettings, "train": TrainSettings}[section]
-    return model.model_fields[name].annotation  # type: ignore[return-value]
-
-
-def _contains(dim: SearchParam, value: Any) -> bool:
-    if dim.choices is not None:
-        return value in dim.choices
-    assert dim.low is not None and dim.high is not None  # internal: checked by SearchParam
-    return isinstance(value, int | float) and dim.low <= value <= dim.high
-
-
-def suggest(trial: Trial, space: dict[str, SearchParam]) -> dict[str, Any]:
-    """Draw one value per dimension; names are the dotted settings keys.
-
-    A range over an integer setting (``gfm.depth``) is drawn with ``suggest_int``.
-
-    Returns:
-        ``{"gfm.width": 64, "train.lr": 0.0012, ...}``.
-    """
-    params: dict[str, Any] = {}
-    for key, dim in space.items():
-        if dim.choices is not None:
-            params[key] = trial.suggest_categorical(key, dim.choices)
-        elif _field_type(key) is int:
-            step = int(dim.step) if dim.step else 1
-            params[key] = trial.suggest_int(
-                key, int(dim.low), int(dim.high), step=step, log=dim.log
-            )
-        else:
-            params[key] = trial.suggest_float(
-                key, float(dim.low), float(dim.high), step=dim.step, log=dim.log
-            )
-    return params
 
 
 def study_name(settings: Settings, dataset_version: str) -> str:
@@ -239,12 +214,13 @@ def check_storage(settings: Settings) -> None:
         _storage(settings).engine.dispose()
 
 
-def _sampler(seed: int) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # TPE's default 10 random startup trials: a small study explores instead of circling
-        # the configured settings (its first trial)
-        return optuna.samplers.TPESampler(seed=seed)
+def _seed_sampler(study: optuna.Study, settings: Settings, seed: int) -> None:
+    """Give ``study`` its sampler, seeded with ``seed`` when new, else from ``resume_seed``.
+
+    The same seed again would draw the study's first random trials again.
+    """
+    n = len(study.get_trials(deepcopy=False))
+    study.sampler = sampler(resume_seed(seed, n), settings.tune.space.flat())
 
 
 def _pruner(settings: Settings) -> optuna.pruners.BasePruner:
@@ -254,25 +230,15 @@ def _pruner(settings: Settings) -> optuna.pruners.BasePruner:
     )
 
 
-def worker_seed(seed: int, worker: int) -> int:
-    """The sampler seed of worker ``worker``: ``seed`` itself for worker 0.
-
-    Workers sharing one seed would draw the same random startup trials; each gets its own
-    stream instead (a parallel study is not reproducible trial by trial anyway).
-    """
-    if worker == 0:
-        return seed
-    return int.from_bytes(hashlib.sha256(f"{seed}/{worker}".encode()).digest()[:4], "little")
-
-
 def open_study(
     settings: Settings, dataset_version: str, *, seed: int | None = None
 ) -> optuna.Study:
     """Create or reopen the study (seeded TPE, median pruner, heartbeat) in ``tune.storage``.
 
-    A new study gets the configured settings enqueued as its first trial when they lie inside
-    the search space; the study records ``tune.n_trials`` as its target (user attribute
-    ``gfm.n_trials``) for workers that join it.
+    The sampler repeats no configuration, and a reopened study's draws from ``resume_seed``
+    (``gfm.ops.sampling``). A new study gets the configured settings enqueued as its first trial
+    when they lie inside the search space; the study records ``tune.n_trials`` as its target
+    (user attribute ``gfm.n_trials``) for workers that join it.
 
     Args:
         settings: all settings.
@@ -283,11 +249,11 @@ def open_study(
     study = optuna.create_study(
         storage=_storage(settings),
         study_name=study_name(settings, dataset_version),
-        sampler=_sampler(t.seed if seed is None else seed),
         pruner=_pruner(settings),
         direction="minimize",
         load_if_exists=True,
     )
+    _seed_sampler(study, settings, t.seed if seed is None else seed)
     if study.user_attrs.get(N_TRIALS_ATTR) != t.n_trials:
         study.set_user_attr(N_TRIALS_ATTR, t.n_trials)
     if not study.trials:
@@ -324,16 +290,15 @@ def join_study(
     if seed is None:
         seed = worker_seed(t.seed, os.getpid() % 1_000_000 + 1)
     try:
-        return optuna.load_study(
-            study_name=expected,
-            storage=_storage(settings),
-            sampler=_sampler(seed),
-            pruner=_pruner(settings),
+        study = optuna.load_study(
+            study_name=expected, storage=_storage(settings), pruner=_pruner(settings)
         )
     except KeyError:
         raise ValueError(
             f"--study: no study {expected!r} in {redact(t.storage or '')}; start it with `gfm tune`"
         ) from None
+    _seed_sampler(study, settings, seed)
+    return study
 
 
 def _anchor(settings: Settings) -> dict[str, Any] | None:
@@ -342,7 +307,7 @@ def _anchor(settings: Settings) -> dict[str, Any] | None:
     for key, dim in settings.tune.space.flat().items():
         section, _, name = key.partition(".")
         value = getattr(getattr(settings, section), name)
-        if not _contains(dim, value):
+        if not contains(dim, value):
             log.info("not trying the configured %s=%r first: outside the search space", key, value)
             return None
         anchor[key] = value
@@ -357,10 +322,7 @@ def _objective(
 
     t = settings.tune
 
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-
     def objective(trial: Trial) -> float:
-        trial.set_user_attr(WORKER_ATTR, worker)
         params = suggest(trial, t.space.flat())
         trial_settings = apply_params(
             settings,
@@ -426,8 +388,10 @@ def work(
     The target is the study's ``gfm.n_trials`` (set by ``open_study``). Each trial is claimed
     (see ``_Shared``): the worker counts finished and running trials and starts one only while
     their sum is below the target, so workers never overshoot it. When every remaining trial
-    is running elsewhere the worker waits; a trial whose worker died is failed once its
-    heartbeat is older than ``2 · tune.heartbeat_s`` and run again (``tune.max_retry``).
+    is running elsewhere the worker waits; a trial whose worker died is failed, at once when
+    that worker ran on this machine (``gfm.ops.claims.process_gone``), else once its heartbeat
+    is older than ``2 · tune.heartbeat_s``, and run again (``tune.max_retry``). A Ctrl-C
+    (KeyboardInterrupt) fails this worker's trial, enqueues its retry and is raised again.
 
     Args:
         settings: all settings (``tune.timeout_s`` bounds this worker's time).
@@ -450,8 +414,14 @@ def work(
     deadline = None if t.timeout_s is None else time.monotonic() + t.timeout_s
     poll = min(float(t.heartbeat_s), 2.0)
     new = 0
+    worker, token = f"{socket.gethostname()}:{os.getpid()}", process_token()
+    current: list[int] = []  # the id of the trial this worker runs
 
     def claimed(trial: Trial) -> float:
+        # before the claim is released: a retry carries its dead worker's attributes until here
+        trial.set_user_attr(WORKER_ATTR, worker)
+        trial.set_user_attr(PROCESS_ATTR, token)
+        current[:] = [trial._trial_id]
         claim.release()  # the trial is RUNNING now: other workers count it
         return objective(trial)
 
@@ -477,6 +447,7 @@ def work(
             try:
                 fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry is enqueued
                 claim.fail_orphans(retry)  # one that died before its first heartbeat, too
+                claim.fail_dead(retry)  # one whose process is known gone, without waiting
                 finished = _count(study, *_FINISHED)
                 if finished >= target:
                     break
@@ -485,9 +456,19 @@ def work(
                     time.sleep(poll)
                     continue
                 study.optimize(claimed, n_trials=1, callbacks=[callback])
+            except KeyboardInterrupt:
+                retry_interrupted(study, current[0] if current else None, retry)
+                raise
             finally:
+                current.clear()
                 claim.release()
     return new
+
+
+def finished_by(study: optuna.Study, worker: str) -> int:
+    """The finished trials of ``study`` that ``worker`` (host:pid) ran."""
+    trials = study.get_trials(deepcopy=False, states=_FINISHED)
+    return sum(t.user_attrs.get(WORKER_ATTR) == worker for t in trials)
 
 
 def progress(study: optuna.Study) -> tuple[int, int]:
@@ -583,7 +564,10 @@ def quiet() -> Iterator[None]:
     """Optuna's own log lines off (gfm logs one line per trial instead), restored on exit."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optimize_log, interrupted = logging.getLogger("optuna.study._optimize"), NoInterruptedTrial()
+    optimize_log.addFilter(interrupted)
     try:
         yield
     finally:
+        optimize_log.removeFilter(interrupted)
         optuna.logging.set_verbosity(verbosity)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import polars as pl
 import torch
 
 from gfm.config import Settings
+from gfm.ops.claims import process_gone, process_token
 from gfm.ops.layout import (
     _history,
     dataset_version,
@@ -27,11 +31,42 @@ from gfm.ops.stack import redact
 log = logging.getLogger("gfm.ops")
 
 
+def _process_tags() -> dict[str, str]:
+    """Which process a run belongs to: ``gfm.host``, ``gfm.pid``, ``gfm.process``.
+
+    The last is its ``process_token``: the next start tells a killed process's run by it.
+    """
+    return {
+        "gfm.host": socket.gethostname(),
+        "gfm.pid": str(os.getpid()),
+        "gfm.process": process_token(),
+    }
+
+
+def _end_dead_runs(study: str) -> None:
+    """Mark KILLED the study's MLflow runs left RUNNING by a process of this machine that is gone.
+
+    A ``gfm tune`` killed with SIGKILL cannot end them; another machine's runs are left alone.
+    """
+    from gfm.tracking.runs import end_dead_runs
+
+    for run in end_dead_runs(
+        {"gfm.study": study}, lambda tags: process_gone(tags.get("gfm.process"))
+    ):
+        tags = run.data.tags
+        log.warning(
+            "MLflow run %s (%s, pid %s) was left RUNNING by a process that is gone: marked KILLED",
+            run.info.run_id,
+            tags.get("gfm.step", "?"),
+            tags.get("gfm.pid", "?"),
+        )
+
+
 # ----------------------------------------------------------------------------- tune
 
 
 def _trial_logger(
-    settings: Settings, version: str, repo: Path | None, parent_run_id: str | None
+    settings: Settings, version: str, repo: Path | None, parent_run_id: str | None, study: str
 ) -> Callable[[Any], None]:
     """``on_trial`` for ``gfm.ops.study``: one ``trial-<n>`` run per trial, a child of the tune run."""
     from gfm import tracking
@@ -39,8 +74,10 @@ def _trial_logger(
     def on_trial(trial: Any) -> None:
         tags = {
             "gfm.step": "trial",
+            "gfm.study": study,
             "gfm.trial": trial.number,
             "gfm.trial_state": trial.state,
+            **_process_tags(),
         }
         with tracking.start_run(
             f"trial-{trial.number}",
@@ -121,17 +158,18 @@ def tune_step(
     check_storage(settings)  # a dead PostgreSQL fails here, before a tune run is logged
     tracking.configure(settings.tracking)
     name = study_name(settings, version)
+    _end_dead_runs(name)
     with tracking.start_run(
         run_name("tune", name, version),
         dataset_version=version,
         repo=repo,
-        tags={"gfm.step": "tune", "gfm.study": name},
+        tags={"gfm.step": "tune", "gfm.study": name, **_process_tags()},
     ) as run:
         # not the storage URL: a team database's may hold a password
         tracking.log_params_flat(settings.tune.model_dump(mode="json", exclude={"storage"}), "tune")
         tracking.log_dataset(version, ds.root, ds.runs, context="tuning")
         if workers == 1:
-            on_trial = _trial_logger(settings, version, repo, run.info.run_id)
+            on_trial = _trial_logger(settings, version, repo, run.info.run_id, name)
             result = tune(settings, train, val, dataset_version=version, on_trial=on_trial)
             per_worker = [result.n_new]
         else:
@@ -144,7 +182,7 @@ def tune_step(
                 workers,
                 settings.tune.n_trials,
             )
-            per_worker = _run_workers(settings, name, run.info.run_id, workers, repo)
+            per_worker = _run_workers(settings, study, run.info.run_id, workers, repo)
             with quiet():
                 result = study_result(settings, study, n_new=sum(per_worker), start=start)
         tracking.set_tags({"gfm.best_trial": result.best_trial})
@@ -171,31 +209,127 @@ def tune_step(
 
 
 def _run_workers(
-    settings: Settings, study: str, parent_run_id: str, workers: int, repo: Path | None
+    settings: Settings, study: Any, parent_run_id: str, workers: int, repo: Path | None
 ) -> list[int]:
-    """``workers`` fresh processes running ``tune_worker_step``; the trials each finished."""
+    """``workers`` fresh processes run ``tune_worker_step`` on ``study``; the trials each finished.
+
+    A worker that dies (killed, out of memory) costs only its trial: the others fail it, run it
+    again (``gfm.ops.claims``) and go on until the study is finished. An error raised in a worker
+    is raised here once every worker has ended. Ctrl-C reaches this process only (the workers
+    ignore SIGINT from their start, so none prints a traceback): it stops the workers (SIGTERM)
+    and is raised again; their trials run again on the next start.
+
+    Raises:
+        RuntimeError: every worker died before the study was finished.
+    """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     # spawn: a fresh interpreter per worker, safe with torch's threads (fork is not); the cores
     # are shared out so that the workers do not oversubscribe them
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)
-    ) as pool:
-        futures = [
-            pool.submit(
-                tune_worker_step,
-                settings,
-                study=study,
-                parent_run_id=parent_run_id,
-                worker=i,
-                repo=repo,
+    procs, pipes = [], []
+    with _sigint_ignored():  # SIG_IGN survives exec: the workers ignore Ctrl-C from the start
+        for i in range(workers):
+            receive, send = ctx.Pipe(duplex=False)
+            kwargs = {"study": study.study_name, "parent_run_id": parent_run_id, "worker": i}
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(send, threads, settings, {**kwargs, "repo": repo}),
+                name=f"gfm-tune-worker-{i}",
             )
-            for i in range(workers)
-        ]
-        return [int(f.result()["n_new"]) for f in futures]
+            proc.start()
+            send.close()
+            procs.append(proc)
+            pipes.append(receive)
+    try:
+        results = _wait_workers(procs, pipes)
+    except BaseException:
+        _stop(procs)
+        raise
+    errors = [r[1] for r in results if r is not None and r[0] == "error"]
+    if errors:
+        raise errors[0]
+    from gfm.ops.study import finished_by, progress
+
+    finished, target = progress(study)
+    if all(r is None for r in results) and finished < target:
+        raise RuntimeError(
+            f"every tune worker died with {finished} of {target} trials finished; the study "
+            f"is kept at {redact(settings.tune.storage or '')}: rerun `gfm tune` to resume"
+        )
+    host = socket.gethostname()
+    return [
+        int(r[1]["n_new"]) if r is not None else finished_by(study, f"{host}:{p.pid}")
+        for r, p in zip(results, procs, strict=True)
+    ]
+
+
+def _worker_main(send: Any, threads: int, settings: Settings, kwargs: dict[str, Any]) -> None:
+    """A worker process: ``tune_worker_step``, its result or error sent back through ``send``."""
+    torch.set_num_threads(threads)
+    try:
+        doc = tune_worker_step(settings, **kwargs)
+    except Exception as err:  # to the parent, which raises it; exit 1 without a traceback
+        try:
+            send.send(("error", err))
+        except Exception:  # not picklable
+            send.send(("error", RuntimeError(f"{type(err).__name__}: {err}")))
+        raise SystemExit(1) from None
+    send.send(("ok", doc))
+
+
+def _wait_workers(procs: list[Any], pipes: list[Any]) -> list[tuple[str, Any] | None]:
+    """Each worker's ("ok", doc) or ("error", exception), or None for one that died."""
+    from multiprocessing.connection import wait
+
+    results: list[tuple[str, Any] | None] = [None] * len(procs)
+    pending = set(range(len(procs)))
+    while pending:
+        ready = wait([x for i in pending for x in (pipes[i], procs[i].sentinel)])
+        for i in list(pending):
+            if pipes[i] in ready:
+                with suppress(EOFError):  # EOF: it ended without a word, it died
+                    results[i] = pipes[i].recv()
+            if procs[i].sentinel in ready:
+                procs[i].join()
+                if results[i] is None and pipes[i].poll():
+                    with suppress(EOFError):
+                        results[i] = pipes[i].recv()
+                pending.discard(i)
+                if results[i] is None:
+                    code = procs[i].exitcode or 0
+                    how = signal.Signals(-code).name if code < 0 else f"exit status {code}"
+                    log.warning(
+                        "tune worker %d (pid %d) died (%s): its trial is failed and run again, "
+                        "the other workers go on",
+                        i,
+                        procs[i].pid,
+                        how,
+                    )
+    return results
+
+
+def _stop(procs: list[Any]) -> None:
+    """End the workers still running: SIGTERM, then SIGKILL after 10 s."""
+    with _sigint_ignored():  # a second Ctrl-C does not cut the clean-up short
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def tune_worker_step(
@@ -246,6 +380,8 @@ def tune_worker_step(
     with quiet():
         st = join_study(settings, version, study or settings.tune.study_name, seed=seed)
     tracking.configure(settings.tracking)
+    if parent_run_id is None:  # not a worker `gfm tune` started: a killed one's run is no parent
+        _end_dead_runs(st.study_name)
     parent = parent_run_id or tracking.find_active_run(
         {"gfm.step": "tune", "gfm.study": st.study_name}
     )
@@ -256,12 +392,12 @@ def tune_worker_step(
             "tune-worker",
             dataset_version=version,
             repo=repo,
-            tags={"gfm.step": "tune-worker", "gfm.study": st.study_name},
+            tags={"gfm.step": "tune-worker", "gfm.study": st.study_name, **_process_tags()},
         )
     )
     with context as own, quiet():
         parent = parent or own.info.run_id
-        on_trial = _trial_logger(settings, version, repo, parent)
+        on_trial = _trial_logger(settings, version, repo, parent, st.study_name)
         n_new = work(settings, st, train, val, on_trial=on_trial)
         finished, target = progress(st)
     log.info(

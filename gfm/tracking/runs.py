@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,8 +165,8 @@ def start_run(
     omitted outside a git repository), ``gfm.dataset_version`` (when given), ``dvc.exp_name``
     and ``dvc.exp_baseline_rev`` inside a ``dvc exp run`` (the link from a DVC experiment to
     its MLflow runs), then ``tags``.
-    The run ends FINISHED, or FAILED when the block raises (the promotion gate refuses models
-    of failed runs).
+    The run ends FINISHED, KILLED on Ctrl-C (KeyboardInterrupt), or FAILED when the block raises
+    otherwise (the promotion gate refuses models of failed and killed runs).
 
     Args:
         run_name: the run's display name.
@@ -197,7 +197,36 @@ def start_run(
         tags=all_tags,
         parent_run_id=parent_run_id,
     ) as run:
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")  # this run, the innermost: the ones inside it have ended
+            raise
+
+
+def end_dead_runs(
+    tags: Mapping[str, str], gone: Callable[[Mapping[str, str]], bool], status: str = "KILLED"
+) -> list[Any]:
+    """End the RUNNING runs of the active experiment that carry ``tags`` and whose process is gone.
+
+    A process killed with SIGKILL cannot end its run, which MLflow then shows RUNNING forever.
+
+    Args:
+        tags: the runs to look at (``{"gfm.study": name}``).
+        gone: whether a run's process has ended, from the run's tags; False when unknown.
+        status: what the runs become.
+
+    Returns:
+        The runs ended (as found, still RUNNING).
+    """
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    clauses.append("attributes.status = 'RUNNING'")
+    runs = mlflow.search_runs(filter_string=" and ".join(clauses), output_format="list")
+    ended = [run for run in runs if gone(run.data.tags)]
+    client = MlflowClient()
+    for run in ended:
+        client.set_terminated(run.info.run_id, status)
+    return ended
 
 
 def find_active_run(tags: Mapping[str, str]) -> str | None:

@@ -123,8 +123,8 @@ def test_the_checker_lets_each_layer_import_what_it_may():
 
 
 def test_mlflow_only_in_tracking_and_optuna_only_in_the_study_and_the_pruner():
-    # the study, its shared side, and the forecast pruner (an optuna.pruners.BasePruner)
-    study = {GFM / "ops" / name for name in ("study.py", "claims.py", "pruning.py")}
+    # the study, its sampler, its shared side, and the forecast pruner (a BasePruner)
+    study = {GFM / "ops" / name for name in ("study.py", "sampling.py", "claims.py", "pruning.py")}
     for path in _sources():
         names = imported(path.read_text(), module_of(path))
         if any(_matches(n, ("mlflow",)) for n in names):

@@ -89,3 +89,123 @@ def test_a_trial_orphaned_on_sqlite_is_failed_so_the_next_run_does_not_wait_fore
     # then the trial is failed and handed to the retry callback
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.FAIL and retried == [orphan.number]
+
+
+def _draw(study, space):
+    trial = study.ask()
+    return trial, suggest(trial, space)
+
+
+def test_a_reopened_study_does_not_draw_its_killed_trial_again(tmp_path):
+    # given a study whose first drawn trial (after the configured one) was running when its
+    # process was killed
+    s = load_settings(None, [f"tune.storage=sqlite:///{tmp_path}/o.db"], environ={})
+    space = s.tune.space.flat()
+    study = open_study(s, "v1")
+    anchor, _ = _draw(study, space)
+    study.tell(anchor, 0.5)
+    _, killed = _draw(study, space)
+    # when the study is reopened and draws its next trial
+    _, drawn = _draw(open_study(s, "v1"), space)
+    # then that is not the killed trial's configuration again (the seed's stream restarted)
+    assert drawn != killed
+
+
+def test_a_new_study_draws_what_its_seed_always_drew(tmp_path):
+    s = load_settings(None, [f"tune.storage=sqlite:///{tmp_path}/o.db"], environ={})
+    other = load_settings(None, [f"tune.storage=sqlite:///{tmp_path}/p.db"], environ={})
+    space = s.tune.space.flat()
+    draws = []
+    for settings in (s, other):
+        study = open_study(settings, "v1")
+        study.tell(study.ask(), 0.5)  # the configured trial
+        draws.append(_draw(study, space)[1])
+    assert draws[0] == draws[1]
+
+
+def test_no_configuration_is_drawn_twice_while_a_new_one_is_left(tmp_path):
+    # given a space of 4 configurations
+    s = load_settings(
+        None,
+        [
+            f"tune.storage=sqlite:///{tmp_path}/o.db",
+            "tune.space={gfm: {width: {choices: [32, 64]}, depth: {low: 2, high: 3}}}",
+        ],
+        environ={},
+    )
+    space = s.tune.space.flat()
+    study = open_study(s, "v1")
+    configs = []
+    for i in range(5):
+        trial, params = _draw(study, space)
+        study.tell(trial, float(i))
+        configs.append(tuple(params.values()))
+    # then the first 4 trials are the 4 configurations, and the 5th repeats one (none is left)
+    assert len(set(configs[:4])) == 4 and configs[4] in configs[:4]
+
+
+def test_the_sampler_draws_from_the_distributions_suggest_asks_for(tmp_path):
+    from gfm.ops.sampling import distributions
+
+    s = load_settings(
+        None,
+        [
+            f"tune.storage=sqlite:///{tmp_path}/o.db",
+            "tune.space.gfm.depth={low: 1, high: 5, step: 2}",
+        ],
+        environ={},
+    )
+    space = s.tune.space.flat()
+    study = open_study(s, "v1")
+    study.tell(study.ask(), 0.5)
+    trial, _ = _draw(study, space)
+    assert study.trials[trial.number].distributions == distributions(space)
+
+
+def test_process_gone_only_for_a_process_of_this_machine_that_ended():
+    import os
+    import subprocess
+
+    from gfm.ops.claims import process_gone, process_token
+
+    child = subprocess.Popen(["sleep", "60"])
+    token = process_token(child.pid)
+    assert not process_gone(token) and not process_gone(process_token())
+    host, rest = token.split("|", 1)
+    assert not process_gone(f"other-{host}|{rest}")  # another machine's: cannot tell
+    assert not process_gone(None) and not process_gone(f"{host}:{child.pid}")
+    # the pid taken by a later process is not the recorded one
+    assert process_gone(token.rsplit("|", 1)[0] + "|1")
+    child.kill()
+    child.wait()
+    assert process_gone(token)
+    assert not process_gone(process_token(os.getpid()))
+
+
+def test_neither_a_finished_nor_a_waiting_configuration_is_drawn(tmp_path):
+    from gfm.ops.sampling import distributions
+
+    # given a space of 3 widths: the configured one finished, another waiting to run (a retry)
+    s = load_settings(
+        None,
+        [
+            f"tune.storage=sqlite:///{tmp_path}/o.db",
+            "tune.space={gfm: {width: {choices: [32, 64, 128]}}}",
+        ],
+        environ={},
+    )
+    dists = distributions(s.tune.space.flat())
+    study = open_study(s, "v1")
+    anchor, _ = _draw(study, s.tune.space.flat())  # gfm.width=64, the configured value
+    study.tell(anchor, 0.5)
+    new = study.ask()  # the trial to draw for
+    waiting = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params={"gfm.width": 32}, distributions=dists
+    )
+    study.add_trial(waiting)
+    # when the sampler draws its configuration
+    frozen = study.trials[new.number]
+    space = study.sampler.infer_relative_search_space(study, frozen)
+    drawn = study.sampler.sample_relative(study, frozen, space)
+    # then it is the one left
+    assert drawn == {"gfm.width": 128}
