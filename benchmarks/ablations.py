@@ -231,11 +231,6 @@ def main() -> None:
         with atomic_path(target) as tmp:
             tmp.write_text(diagnosis(args.out, args.diagnose))
         print(f"wrote {target}")
-    if args.diagnose:
-        target = args.out.with_name(args.out.name + "_diagnosis.md")
-        with atomic_path(target) as tmp:
-            tmp.write_text(diagnosis(args.out, args.diagnose))
-        print(f"wrote {target}")
     if args.ledger:
         target = args.out.with_suffix(".md")
         with atomic_path(target) as tmp:
