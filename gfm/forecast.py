@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -187,6 +188,7 @@ def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint t
     adjoint: bool = False,
     chunk_size: int | None = None,
     index: torch.Tensor | None = None,
+    prior_cache: Path | None = None,
 ) -> torch.Tensor:
     """Integrate the field from the last observed checkpoint to the target times.
 
@@ -218,6 +220,7 @@ def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint t
         adjoint: integrate with ``odeint_adjoint`` (constant memory backward through the field).
         chunk_size: parameters integrated at once (all when None).
         index: (N,) forecast only these parameters (per-parameter fields only).
+        prior_cache: a folder of fitted priors to read and fill (``gfm.prior_cache``).
 
     Runs on one intra-op thread (``one_thread``): its ops are small.
 
@@ -245,6 +248,7 @@ def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint t
             adjoint,
             chunk_size,
             index,
+            prior_cache,
         )
 
 
@@ -260,6 +264,7 @@ def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
     adjoint: bool,
     chunk_size: int | None,
     index: torch.Tensor | None,
+    prior_cache: Path | None,
 ) -> torch.Tensor:
     """The body of ``forecast`` on checked inputs (same arguments, t as float64)."""
     dtype = prefix.w.dtype
@@ -302,7 +307,7 @@ def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
         ci = idx[start : start + chunk]  # (n,)
         code, prior = None, None
         if net is not None:
-            prior = quadfit(prefix, index=ci) if net.prior else None
+            prior = quadfit(prefix, index=ci, cache=prior_cache) if net.prior else None
             ctx = context(prefix, norm, history=net.history, index=ci, prior=prior)  # (n, F)
             code = net.encode(ctx.to(device)).to(dtype)  # (n, rows, K)
         cond = Cond.from_prefix(prefix, norm, index=ci, code=code, dtype=dtype).to(device)

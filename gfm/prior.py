@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from gfm import prior_cache
 from gfm.features import Normalizer, resolve_hparams
 from gfm.forecaster import Prefix
 
@@ -33,6 +35,7 @@ __all__ = ["QuadFit", "prior_velocity", "quadfit"]
 
 _STEP_LIMIT = (3.0, 50.0, 3.0)  # largest LM step in log h, z, log σ per iteration
 _FD = 1e-4  # forward-difference step of the Jacobian
+_VERSION = 2  # of the fit; part of the cache key, so a changed fit never reads an old entry
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ def quadfit(
     starts: tuple[float, ...] = (1.0, 4.0, -1.0),
     iters: int = 12,
     penalty: tuple[float, float, float] = (1e-2, 1e-6, 1e-2),
+    cache: Path | None = None,
 ) -> QuadFit:
     """Fit the per-parameter quadratic to the prefix and simulate it to the end of the run.
 
@@ -142,17 +146,46 @@ def quadfit(
         iters: Levenberg–Marquardt iterations.
         penalty: (λ_h, λ_z, λ_σ), the weights pulling log h to u_0 = −log(α_0 k r) (a time
             constant as long as the prefix), z to 0 and log σ to s_0 = 0.
+        cache: a folder of fitted parameters (``gfm.prior_cache``) shared by processes: a fit
+            of the same prefix, parameters and settings is read from it instead of solved again
+            (the result is the same: the path is simulated from the fitted x either way).
 
     Returns:
         ``QuadFit`` of the N parameters.
     """
+    key = None
+    if cache is not None:
+        key = prior_cache.key(prefix, index, (starts, iters, penalty, _VERSION))
+        hit = prior_cache.load(cache, key, n=len(prefix.params) if index is None else len(index))
+        if hit is not None:
+            return _simulate(prefix, index, *hit)
+    x, fit = _fit(prefix, index, starts, iters, penalty)
+    if key is not None:
+        prior_cache.store(cache, key, x, fit)
+    return _simulate(prefix, index, x, fit)
+
+
+def _inputs(
+    prefix: Prefix, index: torch.Tensor | None
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor, bool]:
+    """(hyperparameters, weights W (k+1, N), velocity scale c (N,), adaptive) of the fit."""
     hp = {key: float(v) for key, v in resolve_hparams(prefix.optimizer, prefix.hparams).items()}
-    k, M, r = prefix.k, prefix.M, prefix.record_every
     cols = slice(None) if index is None else index
     W1 = prefix.w.double()[:, cols]  # (k+1, N)
-    c1 = (Normalizer.from_prefix(prefix).scale.double()[cols] / M).clamp_min(1e-12)  # (N,)
-    lr = prefix.lr.double()
-    adaptive = prefix.optimizer in ("rmsprop", "adam", "adamw")
+    c1 = (Normalizer.from_prefix(prefix).scale.double()[cols] / prefix.M).clamp_min(1e-12)
+    return hp, W1, c1, prefix.optimizer in ("rmsprop", "adam", "adamw")
+
+
+def _fit(
+    prefix: Prefix,
+    index: torch.Tensor | None,
+    starts: tuple[float, ...],
+    iters: int,
+    penalty: tuple[float, float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fitted x = (log h, z[, log σ/(h c)]) (N, P) and RMS residual (N,) of ``quadfit``."""
+    hp, W1, c1, adaptive = _inputs(prefix, index)
+    k, r, lr = prefix.k, prefix.record_every, prefix.lr.double()
     P = 3 if adaptive else 2
     N, S = W1.shape[1], len(starts)
     W, c = W1.repeat(1, S), c1.repeat(S)  # (k+1, S·N), start-major
@@ -175,15 +208,28 @@ def quadfit(
 
     x, res, obj = _levenberg_marquardt(x, target, lam, residuals, iters)
     best = obj.view(S, N).argmin(0) * N + torch.arange(N)  # the best start of each parameter
-    x, res = x[best], res[:, best]
+    return x[best], res[:, best].square().mean(0).sqrt()
+
+
+def _simulate(
+    prefix: Prefix, index: torch.Tensor | None, x: torch.Tensor, fit: torch.Tensor
+) -> QuadFit:
+    """The fitted quadratic's path: the optimizer simulated from w_0 to step k·r, then on to M·r.
+
+        p(t_i) = w_k + (w_sim,i − w_sim,k),   i = k..M
+
+    with the model (h, w*, σ²) of the fitted x (N, P); ``fit`` is the RMS residual it carries.
+    """
+    hp, W1, c1, adaptive = _inputs(prefix, index)
+    k, M, r = prefix.k, prefix.M, prefix.record_every
     model = _unpack(x, W1[k], c1, adaptive)
-    sim = _Optimizer(prefix.optimizer, hp, lr, r)
+    sim = _Optimizer(prefix.optimizer, hp, prefix.lr.double(), r)
     w_k_sim, _ = sim.run(W1[0], model, range(k * r))
     _, rec = sim.run(w_k_sim, model, range(k * r, M * r), record=True)
     path = torch.stack(rec)  # (M−k+1, N) at checkpoints k..M
     return QuadFit(
         path=(W1[k] + path - path[0]).numpy(),
-        fit=res.square().mean(0).sqrt().numpy(),
+        fit=fit.numpy(),
         log_h=x[:, 0].numpy(),
         z=x[:, 1].numpy(),
     )

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,7 +108,9 @@ class _Prefixed:
     prior_v: torch.Tensor  # (P, M) the prior's velocity per interval, zero before k
 
     @staticmethod
-    def build(record: RunRecord, k: int, history: int, pool_seed: int) -> _Prefixed:
+    def build(
+        record: RunRecord, k: int, history: int, pool_seed: int, cache: Path | None = None
+    ) -> _Prefixed:
         """Fit the prior on the run's parameter pool and compute the pool's context."""
         prefix = Prefix.from_record(record, k)
         norm = Normalizer.from_prefix(prefix)
@@ -116,7 +119,7 @@ class _Prefixed:
         if D > _POOL:
             gen = np.random.default_rng([pool_seed, D, k])
             pool = torch.from_numpy(np.sort(gen.choice(D, _POOL, replace=False)))
-        prior = quadfit(prefix, index=pool)
+        prior = quadfit(prefix, index=pool, cache=cache)
         v = prior_velocity(prior, prefix.M, norm.scale[pool])  # (P, M − k)
         return _Prefixed(
             prefix=prefix,
@@ -296,8 +299,13 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
     return torch.cat(losses).mean()
 
 
-def _forecast_errors(
-    model: GFM, runs: Sequence[RunRecord], fraction: float, max_runs: int, max_params: int
+def _forecast_errors(  # noqa: PLR0913 - validate's arguments
+    model: GFM,
+    runs: Sequence[RunRecord],
+    fraction: float,
+    max_runs: int,
+    max_params: int,
+    prior_cache: Path | None,
 ) -> tuple[list[float], list[float]]:
     """Per-run final-weight MSE and MSE relative to persistence (see ``validate``)."""
     n = min(len(runs), max_runs)
@@ -324,6 +332,7 @@ def _forecast_errors(
             atol=cfg.atol,
             chunk_size=cfg.chunk_size,
             index=idx,
+            prior_cache=prior_cache,
         )[0].double()  # (N,)
         cols = slice(None) if idx is None else idx.numpy()
         # float64 copies: the record's arrays are read-only memory maps
@@ -344,6 +353,7 @@ def validate(
     max_runs: int = _EVAL_RUNS,
     max_params: int = _EVAL_PARAMS,
     prefix_name: str = "val",
+    prior_cache: Path | None = None,
 ) -> dict[str, float]:
     """Forecast the final weights of (a subset of) runs from an observed fraction.
 
@@ -351,13 +361,14 @@ def validate(
         rel_mse_persistence = mean_runs Σ_j (ŵ_M,j − w_M,j)² / Σ_j (w_k,j − w_M,j)²
 
     Runs are evenly spaced over ``runs`` (at most ``max_runs``) and at most ``max_params``
-    parameters per run (a fixed random subset; exact since the field is per-parameter).
+    parameters per run (a fixed random subset; exact since the field is per-parameter);
+    ``prior_cache``: a folder of fitted priors the forecasts read and fill (``gfm.prior_cache``).
 
     Returns:
         ``{f"{prefix_name}/forecast_mse": …, f"{prefix_name}/rel_mse_persistence": …}``.
     """
     with one_thread():
-        mse, rel = _forecast_errors(model, runs, fraction, max_runs, max_params)
+        mse, rel = _forecast_errors(model, runs, fraction, max_runs, max_params, prior_cache)
     return {
         f"{prefix_name}/forecast_mse": float(np.mean(mse)) if mse else math.nan,
         f"{prefix_name}/rel_mse_persistence": float(np.mean(rel)) if rel else math.nan,
@@ -417,7 +428,9 @@ _SHARED: OrderedDict[tuple, _Prefixed] = OrderedDict()  # (run, k, ...) -> stati
 _SHARED_MAX = 2048  # (run, k) pairs kept: every pair of the default dataset (90 runs × 12 k)
 
 
-def _prefixed(record: RunRecord, k: int, gfm: GFMSettings, pool_seed: int) -> _Prefixed:
+def _prefixed(
+    record: RunRecord, k: int, gfm: GFMSettings, pool_seed: int, cache: Path | None = None
+) -> _Prefixed:
     """``_Prefixed.build`` remembered for this process (fits and tuning trials draw it again).
 
     The key holds the run's id, its shape, k, the context size, the pool's seed and a digest of
@@ -428,7 +441,7 @@ def _prefixed(record: RunRecord, k: int, gfm: GFMSettings, pool_seed: int) -> _P
     key = (record.spec.run_id, W.shape, k, gfm.history, pool_seed, digest.hexdigest())
     hit = _SHARED.get(key)
     if hit is None:
-        hit = _SHARED[key] = _Prefixed.build(record, k, gfm.history, pool_seed)
+        hit = _SHARED[key] = _Prefixed.build(record, k, gfm.history, pool_seed, cache)
         if len(_SHARED) > _SHARED_MAX:
             _SHARED.popitem(last=False)
     else:
@@ -458,7 +471,7 @@ def _draw(
         if gfm.prior:
             grid = np.unique(np.linspace(lo, hi, _K_GRID).round().astype(int))
             k = int(grid[rng.integers(len(grid))])
-            statics = _prefixed(record, k, gfm, cfg.seed)
+            statics = _prefixed(record, k, gfm, cfg.seed, cfg.prior_cache)
         else:
             k = int(rng.integers(lo, hi + 1))
         examples.append(_example(record, k, cfg.batch_params, gfm.history, gfm.sigma, rng, statics))
@@ -550,7 +563,7 @@ def _loop(
             running, seen = 0.0, 0
             if val is not None and len(val):
                 net.eval()
-                metrics.update(validate(model, val))
+                metrics.update(validate(model, val, prior_cache=cfg.prior_cache))
                 net.train()
                 score = metrics["val/rel_mse_persistence"]
                 if score < best_score:  # keep the best network (cheap: a few thousand floats)

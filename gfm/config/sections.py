@@ -282,6 +282,11 @@ class TrainSettings(_Frozen):
         le=1,
         description="worker processes drawing the batches (1: overlap with the steps on a 2nd core)",
     )
+    prior_cache: Path | None = Field(
+        None,
+        description="a folder of fitted priors shared by tuning trials, training and its "
+        "validation (gfm.prior_cache); None fits every prior in the process that needs it",
+    )
     split: Literal["seed", "architecture", "optimizer"] = Field(
         "seed",
         description="the workflow trains on this split's train part, tunes and selects on its "

@@ -164,7 +164,9 @@ def study_name(settings: Settings, dataset_version: str) -> str:
         "eval_every": t.eval_every,
         "seed": t.seed,
         "gfm": settings.gfm.model_dump(mode="json"),
-        "train": settings.train.model_dump(mode="json", exclude={"model_dir", "device"}),
+        "train": settings.train.model_dump(
+            mode="json", exclude={"model_dir", "device", "prior_cache"}
+        ),  # where things run or are cached does not change a trial
         "fractions": settings.evaluate.observed_fractions,
     }
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]

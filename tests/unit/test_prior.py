@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from gfm import prior
 from gfm.data.schema import ParamMeta
 from gfm.features import resolve_hparams
 from gfm.forecaster import Prefix
@@ -103,3 +104,39 @@ def test_prior_velocity_is_the_scaled_path_increment():
     expected = torch.tensor([[10 * 0.5 / 0.5, 10 * 0.25 / 0.5], [0.0, 10 * 1.0 / 2.0]])
     torch.testing.assert_close(v, expected)
     assert fit.take(np.array([1])).path.shape == (3, 1)
+
+
+def test_a_cached_fit_gives_the_same_prior_and_is_not_solved_again(tmp_path, monkeypatch):
+    # given a fit stored in a cache folder
+    W, hp = _quadratic_run("adam", D=8)
+    prefix = _prefix(W, "adam", hp, k=8)
+    idx = torch.tensor([0, 3, 5])
+    fresh = quadfit(prefix, index=idx)
+    first = quadfit(prefix, index=idx, cache=tmp_path)
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert len(files) == 1
+    # when the same fit is asked for again, with the solver unavailable
+    monkeypatch.setattr(prior, "_fit", lambda *a: pytest.fail("the cached fit was solved again"))
+    again = quadfit(prefix, index=idx, cache=tmp_path)
+    # then the prior is the one a fresh fit gives, bit for bit
+    for got in (first, again):
+        np.testing.assert_array_equal(got.path, fresh.path)
+        np.testing.assert_array_equal(got.fit, fresh.fit)
+        np.testing.assert_array_equal(got.z, fresh.z)
+
+
+def test_another_prefix_or_a_damaged_entry_is_a_cache_miss(tmp_path):
+    W, hp = _quadratic_run("sgd", D=4)
+    quadfit(_prefix(W, "sgd", hp, k=6), cache=tmp_path)
+    # another observed checkpoint, other parameters, other weights: each its own entry
+    quadfit(_prefix(W, "sgd", hp, k=7), cache=tmp_path)
+    quadfit(_prefix(W, "sgd", hp, k=6), index=torch.tensor([1, 2]), cache=tmp_path)
+    quadfit(_prefix(W * 1.01, "sgd", hp, k=6), cache=tmp_path)
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert len(files) == 4
+    # a truncated entry is fitted again and rewritten, not an error
+    for f in files:
+        f.write_bytes(f.read_bytes()[:10])
+    fit = quadfit(_prefix(W, "sgd", hp, k=6), cache=tmp_path)
+    np.testing.assert_array_equal(fit.path, quadfit(_prefix(W, "sgd", hp, k=6)).path)
+    assert sum(f.stat().st_size > 10 for f in tmp_path.rglob("*.npz")) == 1

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from gfm import prior, training
 from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import RunRecord
 from gfm.forecaster import Prefix, observed_index
@@ -194,3 +195,26 @@ def test_a_loader_worker_draws_the_same_batches_so_training_is_unchanged():
         nets.append(model.net.state_dict())
     # then the networks are bit-identical
     assert all(torch.equal(nets[0][key], nets[1][key]) for key in nets[0])
+
+
+def test_a_prior_cache_leaves_training_unchanged_and_spares_the_second_fit_its_solves(
+    tmp_path, monkeypatch
+):
+    # given the same fit without a cache, with a cold one and with a warm one (a new process
+    # each time, as tuning and training are: the in-process memo is cleared)
+    runs = [least_squares_run(s) for s in range(6)]
+    nets = []
+    for cache in (None, tmp_path, tmp_path):
+        training._SHARED.clear()
+        if nets and cache is not None and any(tmp_path.rglob("*.npz")):
+            monkeypatch.setattr(prior, "_fit", lambda *a: pytest.fail("a cached fit was solved"))
+        cfg = TrainSettings(
+            steps=10, batch_params=16, eval_every=5, device="cpu", prior_cache=cache
+        )
+        model = GFM(GFMSettings(), cfg)
+        # when
+        fit(model, runs[:4], runs[4:], cfg)
+        nets.append(model.net.state_dict())
+    # then the cache holds the batches' and the validation's fits, and the networks are identical
+    assert len(list(tmp_path.rglob("*.npz"))) > 2
+    assert all(torch.equal(nets[0][key], net[key]) for net in nets[1:] for key in nets[0])
