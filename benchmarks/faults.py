@@ -32,9 +32,9 @@ def run_suite(csv_path: Path) -> int:
 
 
 def item_of(fault: str) -> str:
-    """The issue item a case's fault names (``item 7: ...`` → ``7``), ``-`` when none."""
-    match = re.match(r"item (\d+)", fault)
-    return match.group(1) if match else "-"
+    """The issue item a case's fault names (``item 7: ...`` → ``7``, ``load: ...`` → ``load``)."""
+    match = re.match(r"(?:item (\d+)|(load)):", fault)
+    return (match.group(1) or match.group(2)) if match else "-"
 
 
 def summarise(rows: list[dict[str, str]]) -> str:

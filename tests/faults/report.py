@@ -2,7 +2,7 @@
 
 Every test in ``tests/faults`` declares what it does and what should happen::
 
-    @pytest.mark.fault("a one-byte flip in a checkpoint file", "exit 1, one line naming the file")
+    @pytest.mark.fault("item 1: a one-byte flip in a checkpoint", "exit 1, one line naming the file")
     def test_...(kept): ...
 
 and a test that puts existing data at risk checks it with the ``kept`` fixture
@@ -10,8 +10,9 @@ and a test that puts existing data at risk checks it with the ``kept`` fixture
 any file that existed before the fault was lost or changed. ``pytest tests/faults
 --faults-csv PATH`` (``python -m benchmarks.faults``) writes the table: case, fault, expected,
 observed (``as expected`` or the failure's first line), pass, data_lost (``no``, ``yes``, or
-``n/a`` where the case puts no existing data at risk). A faults test without the marker fails
-collection, so the table never leaves a case out.
+``n/a`` where the case puts no existing data at risk). A faults test without the marker, or whose
+fault does not start with the issue item it covers (``item 7: ``) or ``load: ``, fails
+collection, so the table never leaves a case out nor counts one under no item.
 """
 
 from __future__ import annotations
@@ -50,11 +51,32 @@ def _in_suite(item: pytest.Item) -> bool:
     return item.get_closest_marker("faults") is not None
 
 
+_ITEMS = range(1, 15)  # issue 15's numbered items; ``load:`` is its "make run under load" check
+
+
+def _labelled(fault: str) -> bool:
+    """``item N: ...`` with N one of the issue's items, or ``load: ...``."""
+    head, sep, _ = fault.partition(":")
+    if not sep:
+        return False
+    if head == "load":
+        return True
+    word, _, number = head.partition(" ")
+    return word == "item" and number.isdigit() and int(number) in _ITEMS
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    missing = [i.nodeid for i in items if _in_suite(i) and i.get_closest_marker("fault") is None]
+    suite = [i for i in items if _in_suite(i)]
+    missing = [i.nodeid for i in suite if i.get_closest_marker("fault") is None]
     if missing:
         raise pytest.UsageError(
             "fault-suite tests without @pytest.mark.fault(fault, expected): " + ", ".join(missing)
+        )
+    unlabelled = [i.nodeid for i in suite if not _labelled(_declared(i)[0])]
+    if unlabelled:
+        raise pytest.UsageError(
+            "fault-suite faults must start with 'item N: ' (N = 1..14, the issue's item) or "
+            "'load: ': " + ", ".join(unlabelled)
         )
 
 

@@ -71,7 +71,7 @@ def space_line(root: Path, path: str, cause: str, needed: str, todo: str) -> str
 
 
 @pytest.mark.fault(
-    "file-size limit (ulimit -f 16 KiB) hit writing a 22 KB checkpoint file while training",
+    "item 9: file-size limit (ulimit -f 16 KiB) hit writing a 22 KB checkpoint file while training",
     "exit 1, one line: the file, EFBIG's limit, space needed and free; staging removed",
 )
 def test_a_checkpoint_past_the_file_size_limit(micro: Settings, kept) -> None:
@@ -99,7 +99,7 @@ def test_a_checkpoint_past_the_file_size_limit(micro: Settings, kept) -> None:
 
 
 @pytest.mark.fault(
-    "file-size limit (ulimit -f 8 KiB) hit writing the 11 KB runs table at commit",
+    "item 9: file-size limit (ulimit -f 8 KiB) hit writing the 11 KB runs table at commit",
     "exit 1 after training, one line naming runs.parquet; staging removed, dataset unchanged",
 )
 def test_the_runs_table_past_the_file_size_limit_at_commit(micro: Settings, kept) -> None:
@@ -226,7 +226,7 @@ def check_no_space(out: dict, kept, disk: Path) -> None:
 
 
 @pytest.mark.fault(
-    "disk full (a 512 KiB tmpfs, 8 KiB left) while generating 5 more runs",
+    "item 9: disk full (a 512 KiB tmpfs, 8 KiB left) while generating 5 more runs",
     "exit 1, one line: file, space needed and free; staging removed; rerun works once freed",
 )
 def test_a_full_disk_during_generation(tmp_path: Path, kept) -> None:
@@ -235,7 +235,7 @@ def test_a_full_disk_during_generation(tmp_path: Path, kept) -> None:
 
 
 @pytest.mark.fault(
-    "disk filled by a killed generation's leftover staging folder, then `gfm generate` again",
+    "item 9: disk filled by a killed generation's leftover staging folder, then `gfm generate` again",
     "exit 1 with one line and the stale staging removed; the run after that works",
 )
 def test_a_stale_staging_folder_that_fills_the_disk(tmp_path: Path, kept) -> None:

@@ -147,7 +147,7 @@ def wait_gone(processes: dict[int, int]) -> list[int]:
             signal.SIGKILL,
             "training",
             marks=pytest.mark.fault(
-                "SIGKILL of `gfm generate --workers 2` while its workers train",
+                "item 7: SIGKILL of `gfm generate --workers 2` while its workers train",
                 f"every worker gone within {GONE_WITHIN:.0f} s, previous dataset unchanged",
             ),
             id="sigkill-training",
@@ -156,7 +156,7 @@ def wait_gone(processes: dict[int, int]) -> list[int]:
             signal.SIGTERM,
             "training",
             marks=pytest.mark.fault(
-                "SIGTERM of `gfm generate --workers 2` while its workers train",
+                "item 7: SIGTERM of `gfm generate --workers 2` while its workers train",
                 "exit 143 with one line, workers gone, dataset unchanged, finished runs staged",
             ),
             id="sigterm-training",
@@ -165,7 +165,7 @@ def wait_gone(processes: dict[int, int]) -> list[int]:
             signal.SIGKILL,
             "start",
             marks=pytest.mark.fault(
-                "SIGKILL of `gfm generate --workers 2` while its workers start",
+                "item 7: SIGKILL of `gfm generate --workers 2` while its workers start",
                 f"every worker gone within {GONE_WITHIN:.0f} s, previous dataset unchanged",
             ),
             id="sigkill-start",
@@ -174,7 +174,7 @@ def wait_gone(processes: dict[int, int]) -> list[int]:
             signal.SIGTERM,
             "start",
             marks=pytest.mark.fault(
-                "SIGTERM of `gfm generate --workers 2` while its workers start",
+                "item 7: SIGTERM of `gfm generate --workers 2` while its workers start",
                 "exit 143 with one line, workers gone, dataset unchanged",
             ),
             id="sigterm-start",
@@ -226,7 +226,7 @@ def _sigterm_at(monkeypatch: pytest.MonkeyPatch, name: str, wrapped: str) -> Non
 
 
 @pytest.mark.fault(
-    "SIGTERM while the commit writes the dataset's tables (before the swap)",
+    "item 7: SIGTERM while the commit writes the dataset's tables (before the swap)",
     "Terminated, previous dataset unchanged, staged runs reused by the next generate",
 )
 def test_sigterm_while_committing_keeps_the_previous_dataset(
@@ -248,7 +248,7 @@ def test_sigterm_while_committing_keeps_the_previous_dataset(
 
 
 @pytest.mark.fault(
-    "SIGTERM between the two renames of the dataset swap",
+    "item 7: SIGTERM between the two renames of the dataset swap",
     "the swap completes first: the new dataset is whole, no .data.old, then Terminated",
 )
 def test_sigterm_during_the_swap_waits_for_it(

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 @pytest.mark.fault(
-    "item 15: a slow temporary Prefect API (fresh PREFECT_HOME, tiny budget)",
+    "load: a slow temporary Prefect API (fresh PREFECT_HOME, tiny budget)",
     "gfm run waits for it and finishes",
 )
 def test_gfm_run_waits_for_a_slow_temporary_prefect_api(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_gfm_run_waits_for_a_slow_temporary_prefect_api(tmp_path: Path) -> None:
     [(None, "120"), ("1", "120"), ("", "120"), ("300", "300"), ("soon", "soon")],
 )
 @pytest.mark.fault(
-    "item 15: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS unset or low",
+    "load: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS unset or low",
     "raised to at least 120 s; a higher value kept",
 )
 def test_the_startup_timeout_is_a_floor(given: str | None, effective: str) -> None:

@@ -18,7 +18,7 @@ def _row(case: str, fault: str, ok: bool, lost: str = "n/a") -> dict[str, str]:
 
 def test_item_of_reads_the_item_a_fault_names() -> None:
     assert item_of("item 7: SIGKILL of gfm generate") == "7"
-    assert item_of("item 15: a slow Prefect API") == "15"
+    assert item_of("load: a slow Prefect API") == "load"
     assert item_of("a fault of no item") == "-"
 
 
@@ -33,3 +33,11 @@ def test_the_summary_counts_passes_losses_and_items() -> None:
     assert "| 1 | 2 | 1 |" in text and "| 10 | 1 | 1 |" in text
     assert text.index("| 1 |") < text.index("| 10 |")  # items in number order
     assert "- `b`: assert 1 == 2" in text
+
+
+def test_a_fault_must_name_the_issue_item_it_covers() -> None:
+    from tests.faults.report import _labelled
+
+    assert _labelled("item 7: SIGKILL of gfm generate") and _labelled("load: a slow API")
+    assert not _labelled("item 15: not an item of the issue")
+    assert not _labelled("SIGKILL of gfm generate") and not _labelled("item x: y")
