@@ -31,11 +31,23 @@ from gfm import prior_cache
 from gfm.features import Normalizer, resolve_hparams
 from gfm.forecaster import Prefix
 
-__all__ = ["QuadFit", "prior_velocity", "quadfit"]
+__all__ = ["QuadFit", "is_cached", "prior_velocity", "quadfit"]
 
 _STEP_LIMIT = (3.0, 50.0, 3.0)  # largest LM step in log h, z, log σ per iteration
 _FD = 1e-4  # forward-difference step of the Jacobian
 _VERSION = 2  # of the fit; part of the cache key, so a changed fit never reads an old entry
+_STARTS = (1.0, 4.0, -1.0)  # quadfit's defaults: starting optima, iterations, penalties
+_ITERS = 12
+_PENALTY = (1e-2, 1e-6, 1e-2)
+
+
+def _settings(
+    starts: tuple[float, ...] = _STARTS,
+    iters: int = _ITERS,
+    penalty: tuple[float, float, float] = _PENALTY,
+) -> tuple:
+    """What a fit's cache key holds besides its inputs: its settings and the code's version."""
+    return (tuple(starts), iters, tuple(penalty), _VERSION)
 
 
 @dataclass(frozen=True)
@@ -123,9 +135,9 @@ def quadfit(
     prefix: Prefix,
     *,
     index: torch.Tensor | None = None,
-    starts: tuple[float, ...] = (1.0, 4.0, -1.0),
-    iters: int = 12,
-    penalty: tuple[float, float, float] = (1e-2, 1e-6, 1e-2),
+    starts: tuple[float, ...] = _STARTS,
+    iters: int = _ITERS,
+    penalty: tuple[float, float, float] = _PENALTY,
     cache: Path | None = None,
 ) -> QuadFit:
     """Fit the per-parameter quadratic to the prefix and simulate it to the end of the run.
@@ -155,7 +167,7 @@ def quadfit(
     """
     key = None
     if cache is not None:
-        key = prior_cache.key(prefix, index, (starts, iters, penalty, _VERSION))
+        key = prior_cache.key(prefix, index, _settings(starts, iters, penalty))
         hit = prior_cache.load(cache, key, n=len(prefix.params) if index is None else len(index))
         if hit is not None:
             return _simulate(prefix, index, *hit)
@@ -163,6 +175,11 @@ def quadfit(
     if key is not None:
         prior_cache.store(cache, key, x, fit)
     return _simulate(prefix, index, x, fit)
+
+
+def is_cached(prefix: Prefix, cache: Path, *, index: torch.Tensor | None = None) -> bool:
+    """Whether ``cache`` holds the default-settings ``quadfit`` of these parameters of ``prefix``."""
+    return prior_cache.exists(cache, prior_cache.key(prefix, index, _settings()))
 
 
 def _inputs(

@@ -30,7 +30,7 @@ import torch
 
 from gfm.forecaster import Prefix
 
-__all__ = ["key", "load", "store"]
+__all__ = ["exists", "key", "load", "store"]
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -42,14 +42,19 @@ def key(prefix: Prefix, index: torch.Tensor | None, settings: tuple) -> str:
     meta = [prefix.optimizer, sorted(prefix.hparams.items()), prefix.record_every, prefix.M]
     h.update(json.dumps([meta, prefix.k, repr(settings)], default=str).encode())
     h.update(np.ascontiguousarray(prefix.lr.numpy()).tobytes())
-    w = prefix.w if index is None else prefix.w[:, index]
-    h.update(np.ascontiguousarray(w.numpy()).tobytes())
-    h.update(b"all" if index is None else np.ascontiguousarray(index.numpy()).tobytes())
+    index = torch.arange(prefix.D) if index is None else index.long()  # None: all, as arange
+    h.update(np.ascontiguousarray(prefix.w[:, index].numpy()).tobytes())
+    h.update(np.ascontiguousarray(index.numpy()).tobytes())
     return h.hexdigest()
 
 
 def _path(root: Path, digest: str) -> Path:
     return Path(root) / digest[:2] / f"{digest}.npz"
+
+
+def exists(root: Path, digest: str) -> bool:
+    """Whether the fit ``digest`` has an entry (not whether it reads: ``load`` decides that)."""
+    return _path(root, digest).is_file()
 
 
 def load(root: Path, digest: str, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -17,9 +17,10 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,13 +34,13 @@ from gfm.fields import Cond, scan_states
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
-from gfm.prior import prior_velocity, quadfit
+from gfm.prior import is_cached, prior_velocity, quadfit
 from gfm.surrogate import Grad
 
 if TYPE_CHECKING:
     from gfm.model import GFM
 
-__all__ = ["EVAL_FRACTION", "TRAIN_FRACTIONS", "fit", "validate"]
+__all__ = ["EVAL_FRACTION", "TRAIN_FRACTIONS", "fit", "prefit_priors", "validate"]
 
 log = logging.getLogger("gfm.training")
 
@@ -114,11 +115,7 @@ class _Prefixed:
         """Fit the prior on the run's parameter pool and compute the pool's context."""
         prefix = Prefix.from_record(record, k)
         norm = Normalizer.from_prefix(prefix)
-        D = prefix.D
-        pool = torch.arange(D)
-        if D > _POOL:
-            gen = np.random.default_rng([pool_seed, D, k])
-            pool = torch.from_numpy(np.sort(gen.choice(D, _POOL, replace=False)))
+        pool = _pool(prefix.D, k, pool_seed)
         prior = quadfit(prefix, index=pool, cache=cache)
         v = prior_velocity(prior, prefix.M, norm.scale[pool])  # (P, M − k)
         return _Prefixed(
@@ -308,19 +305,11 @@ def _forecast_errors(  # noqa: PLR0913 - validate's arguments
     prior_cache: Path | None,
 ) -> tuple[list[float], list[float]]:
     """Per-run final-weight MSE and MSE relative to persistence (see ``validate``)."""
-    n = min(len(runs), max_runs)
-    picks = np.unique(np.linspace(0, len(runs) - 1, n).round().astype(int)) if n else []
-    rng = np.random.default_rng(0)
     mse: list[float] = []
     rel: list[float] = []
-    for i in picks:
-        record = runs[int(i)]
-        M = record.weights.shape[0] - 1
-        prefix = Prefix.from_record(record, observed_index(M, fraction))
-        D = prefix.D
-        idx = (
-            None if max_params >= D else torch.from_numpy(np.sort(rng.choice(D, max_params, False)))
-        )
+    for i, k, idx in _eval_picks(runs, fraction, max_runs, max_params):
+        record = runs[i]
+        prefix = Prefix.from_record(record, k)
         cfg = model.cfg
         pred = forecast(
             model.field_for(prefix.optimizer),
@@ -342,6 +331,26 @@ def _forecast_errors(  # noqa: PLR0913 - validate's arguments
         mse.append(float(err.mean()))
         rel.append(float(err.sum() / (last - target).square().sum().clamp_min(1e-30)))
     return mse, rel
+
+
+def _eval_picks(
+    runs: Sequence[RunRecord], fraction: float, max_runs: int, max_params: int
+) -> Iterator[tuple[int, int, torch.Tensor | None]]:
+    """(run position, k, parameter indices or None for all) of each validation forecast.
+
+    Runs evenly spaced over ``runs``, at most ``max_params`` parameters each, drawn from one
+    stream seeded 0: the same picks at every evaluation, in every process.
+    """
+    n = min(len(runs), max_runs)
+    picks = np.unique(np.linspace(0, len(runs) - 1, n).round().astype(int)) if n else []
+    rng = np.random.default_rng(0)
+    for i in picks:
+        shape = runs[int(i)].weights.shape
+        D = shape[1]
+        idx = (
+            None if max_params >= D else torch.from_numpy(np.sort(rng.choice(D, max_params, False)))
+        )
+        yield int(i), observed_index(shape[0] - 1, fraction), idx
 
 
 @torch.no_grad()
@@ -449,6 +458,89 @@ def _prefixed(
     return hit
 
 
+def _pool(D: int, k: int, pool_seed: int) -> torch.Tensor:
+    """The (P,) parameter indices of a run the prior is fitted on at k: all, or ``_POOL`` drawn."""
+    if D <= _POOL:
+        return torch.arange(D)
+    gen = np.random.default_rng([pool_seed, D, k])
+    return torch.from_numpy(np.sort(gen.choice(D, _POOL, replace=False)))
+
+
+def _k_grid(M: int) -> np.ndarray:
+    """The observed indices k a run of M intervals is drawn at in prior training."""
+    lo, hi = (observed_index(M, f) for f in TRAIN_FRACTIONS)
+    return np.unique(np.linspace(lo, hi, _K_GRID).round().astype(int))
+
+
+def prefit_priors(
+    train: Sequence[RunRecord],
+    val: Sequence[RunRecord] | None,
+    cfg: TrainSettings,
+    *,
+    workers: int = 2,
+) -> int:
+    """Fit every prior a ``fit`` with ``cfg`` will ask for into ``cfg.prior_cache``, in parallel.
+
+    That is, for each train run and k of its grid the prior of its parameter pool, and each
+    validation forecast's prior; fits already in the cache are skipped. Training then reads
+    them all (its batch worker and validation otherwise fit them one after another on one core
+    while the network waits); tuning trials and the training after them share them.
+
+    Args:
+        train: training runs (a lazy view is read by index in the worker processes).
+        val: validation runs, or None.
+        cfg: the training settings (``prior_cache`` and ``seed``, the pools' seed).
+        workers: processes (spawned, one thread each); at most the number of runs.
+
+    Returns:
+        The number of fits made (0 without a cache).
+    """
+    if cfg.prior_cache is None:
+        return 0
+    jobs: list[tuple[str, int, list[tuple[int, torch.Tensor | None]]]] = [
+        ("train", i, [(int(k), None) for k in _k_grid(train[i].weights.shape[0] - 1)])
+        for i in range(len(train))
+    ]
+    if val is not None:
+        jobs += [
+            ("val", i, [(k, idx)])
+            for i, k, idx in _eval_picks(val, EVAL_FRACTION, _EVAL_RUNS, _EVAL_PARAMS)
+        ]
+    args = (train, val, cfg.prior_cache, cfg.seed)
+    if workers <= 1 or len(jobs) <= 1:
+        _prefit_init(*args)
+        return sum(_prefit_run(job) for job in jobs)
+    ctx = torch.multiprocessing.get_context("spawn")
+    n = min(workers, len(jobs))
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_prefit_init, initargs=args) as ex:
+        return sum(ex.map(_prefit_run, jobs))
+
+
+_PREFIT: dict[str, Any] = {}  # a prefit worker's runs and cache (set by _prefit_init)
+
+
+def _prefit_init(
+    train: Sequence[RunRecord], val: Sequence[RunRecord] | None, cache: Path, seed: int
+) -> None:
+    torch.set_num_threads(1)
+    _PREFIT.update(train=train, val=val, cache=cache, seed=seed)
+
+
+def _prefit_run(job: tuple[str, int, list[tuple[int, torch.Tensor | None]]]) -> int:
+    """Fit one run's missing priors (train: its pools at each k; val: the forecast's parameters)."""
+    part, i, fits = job
+    record = _PREFIT[part][i]
+    cache = _PREFIT["cache"]
+    made = 0
+    for k, idx in fits:
+        prefix = Prefix.from_record(record, k)
+        index = _pool(prefix.D, k, _PREFIT["seed"]) if part == "train" else idx
+        if not is_cached(prefix, cache, index=index):
+            quadfit(prefix, index=index, cache=cache)
+            made += 1
+    return made
+
+
 def _draw(
     gfm: GFMSettings,
     train: Sequence[RunRecord],
@@ -469,7 +561,7 @@ def _draw(
         lo, hi = (observed_index(M, f) for f in TRAIN_FRACTIONS)
         statics = None
         if gfm.prior:
-            grid = np.unique(np.linspace(lo, hi, _K_GRID).round().astype(int))
+            grid = _k_grid(M)
             k = int(grid[rng.integers(len(grid))])
             statics = _prefixed(record, k, gfm, cfg.seed, cfg.prior_cache)
         else:

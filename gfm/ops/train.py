@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,30 @@ log = logging.getLogger("gfm.ops")
 
 
 # ----------------------------------------------------------------------------- train
+
+
+def prefit(settings: Settings, train: Any, val: Any) -> None:
+    """Fit every prior the tuning trials and the training will read, on all cores, once.
+
+    Only when a prior may be used (``gfm.prior`` or ``true`` among its searched choices) and
+    ``train.prior_cache`` is set; fits already cached are skipped (``gfm.training.prefit_priors``).
+    """
+    from gfm.training import prefit_priors
+
+    dim = settings.tune.space.flat().get("gfm.prior")
+    searched = dim is not None and dim.choices is not None and True in dim.choices
+    if settings.train.prior_cache is None or not (settings.gfm.prior or searched):
+        return
+    workers = os.cpu_count() or 1
+    start = time.perf_counter()
+    made = prefit_priors(train, val if len(val) else None, settings.train, workers=workers)
+    log.info(
+        "prior fits: %d made on %d processes in %.1f s (cache %s)",
+        made,
+        workers,
+        time.perf_counter() - start,
+        settings.train.prior_cache,
+    )
 
 
 def _history_figure(history: list[dict[str, float]]) -> Any:
@@ -106,6 +132,7 @@ def train_step(
         log.info(
             "training GFM on %d runs (val %d) for %d steps", len(train), len(val), cfg.train.steps
         )
+        prefit(cfg, train, val)
         history = _history(fit(model, train, val if len(val) else None, cfg.train))
         model.net.cpu()
         tracking.log_history(history)

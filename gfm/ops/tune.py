@@ -27,6 +27,7 @@ from gfm.ops.layout import (
     write_step,
 )
 from gfm.ops.stack import redact
+from gfm.ops.train import prefit
 
 log = logging.getLogger("gfm.ops")
 
@@ -168,6 +169,7 @@ def tune_step(
         # not the storage URL: a team database's may hold a password
         tracking.log_params_flat(settings.tune.model_dump(mode="json", exclude={"storage"}), "tune")
         tracking.log_dataset(version, ds.root, ds.runs, context="tuning")
+        prefit(settings, train, val)
         if workers == 1:
             on_trial = _trial_logger(settings, version, repo, run.info.run_id, name)
             result = tune(settings, train, val, dataset_version=version, on_trial=on_trial)

@@ -218,3 +218,24 @@ def test_a_prior_cache_leaves_training_unchanged_and_spares_the_second_fit_its_s
     # then the cache holds the batches' and the validation's fits, and the networks are identical
     assert len(list(tmp_path.rglob("*.npz"))) > 2
     assert all(torch.equal(nets[0][key], net[key]) for net in nets[1:] for key in nets[0])
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_prefitted_priors_are_every_fit_training_asks_for(tmp_path, monkeypatch, workers):
+    # given every prior a fit will ask for, fitted beforehand (in worker processes or here)
+    runs = [least_squares_run(s) for s in range(6)]
+    cfg = TrainSettings(steps=10, batch_params=16, eval_every=5, device="cpu", prior_cache=tmp_path)
+    made = training.prefit_priors(runs[:4], runs[4:], cfg, workers=workers)
+    assert made == len(list(tmp_path.rglob("*.npz"))) > 4
+    assert training.prefit_priors(runs[:4], runs[4:], cfg, workers=workers) == 0  # all cached
+    # when training runs in a fresh process's state, with the solver unavailable
+    training._SHARED.clear()
+    reference = GFM(GFMSettings(), cfg.model_copy(update={"prior_cache": None}))
+    fit(reference, runs[:4], runs[4:], cfg.model_copy(update={"prior_cache": None}))
+    training._SHARED.clear()
+    monkeypatch.setattr(prior, "_fit", lambda *a: pytest.fail("a fit was not prefitted"))
+    model = GFM(GFMSettings(), cfg)
+    fit(model, runs[:4], runs[4:], cfg)
+    # then it solved nothing and trained the same network
+    a, b = reference.net.state_dict(), model.net.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
