@@ -53,6 +53,9 @@ _MIN_LR = 0.1  # cosine decays the learning rate to this fraction of cfg.lr
 _CLIP = 1.0  # gradient-norm clip
 _CUM = 1.0  # weight of the integrated (cumulative) velocity error in the loss
 _POOL = 1024  # parameters per run the prior is fitted on in training (cached per run and k)
+_WORKER_MIN_ROWS = (
+    512  # parameter rows per batch below which a loader worker costs more than it saves
+)
 _K_GRID = 12  # observed indices per run in prior training, evenly over TRAIN_FRACTIONS
 
 OnEval = Callable[[int, dict[str, float]], bool | None]
@@ -147,18 +150,20 @@ def _example(  # noqa: PLR0913 - one run's draw: the run, k, sizes, σ, the stre
 
     Without ``shared`` the N parameters are drawn from all D and their context computed here;
     with it (prior training) they are drawn from its pool and the context, conditioning and
-    prior velocity are taken from it.
+    prior velocity are taken from it. They are drawn without replacement: a run with fewer
+    than N parameters (or pool rows) gives all of them once, and ``_collate`` pads it with
+    zero-weight rows, so a 2-parameter run costs 2 rows, not N copies of the same two.
     """
     if shared is None:
         prefix = Prefix.from_record(record, k)
         norm = Normalizer.from_prefix(prefix)
         D = prefix.D
-        idx = torch.from_numpy(rng.choice(D, size=n_params, replace=n_params > D))  # (N,)
+        idx = torch.from_numpy(rng.choice(D, size=min(n_params, D), replace=False))  # (N,)
         ctx = context(prefix, norm, history=history, index=idx)  # (N, F_ctx)
         run, cond, prior_v = run_context(prefix, norm, history=history), None, None
     else:
         prefix, norm, P = shared.prefix, shared.norm, len(shared.pool)
-        rows = torch.from_numpy(rng.choice(P, size=n_params, replace=n_params > P))
+        rows = torch.from_numpy(rng.choice(P, size=min(n_params, P), replace=False))
         idx, ctx, cond, prior_v = shared.rows(rows)
         run = shared.run
     M = prefix.M
@@ -203,9 +208,35 @@ def _example(  # noqa: PLR0913 - one run's draw: the run, k, sizes, σ, the stre
     }
 
 
+def _pad_params(e: dict, n: int) -> dict:
+    """An example with ``n`` parameter rows: its first row repeated, with weight c² = 0.
+
+    The padded rows are real values (a zero scale would put NaN into the loss's products),
+    and c² = 0 removes them from both loss terms; ``persist`` counts only the real rows.
+    """
+    have = e["c2"].shape[0]
+    if have == n:
+        return e
+
+    def rows(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else torch.cat([x, x[:1].expand(n - have, *x.shape[1:])])
+
+    out = dict(e)
+    for key in ("ctx", "w_tau", "w_theta", "u", "prior_v"):
+        out[key] = rows(e[key])
+    out["c2"] = torch.cat([e["c2"], e["c2"].new_zeros(n - have)])
+    out["cond"] = replace(e["cond"], **{f: rows(getattr(e["cond"], f)) for f in Cond._PER_PARAM})
+    return out
+
+
 def _collate(examples: list[dict]) -> _Batch:
-    """Stack examples, padding every run's interval axis to the longest M (masked out)."""
+    """Stack examples, padded to the longest M (masked out) and the most parameters.
+
+    The parameter rows are padded with rows of zero weight (``_pad_params``).
+    """
     Mx = max(e["M"] for e in examples)
+    Nx = max(e["c2"].shape[0] for e in examples)
+    examples = [_pad_params(e, Nx) for e in examples]
 
     def pad_last(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
         return torch.nn.functional.pad(x, (0, Mx - x.shape[-1]), value=value)
@@ -428,6 +459,18 @@ def fit(
     """
     if len(train) == 0:
         raise ValueError("`train` must hold at least one run, got 0")
+    given, cfg = cfg, sized(cfg, train)
+    if cfg != given:
+        log.info(
+            "runs of at most %d parameters: %d steps (train.steps %d is for %d-parameter "
+            "batches), evaluation every %d, batches drawn %s",
+            _max_params(train),
+            cfg.steps,
+            given.steps,
+            given.batch_params,
+            cfg.eval_every,
+            "by a worker process" if cfg.loader_workers else "in-process",
+        )
     device = resolve_device(cfg.device)
     with one_thread() if device.type == "cpu" else contextlib.nullcontext():
         return _loop(model, train, val, cfg, device, on_eval)
@@ -610,6 +653,48 @@ def _as_is(batch: _Batch) -> _Batch:
 
 def _one_thread_worker(_: int) -> None:
     torch.set_num_threads(1)  # the examples are small ops; the training process has its core
+
+
+def _max_params(train: Sequence[RunRecord]) -> int | None:
+    """The most parameters of a training run, or None when only loading every run would tell.
+
+    From the runs table of a ``Trajectories`` view, or the records of a list or tuple.
+    """
+    runs = getattr(train, "runs", None)
+    if runs is not None and "n_params" in getattr(runs, "columns", ()):
+        return int(runs["n_params"].max())
+    if isinstance(train, list | tuple):
+        return max(int(record.weights.shape[1]) for record in train)
+    return None
+
+
+def sized(cfg: TrainSettings, train: Sequence[RunRecord]) -> TrainSettings:
+    """The training settings ``fit`` uses on ``train``: scaled to runs of few parameters.
+
+    A step draws ``batch_runs`` runs × min(``batch_params``, D) parameters, so when every run
+    has D < ``batch_params`` parameters the batches hold a fraction f = max D / ``batch_params``
+    of the rows ``steps`` is set for. Training then keeps the number of parameter rows it
+    learns from, and the number of evaluations:
+
+        steps' = min(steps, max(min_steps, ⌈f · steps⌉)),   eval_every' = ⌈eval_every · steps'/steps⌉
+
+    and draws the batches in-process when they hold fewer than ``_WORKER_MIN_ROWS`` rows
+    (sending a tiny batch from a worker costs more than drawing it). A set of 2-parameter
+    runs thus trains 1,500 steps in seconds (BENCHMARKS.md, "Cost proportional to the data").
+    A lazy sequence other than ``Trajectories`` is trained as configured.
+    """
+    most = _max_params(train)
+    if most is None:
+        return cfg
+    n = min(cfg.batch_params, most)
+    steps = min(cfg.steps, max(cfg.min_steps, math.ceil(cfg.steps * n / cfg.batch_params)))
+    eval_every = min(cfg.eval_every, math.ceil(cfg.eval_every * steps / cfg.steps))
+    workers = cfg.loader_workers if cfg.batch_runs * n >= _WORKER_MIN_ROWS else 0
+    if (steps, eval_every, workers) == (cfg.steps, cfg.eval_every, cfg.loader_workers):
+        return cfg
+    return cfg.model_copy(
+        update={"steps": steps, "eval_every": eval_every, "loader_workers": workers}
+    )
 
 
 def _loop(

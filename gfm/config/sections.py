@@ -270,7 +270,17 @@ class TrainSettings(_Frozen):
 
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    steps: int = Field(6000, gt=0)
+    steps: int = Field(
+        6000,
+        gt=0,
+        description="steps of batch_params-parameter batches; runs of fewer parameters take "
+        "proportionally fewer (gfm.training.sized), at least min_steps",
+    )
+    min_steps: int = Field(
+        1500,
+        gt=0,
+        description="the fewest steps a dataset of small runs is scaled down to (>= steps: no scaling)",
+    )
     batch_runs: int = Field(8, gt=0, description="trajectories per batch")
     batch_params: int = Field(256, gt=0, description="parameters sampled per trajectory")
     eval_every: int = Field(1000, gt=0)

@@ -101,7 +101,7 @@ def train_step(
     """
     from gfm import tracking
     from gfm.model import GFM
-    from gfm.training import fit
+    from gfm.training import fit, sized
 
     ds = open_dataset(settings, overrides=overrides)
     version = dataset_version(ds.root)
@@ -129,9 +129,9 @@ def train_step(
         tracking.log_params_flat({"seed": cfg.data.seed, "seeds": cfg.data.seeds}, "data")
         tracking.log_dataset(version, ds.root, ds.runs, context="training")
         model = GFM(cfg.gfm, cfg.train)
-        log.info(
-            "training GFM on %d runs (val %d) for %d steps", len(train), len(val), cfg.train.steps
-        )
+        steps = sized(cfg.train, train).steps
+        tracking.log_params_flat({"steps_used": steps}, "train")
+        log.info("training GFM on %d runs (val %d) for %d steps", len(train), len(val), steps)
         prefit(cfg, train, val)
         history = _history(fit(model, train, val if len(val) else None, cfg.train))
         model.net.cpu()

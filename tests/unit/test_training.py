@@ -186,9 +186,15 @@ def test_a_loader_worker_draws_the_same_batches_so_training_is_unchanged():
     runs = [least_squares_run(s) for s in range(6)]
     nets = []
     for workers in (0, 1):
-        cfg = TrainSettings(
-            steps=20, batch_params=16, eval_every=20, device="cpu", loader_workers=workers
+        cfg = TrainSettings(  # 64 runs x 9 parameters: a batch big enough for the worker
+            steps=20,
+            batch_runs=64,
+            batch_params=16,
+            eval_every=20,
+            device="cpu",
+            loader_workers=workers,
         )
+        assert training.sized(cfg, runs).loader_workers == workers
         model = GFM(GFMSettings(), cfg)
         # when
         fit(model, runs, None, cfg)
@@ -239,3 +245,45 @@ def test_prefitted_priors_are_every_fit_training_asks_for(tmp_path, monkeypatch,
     # then it solved nothing and trained the same network
     a, b = reference.net.state_dict(), model.net.state_dict()
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_runs_of_few_parameters_train_proportionally_fewer_steps_in_process():
+    # given the default budget, set for batches of 256 parameters per run
+    cfg = TrainSettings(
+        steps=6000, eval_every=1000, batch_params=256, min_steps=500, loader_workers=1
+    )
+    two = [least_squares_run(s, d=1) for s in range(3)]  # 2 parameters each
+    # when sized for runs of 2, 128 and 301 parameters
+    small, half = training.sized(cfg, two), training.sized(cfg, [least_squares_run(0, d=127)])
+    # then the steps keep the parameter rows (at least min_steps), the evaluations keep their
+    # number, and a batch of 16 rows is drawn in-process
+    assert (small.steps, small.eval_every, small.loader_workers) == (500, 84, 0)
+    assert (half.steps, half.eval_every, half.loader_workers) == (3000, 500, 1)
+    assert training.sized(cfg, [least_squares_run(0, d=300)]) is cfg
+    assert training.sized(cfg.model_copy(update={"min_steps": 6000}), two).steps == 6000
+
+
+def test_fit_runs_the_sized_steps_and_evaluations():
+    # given runs of 9 parameters and batches set for 64
+    cfg = TrainSettings(
+        steps=60, min_steps=10, batch_runs=2, batch_params=64, eval_every=30, device="cpu"
+    )
+    train = [least_squares_run(s) for s in range(3)]
+    # when
+    history = fit(GFM(GFMSettings(width=8, depth=1, prior=False)), train, train[:1], cfg)
+    # then ⌈60 · 9/64⌉ = 9 < 10 = min_steps steps, evaluated every ⌈30 · 10/60⌉ = 5
+    assert [h["step"] for h in history] == [5, 10]
+
+
+def test_a_run_with_fewer_parameters_than_the_batch_is_padded_with_rows_of_no_weight():
+    # given a 2-parameter and a 9-parameter run drawn into one batch of up to 8 parameters each
+    a = training._example(least_squares_run(0, d=1), 10, 8, 4, 0.0, np.random.default_rng(1))
+    b = training._example(least_squares_run(1), 10, 8, 4, 0.0, np.random.default_rng(2))
+    model = GFM(GFMSettings(width=8, depth=1, prior=False))
+    # when the loss of the batch is compared with each run's loss alone
+    with torch.no_grad():
+        both = training._loss(model, training._collate([a, b]))
+        alone = [training._loss(model, training._collate([e])) for e in (a, b)]
+    # then the small run gave its 2 parameters once, not 8 draws, and its padding changed nothing
+    assert a["c2"].shape[0] == 2 and b["c2"].shape[0] == 8
+    assert float(both) == pytest.approx(float(sum(alone)) / 2, rel=1e-5)
