@@ -20,9 +20,9 @@ import matplotlib
 import polars as pl
 import torch
 
-from gfm.config import TaskSettings, load_settings
+from gfm.config import Settings, TaskSettings, load_settings
 from gfm.data.generate import train_run
-from gfm.data.schema import RunSpec
+from gfm.data.schema import RunRecord, RunSpec
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index
 from gfm.model import GFM
@@ -35,6 +35,29 @@ NETWORKS = {
     "mnist_cnn 16-32-32": ("mnist_cnn", (16, 32, 32)),
     "digits_mlp 1024-896": ("digits_mlp", (1024, 896)),
 }
+
+
+def recorded_run(
+    settings: Settings, task: str, hidden: tuple[int, ...], seed: int = 0
+) -> tuple[RunRecord, float]:
+    """A recorded Adam run (lr 1e-3) of ``task`` with ``hidden``, and its seconds (one thread)."""
+    task_cfg: TaskSettings = settings.data.tasks[task]
+    spec = RunSpec(
+        run_id=f"cost-{task}-{seed}",
+        task=task,
+        hidden=hidden,
+        optimizer="adam",
+        hparams={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999},
+        schedule="constant",
+        batch_size=task_cfg.batch_sizes[0],
+        seed=seed,
+        init_seed=1234 + seed,
+        steps=task_cfg.steps,
+        record_every=task_cfg.record_every,
+    )
+    start = time.perf_counter()
+    record = train_run(spec, task_cfg)
+    return record, time.perf_counter() - start
 
 
 def plot(table: pl.DataFrame, path: Path) -> None:
@@ -70,23 +93,7 @@ def main() -> None:
 
     rows = []
     for label, (task, hidden) in NETWORKS.items():
-        task_cfg: TaskSettings = settings.data.tasks[task]
-        spec = RunSpec(
-            run_id=f"cost-{task}",
-            task=task,
-            hidden=hidden,
-            optimizer="adam",
-            hparams={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999},
-            schedule="constant",
-            batch_size=task_cfg.batch_sizes[0],
-            seed=0,
-            init_seed=1234,
-            steps=task_cfg.steps,
-            record_every=task_cfg.record_every,
-        )
-        start = time.perf_counter()
-        record = train_run(spec, task_cfg)
-        train_seconds = time.perf_counter() - start  # includes recording every checkpoint
+        record, train_seconds = recorded_run(settings, task, hidden)  # includes recording
         M = record.weights.shape[0] - 1
         k = observed_index(M, args.fraction)
         prefix = Prefix.from_record(record, k)
@@ -100,9 +107,9 @@ def main() -> None:
             {
                 "network": label,
                 "params": record.weights.shape[1],
-                "steps_total": spec.steps,
+                "steps_total": settings.data.tasks[task].steps,
                 "observed_fraction": args.fraction,
-                "remaining_steps": (M - k) * spec.record_every,
+                "remaining_steps": (M - k) * settings.data.tasks[task].record_every,
                 "remaining_train_seconds": round(remaining, 3),
                 "gfm_forecast_seconds": round(forecast_seconds, 3),
                 "speed_ratio": round(remaining / forecast_seconds, 2),

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import machine_title
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -131,12 +132,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     bx.set_ylabel("test median MSE / persistence's")
     bx.set_ylim(bottom=0)
     bx.set_title("forecast error (one point per training seed)", fontsize=10)
-    load = ", ".join(f"{r['load_1m']:.1f}" for r in rows)
-    fig.suptitle(
-        f"gfm on a small imported set, {os.cpu_count()} cores ({platform.machine()}), "
-        f"1-min load {load}",
-        fontsize=9,
-    )
+    title = machine_title("gfm on a small imported set", [r["load_1m"] for r in rows])
+    fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=120)
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from benchmarks import machine_title
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -219,12 +220,7 @@ def _plot(frame, path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
-    load = ", ".join(f"{v:.1f}" for v in frame["load_1m"].to_list())
-    fig.suptitle(
-        f"Team-mode throughput, {os.cpu_count()} cores ({platform.machine()}), shared: "
-        f"1-min load {load}",
-        fontsize=9,
-    )
+    fig.suptitle(machine_title("Team-mode throughput", frame["load_1m"].to_list()), fontsize=9)
     fig.savefig(path, dpi=120)
 
 

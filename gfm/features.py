@@ -344,16 +344,24 @@ def _recent(prefix: Prefix, history: int, index: torch.Tensor | None = None) -> 
     return prefix.M * inc * (ak / mid).unsqueeze(-1)
 
 
-def _layer_trend(prefix: Prefix, norm: Normalizer, history: int) -> torch.Tensor:
-    """Layer trend: ln RMS_layer(M Δ_{k−1−j} α_k/ᾱ) − ln c, j < history -> (history, D) float64."""
-    ids = norm.layer if norm.layer is not None else torch.tensor(layer_ids(prefix.params))
+def _layer_ids(prefix: Prefix, norm: Normalizer) -> torch.Tensor:
+    return norm.layer if norm.layer is not None else torch.tensor(layer_ids(prefix.params))
+
+
+def layer_rms(prefix: Prefix, norm: Normalizer, history: int) -> torch.Tensor:
+    """RMS over each layer of the recent increments: RMS_layer(M Δ_{k−1−j} α_k/ᾱ), j < history.
+
+    Returns:
+        (history, L) float64, one column per layer. It reads every parameter, so a caller that
+        describes a run's parameters in chunks computes it once and passes it to ``context``.
+    """
+    ids = _layer_ids(prefix, norm)
     n_layers = int(ids.max()) + 1
     inc = _recent(prefix, history)  # (H, D)
     sq = torch.zeros(history, n_layers, dtype=torch.float64)
     sq.index_add_(1, ids, inc.square())
     cnt = torch.bincount(ids, minlength=n_layers).clamp_min(1).double()  # (L,)
-    rms = (sq / cnt).sqrt()[:, ids]  # (H, D)
-    return torch.log(rms.clamp_min(1e-30) / norm.scale.double()).clamp_min(-20.0)
+    return (sq / cnt).sqrt()
 
 
 def trend_features(
@@ -411,6 +419,7 @@ def context(
     history: int = 4,
     index: torch.Tensor | None = None,
     prior: QuadFit | None = None,
+    layer_trend: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-parameter context of a prefix, scale-free.
 
@@ -446,6 +455,8 @@ def context(
         history: number of recent increments H.
         index: (N,) parameters to describe (all D when None); scales still come from whole layers.
         prior: the prior's fit of exactly these N parameters, or None (no prior columns).
+        layer_trend: ``layer_rms(prefix, normalizer, history)`` when already computed (it reads
+            all D parameters: a forecast in chunks computes it once, not once per chunk).
 
     Returns:
         (N, n_context(history, prior is not None)) float32, N = D or len(index).
@@ -458,7 +469,9 @@ def context(
 
     cols = [(w[0] - w[-1]) / c, w[-1] / omega]
     cols += list(_recent(prefix, history, idx) / c)  # history × (N,)
-    cols += list(_layer_trend(prefix, norm, history)[:, idx])  # history × (N,)
+    rms = layer_rms(prefix, norm, history) if layer_trend is None else layer_trend  # (H, L)
+    trend = torch.log(rms[:, _layer_ids(prefix, norm)[idx]].clamp_min(1e-30) / c).clamp_min(-20.0)
+    cols += list(trend)  # history × (N,): ln RMS_layer − ln c
     lr = prefix.lr.double()
     a0 = lr[0].clamp_min(1e-30)
     mid = lr[:-1].clamp_min(_RATE_FLOOR * a0)  # (M,) step size of each interval

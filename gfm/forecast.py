@@ -22,7 +22,15 @@ from torchdiffeq._impl.odeint import SOLVERS
 
 from gfm._torch import one_thread
 from gfm.data.names import OPTIMIZERS
-from gfm.features import Normalizer, context, lr_at, lr_features, n_context, run_context
+from gfm.features import (
+    Normalizer,
+    context,
+    layer_rms,
+    lr_at,
+    lr_features,
+    n_context,
+    run_context,
+)
 from gfm.fields import Cond, VectorField, interval_step
 from gfm.forecaster import Prefix
 from gfm.prior import prior_velocity, quadfit
@@ -303,12 +311,15 @@ def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
 
     w_hat_prefix = norm.encode(prefix.w).T.contiguous()  # (k+1, D) -> (D, k+1)
     out = torch.empty(len(t), N, dtype=dtype)
+    trend = layer_rms(prefix, norm, net.history) if net is not None else None  # once, all D
     for start in range(0, N, chunk):
         ci = idx[start : start + chunk]  # (n,)
         code, prior = None, None
         if net is not None:
             prior = quadfit(prefix, index=ci, cache=prior_cache) if net.prior else None
-            ctx = context(prefix, norm, history=net.history, index=ci, prior=prior)  # (n, F)
+            ctx = context(
+                prefix, norm, history=net.history, index=ci, prior=prior, layer_trend=trend
+            )  # (n, F)
             code = net.encode(ctx.to(device)).to(dtype)  # (n, rows, K)
         cond = Cond.from_prefix(prefix, norm, index=ci, code=code, dtype=dtype).to(device)
         s0 = field.initial_state(w_hat_prefix[ci].to(device), cond, trunk_fn)  # (n, n_state)

@@ -12,6 +12,7 @@ from gfm.features import (
     context,
     context_names,
     layer_ids,
+    layer_rms,
     lr_at,
     lr_features,
     n_context,
@@ -90,6 +91,22 @@ def test_context_shape_names_and_index():
     torch.testing.assert_close(context(p, norm, history=3, index=idx), ctx[idx])
     # the run features close every row: AdamW one-hot
     assert ctx[0, names.index("opt_adamw")] == 1.0
+
+
+def test_context_of_chunks_with_the_layer_trend_computed_once_equals_the_whole():
+    # given a prefix described in chunks, the layer trend (which reads all D) computed once
+    p = _prefix()
+    norm = Normalizer.from_prefix(p)
+    whole = context(p, norm, history=3)
+    trend = layer_rms(p, norm, 3)
+    # when each chunk gets it
+    chunks = [
+        context(p, norm, history=3, index=torch.arange(a, min(a + 4, p.D)), layer_trend=trend)
+        for a in range(0, p.D, 4)
+    ]
+    # then the rows are bit-identical to describing every parameter at once
+    assert trend.shape == (3, 3)
+    assert torch.equal(torch.cat(chunks), whole)
 
 
 def test_run_context_and_defaults():
