@@ -130,6 +130,11 @@ class AccelerateSettings(BaseModel):
         False, description="scale each jump by the forecaster's backtested displacement ratio"
     )
     max_scale: float = Field(4.0, gt=0, description="largest calibration scale")
+    line_search: list[float] = Field(
+        default_factory=list,
+        description="factors a of the forecast displacement tried on the guard batch, the best "
+        "kept ([]: none); each is a forward pass, counted in guard_evals",
+    )
     guard: float = Field(1.5, gt=0, description="keep a jump iff loss after <= guard x before")
     shrink: float = Field(0.5, gt=0, lt=1, description="horizon factor after each rollback")
     warmup: int = Field(0, ge=0, description="no jump before this step")
@@ -349,6 +354,7 @@ def _wrap(
         total_steps=steps,
         calibrate=cfg.calibrate,
         max_scale=cfg.max_scale,
+        line_search=tuple(cfg.line_search),
     )
     loss_fn = lambda: task.loss(model(Xg), yg)  # noqa: E731 - the guard's loss, one line
     return JumpAhead(opt, model, forecaster, options, loss_fn=loss_fn, task=task.key)
@@ -420,6 +426,7 @@ def train_one(
         "wall_s": train_s,
         "forecast_s": sum(j.forecast_s for j in jumps),
         "guard_s": sum(j.guard_s for j in jumps),
+        "guard_evals": sum(j.evals for j in jumps),
     }
     rows = [
         {
@@ -559,6 +566,7 @@ def summarize(table: pl.DataFrame) -> pl.DataFrame:
             (pl.col("final_acc") - pl.col("target_acc")).mean().alias("acc_vs_base"),
             pl.col("n_accepted").mean(),
             pl.col("n_jumps").mean(),
+            pl.col("guard_evals").mean(),
             pl.col("spike_max").max(),
             pl.col("wall_s").mean(),
             pl.col("forecast_s").mean(),

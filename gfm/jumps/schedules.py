@@ -93,8 +93,10 @@ class Jump:
         loss_after: the guard loss at the forecast weights (inf for a non-finite forecast).
         accepted: False when the jump was rolled back.
         forecast_s: seconds spent in ``forecaster.forecast``.
-        guard_s: seconds spent evaluating the guard loss (both evaluations).
-        scale: the calibration factor applied to the forecast displacement (1 without).
+        guard_s: seconds spent evaluating the guard loss (every evaluation).
+        scale: the factor applied to the forecast displacement: the calibration's times the
+            line search's (1 without either).
+        evals: guard-batch loss evaluations spent on the jump (2, or 1 + the line search's).
     """
 
     step: int
@@ -105,6 +107,7 @@ class Jump:
     forecast_s: float
     guard_s: float
     scale: float = 1.0
+    evals: int = 2
 
     @property
     def spike(self) -> float:
@@ -141,6 +144,9 @@ class JumpOptions:
         total_steps: the planned step budget, framing ``run`` as the planned run (optional).
         calibrate: scale each jump's displacement by ``JumpAhead.calibration`` (a backtest).
         max_scale: the largest calibration factor.
+        line_search: factors a tried on the guard batch, w_s + a · (ŵ − w_s), keeping the one of
+            lowest loss (its guard loss is the one checked); () for none. Each costs a forward
+            pass of the guard batch, counted in ``Jump.evals``.
 
     Raises:
         ValueError: an option is out of range; the message names it.
@@ -157,6 +163,7 @@ class JumpOptions:
     total_steps: int | None = None
     calibrate: bool = False
     max_scale: float = 4.0
+    line_search: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         """Reject options out of range (each message names the option)."""
@@ -181,3 +188,5 @@ class JumpOptions:
         if self.total_steps is not None:
             _check_int("total_steps", self.total_steps, 1)
         _check_positive("max_scale", self.max_scale)
+        for a in self.line_search:
+            _check_positive("line_search", a)

@@ -61,6 +61,7 @@ class JumpAhead:
                   spacing, beyond ``history``);  M = max(k + h, total_steps / r),
                   forecast t = (k+1..k+h)/M, and the forecast path joins the kept run
         calibrate ŵ ← w_s + a · (ŵ − w_s), a from ``calibration`` (optional)
+        search    ŵ ← w_s + a · (ŵ − w_s), a = argmin over ``line_search`` of L(·) (optional)
         guard     keep ŵ iff ŵ is finite and L(ŵ) <= guard · L(w_s);
                   else  w ← w_s  and  scale ← shrink · scale
 
@@ -132,6 +133,7 @@ class JumpAhead:
         self.lr_schedule, self.task = lr_schedule, task
         self.frame, self.total_steps = o.frame, o.total_steps
         self.calibrate, self.max_scale = bool(o.calibrate), float(o.max_scale)
+        self.line_search = tuple(float(a) for a in o.line_search)
 
         self.steps = 0  # calls to step(), jumps included
         self.progress = 0  # effective optimizer steps: base steps + h·r per accepted jump
@@ -356,6 +358,16 @@ class JumpAhead:
             value = self.loss_fn()
         return float(value)
 
+    def _search(self, w_before: torch.Tensor, w_end: torch.Tensor) -> tuple[float, float, int]:
+        """(a, L(w_s + a · (ŵ − w_s)), evaluations) of the ``line_search`` factor of least loss."""
+        best_a, best = 1.0, float("inf")
+        for a in self.line_search:
+            self._load(w_before + a * (w_end - w_before))
+            value = self._loss()
+            if math.isfinite(value) and value < best:
+                best_a, best = a, value
+        return best_a, best, len(self.line_search)
+
     def _jump(self) -> None:
         h = self._horizon()
         w_before = self.flat()
@@ -380,7 +392,13 @@ class JumpAhead:
             w_hat = w_before + scale * (w_hat - w_before)  # (T, D)
         t2b = time.perf_counter()
         finite = bool(torch.isfinite(w_hat).all())
-        if finite:
+        evals = 1
+        if finite and self.line_search and self.loss_fn is not None:
+            a, loss_after, evals = self._search(w_before, w_hat[-1])
+            w_hat = w_before + a * (w_hat - w_before)  # (T, D): the path scaled alike
+            scale *= a
+            self._load(w_hat[-1])
+        elif finite:
             self._load(w_hat[-1])
             loss_after = self._loss()
         else:
@@ -399,6 +417,7 @@ class JumpAhead:
             forecast_s=t2b - t1,
             guard_s=(t1 - t0) + (t3 - t2b),
             scale=scale,
+            evals=1 + evals,
         )
         self.jumps.append(jump)
         self._since, self._next_jump = 0, self.period

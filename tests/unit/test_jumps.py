@@ -159,6 +159,34 @@ def test_a_jump_that_raises_the_loss_is_rolled_back_and_the_horizon_shortens(for
         assert torch.equal(p, q)
 
 
+def test_a_line_search_keeps_the_factor_of_least_guard_loss_and_counts_its_passes():
+    # given a forecaster that overshoots far (every weight + 5) and a line search over 0.01 and 1
+    P = 4
+    runs = {}
+    for search in ((), (0.01, 1.0)):
+        model = _model()
+        acc = JumpAhead(
+            _optimizer("adam", model),
+            model,
+            GarbageForecaster(5.0),
+            JumpOptions(period=P, horizon=2, record_every=2, guard=1.1, line_search=search),
+            loss_fn=_guard_loss(model),
+        )
+        # when it trains up to its first jump
+        _train(model, acc, range(P))
+        before = torch.cat([p.detach().flatten() for p in model.parameters()])
+        _train(model, acc, range(P, P + 1))
+        runs[search] = (acc.jumps[0], before, torch.cat([p.flatten() for p in model.parameters()]))
+    # then without it the jump is rolled back; with it the 0.01 step is kept, the weights moved
+    # 0.01 x 5, and the jump spent 1 + 2 guard-batch passes
+    plain, _, _ = runs[()]
+    searched, before, after = runs[(0.01, 1.0)]
+    assert not plain.accepted and plain.evals == 2
+    assert searched.accepted and searched.scale == 0.01 and searched.evals == 3
+    torch.testing.assert_close(after, before + 0.05)
+    assert searched.loss_after <= 1.1 * searched.loss_before < plain.loss_after
+
+
 @pytest.mark.parametrize(
     ("opt_name", "frame"), [("momentum", "window"), ("adam", "window"), ("adam", "run")]
 )
@@ -401,6 +429,7 @@ def test_horizon_schedule_goes_from_long_to_short():
         ({"horizon": 0}, "horizon"),
         ({"guard": 0.0}, "guard"),
         ({"shrink": 1.0}, "shrink"),
+        ({"line_search": (1.0, -0.5)}, "line_search"),
     ],
 )
 def test_bad_options_are_rejected_by_name(kwargs, match):

@@ -72,6 +72,7 @@ def test_summary_arithmetic():
             "budget": [120] * 4,
             "n_accepted": [0, 0, 3, 2],
             "n_jumps": [0, 0, 3, 4],
+            "guard_evals": [0, 0, 6, 8],
             "spike_max": [None, None, 1.2, 3.0],
             "wall_s": [1.0] * 4,
             "forecast_s": [0.0, 0.0, 0.1, 0.1],
@@ -85,6 +86,7 @@ def test_summary_arithmetic():
     assert gfm["speedup_mean"] == pytest.approx(2.0)
     assert gfm["speedup_of_means"] == pytest.approx(90 / 85)
     assert gfm["acc_vs_base"] == pytest.approx(0.0)
+    assert gfm["guard_evals"] == pytest.approx(7.0)  # forward passes of the guard batch
     assert gfm["spike_max"] == 3.0
 
 
