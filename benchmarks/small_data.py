@@ -58,8 +58,9 @@ def write_runs(folder: Path, seed: int = 0, n: tuple[int, int, int] = (100, 10, 
             w = w - lr * 2 * X[batch].T @ (X[batch] @ w - y[batch]) / 32
             weights[r, s + 1] = w
         split = "train" if r < n[0] else "val" if r < n[0] + n[1] else "test"
-        rows.append({"run_id": f"run-{r}", "optimizer": "sgd", "lr": lr, "batch_size": 32})
-        rows[-1]["split"] = split
+        rows.append(
+            {"run_id": f"run-{r}", "optimizer": "sgd", "lr": lr, "batch_size": 32, "split": split}
+        )
     np.savez(folder / "runs.npz", weights=weights)
     with (folder / "runs.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

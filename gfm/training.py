@@ -53,9 +53,7 @@ _MIN_LR = 0.1  # cosine decays the learning rate to this fraction of cfg.lr
 _CLIP = 1.0  # gradient-norm clip
 _CUM = 1.0  # weight of the integrated (cumulative) velocity error in the loss
 _POOL = 1024  # parameters per run the prior is fitted on in training (cached per run and k)
-_WORKER_MIN_ROWS = (
-    512  # parameter rows per batch below which a loader worker costs more than it saves
-)
+_WORKER_MIN_ROWS = 512  # parameter rows a batch needs for a loader worker to pay for itself
 _K_GRID = 12  # observed indices per run in prior training, evenly over TRAIN_FRACTIONS
 
 OnEval = Callable[[int, dict[str, float]], bool | None]
