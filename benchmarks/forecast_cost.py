@@ -20,9 +20,8 @@ import matplotlib
 import polars as pl
 import torch
 
-from gfm.config import Settings, TaskSettings, load_settings
-from gfm.data.generate import train_run
-from gfm.data.schema import RunRecord, RunSpec
+from benchmarks import recorded_run
+from gfm.config import load_settings
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index
 from gfm.model import GFM
@@ -35,29 +34,6 @@ NETWORKS = {
     "mnist_cnn 16-32-32": ("mnist_cnn", (16, 32, 32)),
     "digits_mlp 1024-896": ("digits_mlp", (1024, 896)),
 }
-
-
-def recorded_run(
-    settings: Settings, task: str, hidden: tuple[int, ...], seed: int = 0
-) -> tuple[RunRecord, float]:
-    """A recorded Adam run (lr 1e-3) of ``task`` with ``hidden``, and its seconds (one thread)."""
-    task_cfg: TaskSettings = settings.data.tasks[task]
-    spec = RunSpec(
-        run_id=f"cost-{task}-{seed}",
-        task=task,
-        hidden=hidden,
-        optimizer="adam",
-        hparams={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999},
-        schedule="constant",
-        batch_size=task_cfg.batch_sizes[0],
-        seed=seed,
-        init_seed=1234 + seed,
-        steps=task_cfg.steps,
-        record_every=task_cfg.record_every,
-    )
-    start = time.perf_counter()
-    record = train_run(spec, task_cfg)
-    return record, time.perf_counter() - start
 
 
 def plot(table: pl.DataFrame, path: Path) -> None:

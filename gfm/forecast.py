@@ -316,7 +316,10 @@ def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
         ci = idx[start : start + chunk]  # (n,)
         code, prior = None, None
         if net is not None:
-            prior = quadfit(prefix, index=ci, cache=prior_cache) if net.prior else None
+            prior = None
+            if net.prior:  # NumPy on the CPU, torch on an accelerator
+                on = None if device.type == "cpu" else device
+                prior = quadfit(prefix, index=ci, cache=prior_cache, device=on)
             ctx = context(
                 prefix, norm, history=net.history, index=ci, prior=prior, layer_trend=trend
             )  # (n, F)

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,33 +72,90 @@ class QuadFit:
         return QuadFit(self.path[:, pos], self.fit[pos], self.log_h[pos], self.z[pos])
 
 
+class _Ops:
+    """The fit's array operations in float64: NumPy on the CPU (``device`` None) or torch on ``device``.
+
+    Both run the same code: names that NumPy and torch share (exp, where, einsum, linalg, ...)
+    pass through; the rest (array creation, repeats, axis orders, error states) are here.
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = None if device is None else torch.device(device)
+        self.xp = np if self.device is None else torch
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - a function of NumPy or torch
+        return getattr(self.xp, name)
+
+    def asarray(self, a) -> np.ndarray | torch.Tensor:  # noqa: ANN001 - array-like
+        if self.device is None:
+            return np.asarray(a, dtype=np.float64)
+        return torch.as_tensor(a, dtype=torch.float64, device=self.device)
+
+    def from_torch(self, a: torch.Tensor) -> np.ndarray | torch.Tensor:
+        """A torch tensor as this backend's float64 array."""
+        a = a.double()
+        return a.numpy() if self.device is None else a.to(self.device)
+
+    def numpy(self, a: np.ndarray | torch.Tensor) -> np.ndarray:
+        return a if self.device is None else a.cpu().numpy()
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray | torch.Tensor:
+        return self.asarray(np.zeros(shape))
+
+    def eye(self, n: int) -> np.ndarray | torch.Tensor:
+        return self.asarray(np.eye(n))
+
+    def full(self, n: int, value: float) -> np.ndarray | torch.Tensor:
+        return self.asarray(np.full(n, value))
+
+    def arange(self, n: int) -> np.ndarray | torch.Tensor:
+        return np.arange(n) if self.device is None else torch.arange(n, device=self.device)
+
+    def repeat(self, a: np.ndarray | torch.Tensor, n: int) -> np.ndarray | torch.Tensor:
+        """Each element n times in a row (np.repeat)."""
+        return np.repeat(a, n) if self.device is None else a.repeat_interleave(n)
+
+    def permute(self, a: np.ndarray | torch.Tensor, axes: tuple[int, ...]):  # noqa: ANN201
+        return a.transpose(axes) if self.device is None else a.permute(axes)
+
+    def copy(self, a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        return a.copy() if self.device is None else a.clone()
+
+    def quiet(self) -> np.errstate | contextlib.nullcontext:
+        """Overflow gives inf and 0/0 nan without a warning (torch's behaviour already)."""
+        if self.device is None:
+            return np.errstate(over="ignore", invalid="ignore")
+        return contextlib.nullcontext()
+
+
 @dataclass
 class _Optimizer:
     """The run's optimizer as a vectorised simulator on g = h (w − w*) (+ λ w coupled decay)."""
 
     name: str
     hp: dict[str, float]
-    lr: np.ndarray  # (M+1,) the recorded step sizes; step s uses lr[s // r]
+    lr: list[float]  # (M+1,) the recorded step sizes; step s uses lr[s // r]
     r: int
+    ops: _Ops
     state: dict = field(default_factory=dict)
 
     def run(
         self,
-        w: np.ndarray,
-        model: tuple[np.ndarray, np.ndarray, np.ndarray | float],
+        w: np.ndarray | torch.Tensor,
+        model: tuple,
         steps: range,
         record: bool = False,
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
+    ) -> tuple[np.ndarray | torch.Tensor, list]:
         """Take ``steps`` from w under model (h, w*, σ²); return w and, with record, the checkpoints."""
         h, ws, noise = model
-        hp, st, out = self.hp, self.state, []
+        hp, st, out, sqrt = self.hp, self.state, [], self.ops.sqrt
         mom, nesterov = hp.get("momentum", 0.0), hp.get("nesterov", 0.0) > 0.5
         b1, b2, eps = hp.get("beta1", 0.9), hp.get("beta2", 0.999), hp.get("eps", 1e-8)
         rho, wd = hp.get("alpha", 0.99), hp.get("weight_decay", 0.0)
         for s in steps:
             if record and s % self.r == 0:
                 out.append(w)
-            a = float(self.lr[min(s // self.r, len(self.lr) - 1)])
+            a = self.lr[min(s // self.r, len(self.lr) - 1)]
             g = h * (w - ws)
             if self.name != "adamw" and wd:
                 g = g + wd * w
@@ -109,25 +167,23 @@ class _Optimizer:
                 w = w - a * (g + mom * b if nesterov else b)
             elif self.name == "rmsprop":
                 st["v"] = rho * st.get("v", 0.0) + (1 - rho) * (g * g + noise)
-                w = w - a * g / (np.sqrt(st["v"]) + eps)
+                w = w - a * g / (sqrt(st["v"]) + eps)
             else:  # adam, adamw
                 n = st.get("n", 0) + 1
                 st["m"] = b1 * st.get("m", 0.0) + (1 - b1) * g
                 st["v"] = b2 * st.get("v", 0.0) + (1 - b2) * (g * g + noise)
                 st["n"] = n
-                step = (st["m"] / (1 - b1**n)) / (np.sqrt(st["v"] / (1 - b2**n)) + eps)
+                step = (st["m"] / (1 - b1**n)) / (sqrt(st["v"] / (1 - b2**n)) + eps)
                 w = w * (1 - a * wd) - a * step if self.name == "adamw" else w - a * step
         if record and steps.stop % self.r == 0:
             out.append(w)
         return w, out
 
 
-def _unpack(
-    x: np.ndarray, w_k: np.ndarray, c: np.ndarray, adaptive: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | float]:
+def _unpack(ops: _Ops, x, w_k, c, adaptive: bool) -> tuple:  # noqa: ANN001 - ops' arrays
     """(h, w*, σ²) of parameters x = (log h, z[, log σ/(h c)]) (B, P)."""
-    h = np.exp(x[:, 0])
-    noise = np.square(np.exp(x[:, 2]) * h * c) if adaptive else 0.0
+    h = ops.exp(x[:, 0])
+    noise = ops.square(ops.exp(x[:, 2]) * h * c) if adaptive else 0.0
     return h, w_k + c * x[:, 1], noise
 
 
@@ -139,6 +195,7 @@ def quadfit(
     iters: int = _ITERS,
     penalty: tuple[float, float, float] = _PENALTY,
     cache: Path | None = None,
+    device: torch.device | str | None = None,
 ) -> QuadFit:
     """Fit the per-parameter quadratic to the prefix and simulate it to the end of the run.
 
@@ -161,20 +218,25 @@ def quadfit(
         cache: a folder of fitted parameters (``gfm.prior_cache``) shared by processes: a fit
             of the same prefix, parameters and settings is read from it instead of solved again
             (the result is the same: the path is simulated from the fitted x either way).
+        device: None: fit and simulate in NumPy on the CPU (fastest for the few thousand
+            numbers of a chunk there); a torch device (e.g. ``"cuda"``): in torch on it, for
+            millions of parameters at once. The same equations in float64 either way; the
+            results agree to rounding (not bit for bit).
 
     Returns:
         ``QuadFit`` of the N parameters.
     """
+    ops = _Ops(device)
     key = None
     if cache is not None:
         key = prior_cache.key(prefix, index, _settings(starts, iters, penalty))
         hit = prior_cache.load(cache, key, n=len(prefix.params) if index is None else len(index))
         if hit is not None:
-            return _simulate(prefix, index, *hit)
-    x, fit = _fit(prefix, index, starts, iters, penalty)
+            return _simulate(ops, prefix, index, *hit)
+    x, fit = _fit(ops, prefix, index, starts, iters, penalty)
     if key is not None:
         prior_cache.store(cache, key, x, fit)
-    return _simulate(prefix, index, x, fit)
+    return _simulate(ops, prefix, index, x, fit)
 
 
 def is_cached(prefix: Prefix, cache: Path, *, index: torch.Tensor | None = None) -> bool:
@@ -182,23 +244,22 @@ def is_cached(prefix: Prefix, cache: Path, *, index: torch.Tensor | None = None)
     return prior_cache.exists(cache, prior_cache.key(prefix, index, _settings()))
 
 
-def _inputs(
-    prefix: Prefix, index: torch.Tensor | None
-) -> tuple[dict[str, float], np.ndarray, np.ndarray, bool]:
+def _inputs(ops: _Ops, prefix: Prefix, index: torch.Tensor | None) -> tuple:
     """(hyperparameters, weights W (k+1, N), velocity scale c (N,), adaptive) of the fit.
 
-    The fit and the simulation run in NumPy float64: their arrays are small (a few thousand
-    numbers) and the simulation takes thousands of elementwise steps, where NumPy's per-call
-    cost is a fifth of torch's (24 numbers) to two thirds (12k).
+    On the CPU the fit and the simulation run in NumPy float64: a chunk's arrays are small (a
+    few thousand numbers) and the simulation takes thousands of elementwise steps, where
+    NumPy's per-call cost is a fifth of torch's (24 numbers) to two thirds (12k).
     """
     hp = {key: float(v) for key, v in resolve_hparams(prefix.optimizer, prefix.hparams).items()}
     cols = slice(None) if index is None else index
-    W1 = prefix.w.double()[:, cols].numpy()  # (k+1, N)
+    W1 = ops.from_torch(prefix.w[:, cols])  # (k+1, N)
     c1 = (Normalizer.from_prefix(prefix).scale.double()[cols] / prefix.M).clamp_min(1e-12)
-    return hp, W1, c1.numpy(), prefix.optimizer in ("rmsprop", "adam", "adamw")
+    return hp, W1, ops.from_torch(c1), prefix.optimizer in ("rmsprop", "adam", "adamw")
 
 
 def _fit(
+    ops: _Ops,
     prefix: Prefix,
     index: torch.Tensor | None,
     starts: tuple[float, ...],
@@ -206,34 +267,35 @@ def _fit(
     penalty: tuple[float, float, float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fitted x = (log h, z[, log σ/(h c)]) (N, P) and RMS residual (N,) of ``quadfit``."""
-    hp, W1, c1, adaptive = _inputs(prefix, index)
-    k, r, lr = prefix.k, prefix.record_every, prefix.lr.double().numpy()
+    hp, W1, c1, adaptive = _inputs(ops, prefix, index)
+    k, r, lr = prefix.k, prefix.record_every, prefix.lr.double().tolist()
     P = 3 if adaptive else 2
     N, S = W1.shape[1], len(starts)
-    W, c = np.tile(W1, (1, S)), np.tile(c1, S)  # (k+1, S·N), start-major
-    vel = np.sign(W[k] - W[max(0, k - 2)])
-    x = np.zeros((S * N, P))
-    x[:, 0] = -math.log(max(float(lr[0]), 1e-12) * max(k * r, 1))
-    x[:, 1] = np.repeat(np.asarray(starts, dtype=np.float64), N) * k * (vel + (vel == 0))
-    target = x.copy()
+    W, c = ops.tile(W1, (1, S)), ops.tile(c1, (S,))  # (k+1, S·N), start-major
+    vel = ops.sign(W[k] - W[max(0, k - 2)])
+    x = ops.zeros((S * N, P))
+    x[:, 0] = -math.log(max(lr[0], 1e-12) * max(k * r, 1))
+    x[:, 1] = ops.repeat(ops.asarray(starts), N) * k * (vel + (vel == 0))
+    target = ops.copy(x)
     target[:, 1] = 0.0  # the penalty pulls the optimum to w_k: no motion without evidence
-    lam = np.asarray(penalty[:P], dtype=np.float64)
+    lam = ops.asarray(penalty[:P])
 
-    def residuals(x: np.ndarray, reps: int) -> np.ndarray:
+    def residuals(x, reps: int):  # noqa: ANN001, ANN202 - ops' arrays
         """(k, reps·S·N) fit residuals of the stacked rows x (reps·S·N, P)."""
-        Wr, cr = np.tile(W, (1, reps)), np.tile(c, reps)
-        sim = _Optimizer(prefix.optimizer, hp, lr, r)
-        _, rec = sim.run(Wr[0], _unpack(x, Wr[k], cr, adaptive), range(k * r), record=True)
-        return (np.stack(rec[1:]) - Wr[1:]) / cr
+        Wr, cr = ops.tile(W, (1, reps)), ops.tile(c, (reps,))
+        sim = _Optimizer(prefix.optimizer, hp, lr, r, ops)
+        _, rec = sim.run(Wr[0], _unpack(ops, x, Wr[k], cr, adaptive), range(k * r), record=True)
+        return (ops.stack(rec[1:]) - Wr[1:]) / cr
 
-    with np.errstate(over="ignore", invalid="ignore"):  # a diverging trial step is refused
-        x, res, obj = _levenberg_marquardt(x, target, lam, residuals, iters)
-    best = obj.reshape(S, N).argmin(0) * N + np.arange(N)  # the best start of each parameter
-    return torch.from_numpy(x[best]), torch.from_numpy(np.sqrt(np.square(res[:, best]).mean(0)))
+    with ops.quiet():  # a diverging trial step is refused
+        x, res, obj = _levenberg_marquardt(ops, x, target, lam, residuals, iters)
+    best = obj.reshape(S, N).argmin(0) * N + ops.arange(N)  # the best start of each parameter
+    rms = ops.sqrt(ops.square(res[:, best]).mean(0))
+    return torch.from_numpy(ops.numpy(x[best])), torch.from_numpy(ops.numpy(rms))
 
 
 def _simulate(
-    prefix: Prefix, index: torch.Tensor | None, x: torch.Tensor, fit: torch.Tensor
+    ops: _Ops, prefix: Prefix, index: torch.Tensor | None, x: torch.Tensor, fit: torch.Tensor
 ) -> QuadFit:
     """The fitted quadratic's path: the optimizer simulated from w_0 to step k·r, then on to M·r.
 
@@ -241,37 +303,39 @@ def _simulate(
 
     with the model (h, w*, σ²) of the fitted x (N, P); ``fit`` is the RMS residual it carries.
     """
-    hp, W1, c1, adaptive = _inputs(prefix, index)
+    hp, W1, c1, adaptive = _inputs(ops, prefix, index)
     k, M, r = prefix.k, prefix.M, prefix.record_every
     xn = x.numpy()
-    model = _unpack(xn, W1[k], c1, adaptive)
-    sim = _Optimizer(prefix.optimizer, hp, prefix.lr.double().numpy(), r)
-    with np.errstate(over="ignore", invalid="ignore"):  # as torch: inf, not a warning
+    model = _unpack(ops, ops.from_torch(x), W1[k], c1, adaptive)
+    sim = _Optimizer(prefix.optimizer, hp, prefix.lr.double().tolist(), r, ops)
+    with ops.quiet():  # as torch: inf, not a warning
         w_k_sim, _ = sim.run(W1[0], model, range(k * r))
         _, rec = sim.run(w_k_sim, model, range(k * r, M * r), record=True)
-    path = np.stack(rec)  # (M−k+1, N) at checkpoints k..M
-    return QuadFit(path=W1[k] + path - path[0], fit=fit.numpy(), log_h=xn[:, 0], z=xn[:, 1])
+    path = ops.stack(rec)  # (M−k+1, N) at checkpoints k..M
+    path = ops.numpy(W1[k] + path - path[0])
+    return QuadFit(path=path, fit=fit.numpy(), log_h=xn[:, 0], z=xn[:, 1])
 
 
-def _levenberg_marquardt(
-    x: np.ndarray,
-    target: np.ndarray,
-    lam: np.ndarray,
+def _levenberg_marquardt(  # noqa: PLR0913 - the problem and its backend
+    ops: _Ops,
+    x,  # noqa: ANN001 - ops' arrays, as target and lam
+    target,  # noqa: ANN001
+    lam,  # noqa: ANN001
     residuals,  # noqa: ANN001 - (rows (R, P), reps) -> (k, R) residuals
     iters: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple:
     """Damped Gauss–Newton on every row of x (B, P) at once; returns x, residuals, objective.
 
     (JᵀJ + Λ + μ diag(JᵀJ + Λ)) δ = −(Jᵀ r + Λ (x − x̄)),   μ × 0.3 on success, × 10 on failure
     """
     B, P = x.shape
-    shifts = np.concatenate([np.zeros((1, P)), _FD * np.eye(P)])  # (P+1, P)
-    limit = np.asarray(_STEP_LIMIT[:P], dtype=np.float64)
-    mu = np.full(B, 1e-2)
-    diag = np.arange(P)
+    shifts = ops.asarray(np.concatenate([np.zeros((1, P)), _FD * np.eye(P)]))  # (P+1, P)
+    limit = ops.asarray(_STEP_LIMIT[:P])
+    mu = ops.full(B, 1e-2)
+    diag = ops.arange(P)
 
-    def objective(res: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return np.square(res).sum(0) + (np.square(x - target) * lam).sum(1)
+    def objective(res, x):  # noqa: ANN001, ANN202 - ops' arrays
+        return ops.square(res).sum(0) + (ops.square(x - target) * lam).sum(1)
 
     res = obj = None
     for it in range(iters + 1):
@@ -282,20 +346,20 @@ def _levenberg_marquardt(
             res, obj = R[:, 0], objective(R[:, 0], x)
         if it == iters:
             break
-        J = ((R[:, 1:] - R[:, :1]) / _FD).transpose(0, 2, 1)  # (k, B, P)
-        A = np.einsum("kbp,kbq->bpq", J, J)
+        J = ops.permute((R[:, 1:] - R[:, :1]) / _FD, (0, 2, 1))  # (k, B, P)
+        A = ops.einsum("kbp,kbq->bpq", J, J)
         A[:, diag, diag] += lam
         A[:, diag, diag] *= 1 + mu[:, None]
-        grad = np.einsum("kbp,kb->bp", J, R[:, 0]) + lam * (x - target)
-        step = -np.linalg.solve(A, grad[..., None])[..., 0]
-        x_new = x + np.clip(step, -limit, limit)
+        grad = ops.einsum("kbp,kb->bp", J, R[:, 0]) + lam * (x - target)
+        step = -ops.linalg.solve(A, grad[..., None])[..., 0]
+        x_new = x + ops.clip(step, -limit, limit)
         res_new = residuals(x_new, 1)
         obj_new = objective(res_new, x_new)
-        ok = np.isfinite(obj_new) & (obj_new < obj)
-        x = np.where(ok[:, None], x_new, x)
-        res = np.where(ok, res_new, res)
-        obj = np.where(ok, obj_new, obj)
-        mu = np.clip(np.where(ok, mu * 0.3, mu * 10), 1e-6, 1e6)
+        ok = ops.isfinite(obj_new) & (obj_new < obj)
+        x = ops.where(ok[:, None], x_new, x)
+        res = ops.where(ok, res_new, res)
+        obj = ops.where(ok, obj_new, obj)
+        mu = ops.clip(ops.where(ok, mu * 0.3, mu * 10), 1e-6, 1e6)
     return x, res, obj
 
 

@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gfm.config import DataSettings
-from gfm.data.names import HPARAM_KEYS
+from gfm.data.names import HPARAM_KEYS, MANIFEST_FILE
 from gfm.data.schema import (
     FORMAT_VERSION,
     ParamMeta,
@@ -36,7 +36,6 @@ CHECKPOINTS_DIR = "checkpoints"
 DIVERGED_DIR = "diverged"
 RUNS_FILE = "runs.parquet"
 PARAMETERS_FILE = "parameters.parquet"
-MANIFEST_FILE = "manifest.json"
 
 # Parquet key-value metadata of a checkpoint file (all values are strings).
 META_VERSION = "gfm.format_version"

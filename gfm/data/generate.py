@@ -29,9 +29,8 @@ import torch
 
 from gfm._torch import kernels_pinned, pinned_environ, reproducible
 from gfm.config import DataSettings, Range, TaskSettings
-from gfm.data.format import MANIFEST_FILE
 from gfm.data.lock import dataset_lock
-from gfm.data.names import OPTIMIZERS
+from gfm.data.names import MANIFEST_FILE, OPTIMIZERS
 from gfm.data.optim import DEFAULTS, build_optimizer, scheduled_lr
 from gfm.data.pool import init_worker, stop_pool
 from gfm.data.schema import RunRecord, RunSpec, arch_name

@@ -10,8 +10,10 @@ SCHEDULES = ("constant", "cosine", "step")
 TASKS = ("least_squares", "mlp_regression", "digits_mlp", "mnist_cnn")
 HPARAM_KEYS = ("lr", "momentum", "nesterov", "alpha", "beta1", "beta2", "weight_decay")
 """Keys of ``RunSpec.hparams`` (and of a forecast request's ``hparams``, and ``hp_*`` columns)."""
+MANIFEST_FILE = "manifest.json"
+"""A dataset's manifest (``gfm.data.format``): here, so that training runs need no Parquet."""
 
-__all__ = ["HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "TASKS", "check_known"]
+__all__ = ["HPARAM_KEYS", "MANIFEST_FILE", "OPTIMIZERS", "SCHEDULES", "TASKS", "check_known"]
 
 
 def check_known(names: object, known: tuple[str, ...], what: str) -> None:
