@@ -77,6 +77,20 @@ def test_the_prior_continues_a_run_on_a_quadratic(optimizer):
     assert err < 0.05 * persistence, (err, persistence)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "rmsprop", "adam", "adamw"])
+def test_the_torch_fit_on_a_device_agrees_with_the_numpy_fit(optimizer):
+    # given a run of the optimizer on a quadratic (the CPU stands in for an accelerator)
+    W, hp = _quadratic_run(optimizer, D=24)
+    prefix = _prefix(W, optimizer, hp, k=8)
+    # when the prior is fitted in NumPy and in torch on a device
+    host, device = quadfit(prefix), quadfit(prefix, device="cpu")
+    # then the same equations give the same prior, to rounding, as NumPy arrays
+    assert isinstance(device.path, np.ndarray) and device.path.dtype == np.float64
+    scale = np.abs(W[-1] - W[0]).max().item()
+    np.testing.assert_allclose(device.path, host.path, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(device.z, host.z, rtol=1e-5, atol=1e-6)
+
+
 def test_a_parameter_subset_is_fitted_exactly_as_in_the_whole():
     W, hp = _quadratic_run("adam", D=8)
     prefix = _prefix(W, "adam", hp, k=8)
