@@ -30,6 +30,13 @@ gives the Spearman ρ between forecast and true final validation loss. Writes, u
 
     python -m benchmarks.pruning [--quick] [--tasks digits_mlp mnist_cnn] [--seeds 3]
         [--trials 40] [--pruners none median ...] [--gfm DIR|URI] [--lstm DIR] [--fit-steps N]
+        [--overrides benchmarks/pruning_data.yaml]
+
+``--overrides FILE`` applies a YAML mapping of dotted settings on top of ``--params``; when its
+``data.root`` holds no dataset yet, that dataset is generated first (``gfm.data.generate``, the
+implementation ``gfm generate`` runs), so the forecasters are fitted on it and the trials'
+"inside the training distribution" column is judged against it. ``pruning_data.yaml`` is a
+dataset that covers the digits search space.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from typing import Any
 import optuna
 import polars as pl
 import torch
+import yaml
 
 from gfm import baselines, saved
 from gfm.bench.pruning import (
@@ -63,7 +71,8 @@ from gfm.bench.pruning import (
 )
 from gfm.config import Settings, load_settings
 from gfm.data.atomic import atomic_path, write_json
-from gfm.data.names import OPTIMIZERS
+from gfm.data.generate import generate
+from gfm.data.names import MANIFEST_FILE, OPTIMIZERS
 from gfm.data.trajectories import Trajectories
 from gfm.evaluation import to_markdown
 from gfm.forecaster import Forecaster
@@ -503,6 +512,16 @@ def write(results: dict[str, list], out: Path) -> dict[str, Path]:
     return paths
 
 
+def read_overrides(path: Path | None) -> dict[str, Any]:
+    """The dotted settings of an overrides file (``{}`` without one)."""
+    if path is None:
+        return {}
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
+        raise SystemExit(f"{path}: must be a mapping of dotted settings (data.root: ...)")
+    return doc
+
+
 def main() -> None:
     """Parse the options, run (or resume) every study, write the tables and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -517,6 +536,7 @@ def main() -> None:
     parser.add_argument("--fit-steps", type=int, default=None, help="default: the defaults")
     parser.add_argument("--output-dir", type=Path, default=None)
     parser.add_argument("--fit-only", action="store_true", help="fit and cache the forecasters")
+    parser.add_argument("--overrides", type=Path, default=None, help="YAML of dotted settings")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("benchmarks").setLevel(logging.INFO)
@@ -537,8 +557,13 @@ def main() -> None:
         parser.error("--pruners must include none: the others are measured against it")
     out = args.output_dir or (CACHE / "quick" if args.quick else Path("benchmarks/results"))
     work = CACHE / ("quick" if args.quick else "full")
-    settings = load_settings(args.params)
+    settings = load_settings(args.params, read_overrides(args.overrides))
     t0 = time.perf_counter()
+    if args.overrides is not None and not (settings.data.root / MANIFEST_FILE).is_file():
+        report = generate(settings.data)
+        log.info(
+            "generated %s: %d runs in %.0f s", settings.data.root, report.trained, report.seconds
+        )
     fc = forecasters(settings, plan, args)
     if args.fit_only:
         return

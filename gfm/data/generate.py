@@ -31,7 +31,7 @@ from gfm._torch import kernels_pinned, pinned_environ, reproducible
 from gfm.config import DataSettings, Range, TaskSettings
 from gfm.data.lock import dataset_lock
 from gfm.data.names import MANIFEST_FILE, OPTIMIZERS
-from gfm.data.optim import DEFAULTS, build_optimizer, scheduled_lr
+from gfm.data.optim import DEFAULTS, OPTIONAL, build_optimizer, scheduled_lr
 from gfm.data.pool import init_worker, stop_pool
 from gfm.data.schema import RunRecord, RunSpec, arch_name
 from gfm.data.space import DiskFull, disk_full, no_space, plan_bytes
@@ -134,7 +134,11 @@ def _check_plan(cfg: DataSettings) -> None:
             f"{cfg.seeds}"
         )
     for name, space in cfg.optimizers.items():
-        unused = [k for k in _RANGED if getattr(space, k) is not None and k not in DEFAULTS[name]]
+        unused = [
+            k
+            for k in _RANGED
+            if getattr(space, k) is not None and k not in DEFAULTS[name] and k not in OPTIONAL
+        ]
         if unused:
             raise ValueError(
                 f"data.optimizers.{name}: {unused} must be unset, {name} does not use them"
@@ -195,9 +199,11 @@ def plan_runs(cfg: DataSettings) -> list[RunSpec]:
                         "lr": task_cfg.lr_scale * _draw(rng, space.lr)
                     }
                     for key in _RANGED:
+                        r = getattr(space, key)
                         if key in DEFAULTS[opt]:
-                            r = getattr(space, key)
                             hparams[key] = DEFAULTS[opt][key] if r is None else _draw(rng, r)
+                        elif key in OPTIONAL and r is not None:  # drawn only when configured
+                            hparams[key] = _draw(rng, r)
                     if "nesterov" in DEFAULTS[opt]:
                         hparams["nesterov"] = bool(rng.random() < space.nesterov_prob)
                     schedule = cfg.schedules[int(rng.integers(len(cfg.schedules)))]

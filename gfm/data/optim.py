@@ -2,7 +2,10 @@
 
 Hyperparameter keys follow ``RunSpec.hparams``: lr, momentum, nesterov, alpha, beta1, beta2,
 weight_decay. ``DEFAULTS`` lists every key an optimizer uses with the value taken when it is absent
-(torch's defaults, except momentum = 0.9 for ``momentum``, which would otherwise be plain SGD).
+(torch's defaults, except momentum = 0.9 for ``momentum``, which would otherwise be plain SGD);
+``OPTIONAL`` the keys every optimizer also takes, set on a run only when its range is configured:
+weight decay, as an L2 term added to the gradient (g + λw, torch's ``weight_decay`` of SGD,
+RMSprop and Adam); AdamW's own decoupled decay is in its ``DEFAULTS``.
 
 References:
     SGD with momentum / Nesterov: Sutskever et al. 2013. RMSprop: Tieleman & Hinton 2012.
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["BUILDERS", "DEFAULTS", "RULES", "build_optimizer", "scheduled_lr"]
+__all__ = ["BUILDERS", "DEFAULTS", "OPTIONAL", "RULES", "build_optimizer", "scheduled_lr"]
 
 Params = Iterable[torch.nn.Parameter]
 
@@ -27,24 +30,31 @@ DEFAULTS: dict[str, dict[str, float | bool]] = {
     "adam": {"beta1": 0.9, "beta2": 0.999},
     "adamw": {"beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
 }
+OPTIONAL: dict[str, float] = {"weight_decay": 0.0}
 
 
 def _sgd(params: Params, lr: float, hp: dict[str, float | bool]) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, weight_decay=float(hp["weight_decay"]))
 
 
 def _momentum(params: Params, lr: float, hp: dict[str, float | bool]) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        params, lr=lr, momentum=float(hp["momentum"]), nesterov=bool(hp["nesterov"])
+        params,
+        lr=lr,
+        momentum=float(hp["momentum"]),
+        nesterov=bool(hp["nesterov"]),
+        weight_decay=float(hp["weight_decay"]),
     )
 
 
 def _rmsprop(params: Params, lr: float, hp: dict[str, float | bool]) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(params, lr=lr, alpha=float(hp["alpha"]))
+    wd = float(hp["weight_decay"])
+    return torch.optim.RMSprop(params, lr=lr, alpha=float(hp["alpha"]), weight_decay=wd)
 
 
 def _adam(params: Params, lr: float, hp: dict[str, float | bool]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, betas=(float(hp["beta1"]), float(hp["beta2"])))
+    betas = (float(hp["beta1"]), float(hp["beta2"]))
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=float(hp["weight_decay"]))
 
 
 def _adamw(params: Params, lr: float, hp: dict[str, float | bool]) -> torch.optim.Optimizer:
@@ -69,8 +79,8 @@ def build_optimizer(
     Args:
         name: a key of ``BUILDERS`` (``gfm.data.names.OPTIMIZERS``).
         params: the parameters to optimise.
-        hparams: ``lr`` (required, > 0) plus any of the optimizer's keys in ``DEFAULTS[name]``;
-            absent ones take the default there.
+        hparams: ``lr`` (required, > 0) plus any of the optimizer's keys in ``DEFAULTS[name]``
+            and ``OPTIONAL``; absent ones take the default there.
 
     Returns:
         The optimizer; its param group's ``lr`` is the base learning rate (schedules set it later).
@@ -81,14 +91,14 @@ def build_optimizer(
     """
     if name not in BUILDERS:
         raise ValueError(f"`optimizer` must be one of {list(BUILDERS)}, got {name!r}")
-    allowed = {"lr", *DEFAULTS[name]}
+    allowed = {"lr", *DEFAULTS[name], *OPTIONAL}
     unknown = sorted(set(hparams) - allowed)
     if unknown:
         raise ValueError(f"`hparams` of {name} must only use keys {sorted(allowed)}, got {unknown}")
     lr = hparams.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
         raise ValueError(f"`hparams['lr']` must be a positive number, got {lr!r}")
-    return BUILDERS[name](params, float(lr), {**DEFAULTS[name], **hparams})
+    return BUILDERS[name](params, float(lr), {**OPTIONAL, **DEFAULTS[name], **hparams})
 
 
 def _constant(base_lr: float, step: int, total_steps: int) -> float:

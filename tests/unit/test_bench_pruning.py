@@ -1,6 +1,7 @@
 """The pruning benchmark's measures on small hand-made studies (pure tables, no training)."""
 
 import math
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -76,3 +77,27 @@ def test_a_trial_outside_the_dataset_is_named_with_why():
     assert in_distribution(Config("digits_mlp", "adam", lr * 1.01, 32, 0.0), data) == (True, "")
     ok, why = in_distribution(Config("digits_mlp", "adam", lr / 100, 999, 0.05), data)
     assert not ok and "lr" in why and "architecture" in why and "weight decay" in why
+
+
+def test_the_search_space_dataset_covers_every_trial_of_the_digits_space():
+    # given the overrides that describe a dataset for the pruning benchmark's digits space
+    from benchmarks.pruning import read_overrides
+    from gfm.bench.pruning import LR, WD, WIDTHS
+
+    path = Path(__file__).parents[2] / "benchmarks" / "pruning_data.yaml"
+    data = load_settings(None, read_overrides(path), environ={}).data
+    # then the corners of the searched space are inside it, for every optimizer and width
+    for optimizer in data.optimizers:
+        for width in WIDTHS["digits_mlp"]:
+            for lr, wd in ((LR[0], WD[0]), (LR[1], WD[1])):
+                cfg = Config("digits_mlp", optimizer, lr, width, wd)
+                assert in_distribution(cfg, data) == (True, ""), (cfg, in_distribution(cfg, data))
+
+
+def test_an_overrides_file_that_is_not_a_mapping_names_the_file(tmp_path):
+    from benchmarks.pruning import read_overrides
+
+    bad = tmp_path / "o.yaml"
+    bad.write_text("- data.root\n")
+    with pytest.raises(SystemExit, match="o.yaml: must be a mapping"):
+        read_overrides(bad)

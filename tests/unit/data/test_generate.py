@@ -90,6 +90,22 @@ def test_plan_draws_hyperparameters_within_ranges():
         assert (s.steps, s.record_every) == (task.steps, task.record_every)
 
 
+def test_weight_decay_is_drawn_for_an_optimizer_only_where_its_range_is_set():
+    # given SGD with a weight-decay range, and Adam without one
+    wd = Range(low=1e-4, high=1e-2, log=True)
+    cfg = _settings(
+        optimizers={
+            "sgd": OptimizerSpace(lr=Range(low=0.1, high=0.2), weight_decay=wd),
+            "adam": OptimizerSpace(lr=Range(low=1e-3, high=2e-3)),
+        }
+    )
+    specs = plan_runs(cfg)
+    # then every SGD run draws one inside the range and no Adam run records the key
+    sgd = [s.hparams["weight_decay"] for s in specs if s.optimizer == "sgd"]
+    assert sgd and all(wd.low <= v <= wd.high for v in sgd) and len(set(sgd)) > 1
+    assert all("weight_decay" not in s.hparams for s in specs if s.optimizer == "adam")
+
+
 @pytest.mark.slow  # spawns worker processes or trains the tiny dataset
 def test_plan_is_stable_across_calls_and_processes():
     # given the default plan computed here

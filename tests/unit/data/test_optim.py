@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gfm.data import names
-from gfm.data.optim import BUILDERS, DEFAULTS, RULES, build_optimizer, scheduled_lr
+from gfm.data.optim import BUILDERS, DEFAULTS, OPTIONAL, RULES, build_optimizer, scheduled_lr
 
 
 def _quadratic_run(name: str, hparams: dict, steps: int, w0: float = 1.0) -> float:
@@ -66,6 +66,23 @@ def test_drawn_hparams_override_defaults():
     group = build_optimizer("adamw", [w], hp).param_groups[0]
     assert group["betas"] == (0.85, 0.995) and group["weight_decay"] == 0.03
     assert set(DEFAULTS["adamw"]) == {"beta1", "beta2", "weight_decay"}
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "rmsprop", "adam"])
+def test_every_optimizer_takes_an_l2_weight_decay_that_is_off_by_default(name):
+    # given a parameter away from zero and no gradient from the loss
+    def one_step(hparams: dict) -> float:
+        w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+        opt = build_optimizer(name, [w], {"lr": 0.1, **hparams})
+        w.grad = torch.zeros_like(w)
+        opt.step()
+        return float(w)
+
+    # then without the key nothing moves it, and with it the decay's gradient λw does
+    assert one_step({}) == 1.0 and OPTIONAL == {"weight_decay": 0.0}
+    assert one_step({"weight_decay": 0.5}) < 1.0
+    if name == "sgd":  # w - lr·λ·w
+        assert one_step({"weight_decay": 0.5}) == pytest.approx(1.0 - 0.1 * 0.5)
 
 
 def test_unknown_optimizer_lists_valid_keys():
