@@ -44,40 +44,70 @@ def variants() -> dict[str, dict]:
     return yaml.safe_load((HERE / "ablations.yaml").read_text())["variants"]
 
 
+def final_forecast(forecaster, record, k: int) -> tuple[np.ndarray, float]:
+    """The forecast final weights (D,) from checkpoint k, and the seconds the forecast took."""
+    start = time.perf_counter()
+    pred = forecaster.forecast(Prefix.from_record(record, k), torch.tensor([1.0]))
+    seconds = time.perf_counter() - start
+    return np.asarray(pred.detach().cpu() if torch.is_tensor(pred) else pred)[-1], seconds
+
+
 def score_run(forecaster, record, score) -> list[dict]:
     """One row per observed fraction: errors, λ, off-direction error, downstream scores."""
-    W = record.weights
-    M = W.shape[0] - 1
-    w_M = W[M].astype(np.float64)
+    M = record.weights.shape[0] - 1
     rows = []
     for f in FRACTIONS:
         k = observed_index(M, f)
-        start = time.perf_counter()
-        pred = forecaster.forecast(Prefix.from_record(record, k), torch.tensor([1.0]))
-        seconds = time.perf_counter() - start
-        pred = np.asarray(pred.detach().cpu() if torch.is_tensor(pred) else pred)[-1]
-        w_k = W[k].astype(np.float64)
-        d_true, d_pred = w_M - w_k, pred.astype(np.float64) - w_k
-        nt = max(float(d_true @ d_true), 1e-30)
-        lam = float(d_pred @ d_true) / nt
-        off = d_pred - lam * d_true
-        row = {
-            "task": record.spec.task,
-            "optimizer": record.spec.optimizer,
-            "run_id": record.spec.run_id,
-            "fraction": f,
-            "mse": float(np.mean((pred - w_M) ** 2)),
-            "mse_persistence": float(np.mean(d_true**2)),
-            "lam": lam,
-            "off": float(off @ off) / nt,
-            "seconds": seconds,
-        }
-        if record.spec.task in CLASSIFICATION:
-            row["loss"], row["acc"] = score(record, pred.astype(np.float32))
-            row["last_loss"], row["last_acc"] = score(record, W[k])
-            row["true_loss"], row["true_acc"] = score(record, W[M])
-        rows.append(row)
+        rows.append(score_forecast(record, f, k, *final_forecast(forecaster, record, k), score))
     return rows
+
+
+def score_members(members: list, record, score) -> tuple[list[dict], list[list[dict]]]:
+    """``score_run`` of the members' mean forecast, and of each member, from one forecast each.
+
+    ŵ_mean = (1/K) Σ_i ŵ_i
+    """
+    M = record.weights.shape[0] - 1
+    mean_rows, member_rows = [], [[] for _ in members]
+    for f in FRACTIONS:
+        k = observed_index(M, f)
+        preds = [final_forecast(m, record, k) for m in members]
+        for rows, (pred, seconds) in zip(member_rows, preds, strict=True):
+            rows.append(score_forecast(record, f, k, pred, seconds, score))
+        mean = np.mean([p.astype(np.float64) for p, _ in preds], axis=0)
+        seconds = sum(s for _, s in preds)
+        mean_rows.append(score_forecast(record, f, k, mean, seconds, score))
+    return mean_rows, member_rows
+
+
+def score_forecast(  # noqa: PLR0913 - one forecast and what it is scored against
+    record, f: float, k: int, pred: np.ndarray, seconds: float, score
+) -> dict:
+    """One fraction's row: errors, λ, off-direction error and, for classifiers, the network's."""
+    W = record.weights
+    M = W.shape[0] - 1
+    w_M = W[M].astype(np.float64)
+    w_k = W[k].astype(np.float64)
+    d_true, d_pred = w_M - w_k, pred.astype(np.float64) - w_k
+    nt = max(float(d_true @ d_true), 1e-30)
+    lam = float(d_pred @ d_true) / nt
+    off = d_pred - lam * d_true
+    row = {
+        "task": record.spec.task,
+        "optimizer": record.spec.optimizer,
+        "run_id": record.spec.run_id,
+        "fraction": f,
+        "mse": float(np.mean((pred - w_M) ** 2)),
+        "mse_persistence": float(np.mean(d_true**2)),
+        "lam": lam,
+        "off": float(off @ off) / nt,
+        "seconds": seconds,
+    }
+    if record.spec.task in CLASSIFICATION:
+        row["loss"], row["acc"] = score(record, pred.astype(np.float32))
+        row["last_loss"], row["last_acc"] = score(record, W[k])
+        row["true_loss"], row["true_acc"] = score(record, W[M])
+    return row
 
 
 def run(name: str, seed: int, spec: dict, out: Path) -> None:
@@ -94,20 +124,47 @@ def run(name: str, seed: int, spec: dict, out: Path) -> None:
         keep = rng.choice(len(train), max(1, round(spec["train_frac"] * len(train))), False)
         train = train.filter(pl.col("run_id").is_in([train.run_ids[i] for i in sorted(keep)]))
     method = spec.get("method", "gfm")
-    if "baseline" in spec:
-        forecaster = baselines.make(method, {**spec["baseline"], "seed": seed})
+    if "members" in spec:  # an ensemble: members of training seeds seed·K .. seed·K + K − 1
+        K = int(spec["members"])
+        seeds = [seed * K + i for i in range(K)]
+        members = [build(method, settings, seed=s) for s in seeds]
+    elif "baseline" in spec:
+        members = [baselines.make(method, {**spec["baseline"], "seed": seed})]
     else:
-        forecaster = build(method, settings, seed=seed)
-    start = time.perf_counter()
-    forecaster.fit(train, val)
-    fit_seconds = time.perf_counter() - start
+        members = [build(method, settings, seed=seed)]
+    fit_seconds = []
+    for member in members:
+        start = time.perf_counter()
+        member.fit(train, val)
+        fit_seconds.append(time.perf_counter() - start)
     score = score_for(settings)
-    rows = [
-        {**row, "part": part}
-        for part, runs in (("val", val), ("test", test))
-        for i in range(len(runs))
-        for row in score_run(forecaster, runs[i], score)
-    ]
+    if "members" not in spec:
+        rows = [
+            {**row, "part": part}
+            for part, runs in (("val", val), ("test", test))
+            for i in range(len(runs))
+            for row in score_run(members[0], runs[i], score)
+        ]
+        _write(out, name, seed, rows, fit_seconds[0])
+        return
+    # the mean and, as rows of the member variant (each a training seed of it), every member
+    mean_rows: list[dict] = []
+    member_rows: list[list[dict]] = [[] for _ in members]
+    for part, runs in (("val", val), ("test", test)):
+        for i in range(len(runs)):
+            mean, each = score_members(members, runs[i], score)
+            mean_rows += [{**row, "part": part} for row in mean]
+            for acc, rows in zip(member_rows, each, strict=True):
+                acc += [{**row, "part": part} for row in rows]
+    for s, rows, secs in zip(seeds, member_rows, fit_seconds, strict=True):
+        if not (out / f"{spec['member_variant']}__s{s}.parquet").exists():
+            _write(out, spec["member_variant"], s, rows, secs)
+    _write(out, name, seed, mean_rows, sum(fit_seconds))
+
+
+def _write(out: Path, name: str, seed: int, rows: list[dict], fit_seconds: float) -> None:
+    """One (variant, seed)'s table, written atomically to ``out/<variant>__s<seed>.parquet``."""
+    path = out / f"{name}__s{seed}.parquet"
     table = pl.DataFrame(rows).with_columns(
         variant=pl.lit(name), seed=pl.lit(seed), fit_seconds=pl.lit(fit_seconds)
     )
