@@ -21,6 +21,7 @@ from gfm.features import n_context
 from gfm.fields import FIELDS, FreeField, VectorField
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
+from gfm.rows import shrink_row_means
 from gfm.surrogate import Surrogate
 
 __all__ = ["GFM"]
@@ -103,6 +104,7 @@ class GFM:
                 atol=self.cfg.atol,
                 chunk_size=self.cfg.chunk_size,
             )
+        out = shrink_row_means(out, prefix.w[-1].to(out.dtype), prefix.params, self.cfg.row_mean)
         return out.float()
 
     def save(self, path: Path | str) -> None:

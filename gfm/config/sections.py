@@ -254,6 +254,13 @@ class GFMSettings(_Frozen):
     rtol: float = Field(1e-5, gt=0)
     atol: float = Field(1e-6, gt=0)
     chunk_size: int = Field(65536, gt=0, description="parameters forecast at once")
+    row_mean: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="factor on the forecast displacement's mean over each weight row (output "
+        "unit or filter; gfm.rows): 1 keeps it, 0 holds each row's mean weight at w_k",
+    )
 
     @model_validator(mode="after")
     def _prior_needs_interval(self) -> GFMSettings:
