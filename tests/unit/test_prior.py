@@ -86,7 +86,7 @@ def test_the_torch_fit_on_a_device_agrees_with_the_numpy_fit(optimizer):
     host, device = quadfit(prefix), quadfit(prefix, device="cpu")
     # then the same equations give the same prior, to rounding, as NumPy arrays
     assert isinstance(device.path, np.ndarray) and device.path.dtype == np.float64
-    scale = np.abs(W[-1] - W[0]).max().item()
+    scale = (W[-1] - W[0]).abs().max().item()
     np.testing.assert_allclose(device.path, host.path, rtol=0, atol=1e-6 * scale)
     np.testing.assert_allclose(device.z, host.z, rtol=1e-5, atol=1e-6)
 
