@@ -111,11 +111,13 @@ class GFM:
         """Write the forecaster folder ``path`` (``gfm.saved``): settings as JSON, weights as safetensors.
 
         The folder is built beside ``path`` and swapped in, so a crash never leaves a
-        half-written model.
+        half-written model. Where the workflow writes models (``train.model_dir``, an absolute
+        path on this machine) is not part of the model: it is left out, so the same model is
+        the same bytes (and DVC hash) in any checkout.
         """
         config = {
             "gfm": self.cfg.model_dump(mode="json"),
-            "train": self.train_cfg.model_dump(mode="json"),
+            "train": self.train_cfg.model_dump(mode="json", exclude={"model_dir"}),
             "n_context": self.net.n_context,
         }
         saved.write(path, kind=self.name, config=config, tensors=self.net.state_dict(), cls=GFM)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,22 @@ def test_config_is_plain_json(tmp_path):
     _model("free").save(tmp_path)
     doc = json.loads((tmp_path / saved.FILE).read_text())
     assert doc["kind"] == "gfm" and doc["config"]["gfm"]["variant"] == "free"
+
+
+def test_the_saved_model_does_not_depend_on_where_the_workflow_keeps_models(tmp_path):
+    # given the same model under settings that name two different model folders
+    a = GFM(GFMSettings(width=16, depth=2), TrainSettings(seed=1, model_dir=Path("/a/models/gfm")))
+    b = GFM(GFMSettings(width=16, depth=2), TrainSettings(seed=1, model_dir=Path("/b/m")))
+    # when both are saved
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    # then the folders hold the same bytes (one DVC hash in any checkout), and it loads
+    for name in (saved.FILE, "weights.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (
+        "model_dir" not in json.loads((tmp_path / "a" / saved.FILE).read_text())["config"]["train"]
+    )
+    assert GFM.load(tmp_path / "a").train_cfg.seed == 1
 
 
 def test_load_errors_name_the_file(tmp_path):
