@@ -76,7 +76,7 @@ def test_every_optimizer_takes_an_l2_weight_decay_that_is_off_by_default(name):
         opt = build_optimizer(name, [w], {"lr": 0.1, **hparams})
         w.grad = torch.zeros_like(w)
         opt.step()
-        return float(w)
+        return float(w.detach())
 
     # then without the key nothing moves it, and with it the decay's gradient λw does
     assert one_step({}) == 1.0 and OPTIONAL == {"weight_decay": 0.0}
