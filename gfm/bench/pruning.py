@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from gfm.config import DataSettings
-from gfm.data.optim import DEFAULTS, scheduled_lr
+from gfm.data.optim import build_optimizer, scheduled_lr
 from gfm.data.schema import arch_name
 from gfm.data.tasks import Task, make_task
 from gfm.forecaster import Forecaster, observed_index
@@ -108,24 +108,14 @@ def in_distribution(cfg: Config, data: DataSettings) -> tuple[bool, str]:
     return not why, "; ".join(why)
 
 
-_OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], float, float], torch.optim.Optimizer]] = {
-    "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, weight_decay=wd),
-    "momentum": lambda p, lr, wd: torch.optim.SGD(
-        p, lr=lr, momentum=float(DEFAULTS["momentum"]["momentum"]), weight_decay=wd
-    ),
-    "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(
-        p, lr=lr, alpha=float(DEFAULTS["rmsprop"]["alpha"]), weight_decay=wd
-    ),
-    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, weight_decay=wd),
-    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
-}
-
-
 def make_optimizer(cfg: Config, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-    """The trial's optimizer (the dataset's defaults for momentum, alpha and betas)."""
-    if cfg.optimizer not in _OPTIMIZERS:
-        raise ValueError(f"`optimizer` must be one of {list(_OPTIMIZERS)}, got {cfg.optimizer!r}")
-    return _OPTIMIZERS[cfg.optimizer](list(params), cfg.lr, cfg.weight_decay)
+    """The trial's optimizer (the dataset's defaults for momentum, alpha and betas).
+
+    Raises:
+        ValueError: an unknown optimizer, listing the known ones (``build_optimizer``).
+    """
+    hparams = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    return build_optimizer(cfg.optimizer, list(params), hparams)
 
 
 class TrialNet:
