@@ -5,7 +5,8 @@
 
 A variant is a method (``gfm``, ``gfm_<variant>`` or a baseline) with settings overrides, a
 baseline config, or a fraction of the train runs (a learning curve); they are listed with what
-they change in ``benchmarks/ablations.yaml``. Each (variant, seed) writes
+they change in ``benchmarks/ablations.yaml``. A variant's ``row_variants`` ({name: β}) are scored
+from the same fit with each row's mean displacement scaled by β (``RowShrunk``). Each (variant, seed) writes
 ``results/ablations/<variant>__s<seed>.parquet`` (one row per run × observed fraction × part) and
 is skipped when present, so the ledger resumes. Per run it records the final-weight MSE, the
 displacement ratio λ = ⟨ŵ − w_k, w_M − w_k⟩ / |w_M − w_k|², the error off that direction
@@ -32,6 +33,7 @@ from gfm.config import load_settings
 from gfm.data.atomic import atomic_path
 from gfm.data.trajectories import Trajectories
 from gfm.forecaster import Prefix, observed_index
+from gfm.rows import shrink_row_means
 
 HERE = Path(__file__).parent
 OUT = HERE / "results" / "ablations"
@@ -50,6 +52,22 @@ def final_forecast(forecaster, record, k: int) -> tuple[np.ndarray, float]:
     pred = forecaster.forecast(Prefix.from_record(record, k), torch.tensor([1.0]))
     seconds = time.perf_counter() - start
     return np.asarray(pred.detach().cpu() if torch.is_tensor(pred) else pred)[-1], seconds
+
+
+class RowShrunk:
+    """A fitted forecaster whose forecasts get ``gfm.rows.shrink_row_means`` with factor β.
+
+    GFM applies it itself (``gfm.row_mean``); this lets the ledger score a baseline's forecasts
+    with the same post-processing, from the same fit.
+    """
+
+    def __init__(self, forecaster, factor: float) -> None:
+        self.forecaster, self.factor = forecaster, float(factor)
+
+    def forecast(self, prefix: Prefix, t: torch.Tensor) -> torch.Tensor:
+        """The wrapped forecast with each row's mean displacement scaled by β."""
+        pred = torch.as_tensor(self.forecaster.forecast(prefix, t))
+        return shrink_row_means(pred, prefix.w[-1].to(pred.dtype), prefix.params, self.factor)
 
 
 def score_run(forecaster, record, score) -> list[dict]:
@@ -112,8 +130,8 @@ def score_forecast(  # noqa: PLR0913 - one forecast and what it is scored agains
 
 def run(name: str, seed: int, spec: dict, out: Path) -> None:
     """Fit ``name`` with ``seed`` on the seed split's train part; score val and test."""
-    path = out / f"{name}__s{seed}.parquet"
-    if path.exists():
+    names = [name, *spec.get("row_variants", {})]
+    if all((out / f"{n}__s{seed}.parquet").exists() for n in names):
         print(f"{name} s{seed}: done already")
         return
     settings = load_settings(HERE.parent / "params.yaml", spec.get("overrides", {}))
@@ -123,15 +141,7 @@ def run(name: str, seed: int, spec: dict, out: Path) -> None:
         rng = np.random.default_rng(1000 + seed)
         keep = rng.choice(len(train), max(1, round(spec["train_frac"] * len(train))), False)
         train = train.filter(pl.col("run_id").is_in([train.run_ids[i] for i in sorted(keep)]))
-    method = spec.get("method", "gfm")
-    if "members" in spec:  # an ensemble: members of training seeds seed·K .. seed·K + K − 1
-        K = int(spec["members"])
-        seeds = [seed * K + i for i in range(K)]
-        members = [build(method, settings, seed=s) for s in seeds]
-    elif "baseline" in spec:
-        members = [baselines.make(method, {**spec["baseline"], "seed": seed})]
-    else:
-        members = [build(method, settings, seed=seed)]
+    seeds, members = _members(spec, settings, seed)
     fit_seconds = []
     for member in members:
         start = time.perf_counter()
@@ -139,13 +149,17 @@ def run(name: str, seed: int, spec: dict, out: Path) -> None:
         fit_seconds.append(time.perf_counter() - start)
     score = score_for(settings)
     if "members" not in spec:
-        rows = [
-            {**row, "part": part}
-            for part, runs in (("val", val), ("test", test))
-            for i in range(len(runs))
-            for row in score_run(members[0], runs[i], score)
-        ]
-        _write(out, name, seed, rows, fit_seconds[0])
+        # the variant itself, then its `row_variants` {name: β}: the same fit, rows shrunk
+        scored = [(name, members[0])]
+        scored += [(n, RowShrunk(members[0], b)) for n, b in spec.get("row_variants", {}).items()]
+        for variant, forecaster in scored:
+            rows = [
+                {**row, "part": part}
+                for part, runs in (("val", val), ("test", test))
+                for i in range(len(runs))
+                for row in score_run(forecaster, runs[i], score)
+            ]
+            _write(out, variant, seed, rows, fit_seconds[0])
         return
     # the mean and, as rows of the member variant (each a training seed of it), every member
     mean_rows: list[dict] = []
@@ -160,6 +174,21 @@ def run(name: str, seed: int, spec: dict, out: Path) -> None:
         if not (out / f"{spec['member_variant']}__s{s}.parquet").exists():
             _write(out, spec["member_variant"], s, rows, secs)
     _write(out, name, seed, mean_rows, sum(fit_seconds))
+
+
+def _members(spec: dict, settings, seed: int) -> tuple[list[int], list]:
+    """The training seeds and unfitted forecasters of a variant: one, or K ensemble members.
+
+    An ensemble's members have training seeds seed·K .. seed·K + K − 1.
+    """
+    method = spec.get("method", "gfm")
+    if "members" in spec:
+        K = int(spec["members"])
+        seeds = [seed * K + i for i in range(K)]
+        return seeds, [build(method, settings, seed=s) for s in seeds]
+    if "baseline" in spec:
+        return [seed], [baselines.make(method, {**spec["baseline"], "seed": seed})]
+    return [seed], [build(method, settings, seed=seed)]
 
 
 def _write(out: Path, name: str, seed: int, rows: list[dict], fit_seconds: float) -> None:
@@ -281,6 +310,8 @@ def main() -> None:
             raise SystemExit(f"ablations.yaml: unknown variant {name!r}; known: {sorted(specs)}")
         if specs[name].get("removed"):
             raise SystemExit(f"ablations.yaml: {name!r} lost and its code was removed; see its row")
+        if "scored_with" in specs[name]:  # a row variant: scored by fitting its parent
+            name = specs[name]["scored_with"]
         for seed in args.seeds:
             run(name, seed, specs[name], args.out)
     if args.diagnose:
