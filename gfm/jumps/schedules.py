@@ -147,6 +147,10 @@ class JumpOptions:
         line_search: factors a tried on the guard batch, w_s + a · (ŵ − w_s), keeping the one of
             lowest loss (its guard loss is the one checked); () for none. Each costs a forward
             pass of the guard batch, counted in ``Jump.evals``.
+        row_mean: β of ``gfm.rows.shrink_row_means`` applied to every forecast before it is
+            used (each row's mean displacement scaled by β; 0 holds it at the current weights),
+            whatever the forecaster; None leaves forecasts as they come (a GFM applies its own
+            ``gfm.row_mean``).
 
     Raises:
         ValueError: an option is out of range; the message names it.
@@ -164,6 +168,7 @@ class JumpOptions:
     calibrate: bool = False
     max_scale: float = 4.0
     line_search: tuple[float, ...] = ()
+    row_mean: float | None = None
 
     def __post_init__(self) -> None:
         """Reject options out of range (each message names the option)."""
@@ -190,3 +195,9 @@ class JumpOptions:
         _check_positive("max_scale", self.max_scale)
         for a in self.line_search:
             _check_positive("line_search", a)
+        if self.row_mean is not None and not (
+            isinstance(self.row_mean, int | float) and 0.0 <= self.row_mean <= 1.0
+        ):
+            raise ValueError(
+                f"JumpOptions: `row_mean` must lie in [0, 1] or be None, got {self.row_mean!r}"
+            )

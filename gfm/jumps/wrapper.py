@@ -22,6 +22,7 @@ from gfm.jumps.context import (
     optimizer_context,
 )
 from gfm.jumps.schedules import Jump, JumpOptions, Relative
+from gfm.rows import shrink_row_means
 
 logger = logging.getLogger("gfm.jumps")
 
@@ -61,6 +62,7 @@ class JumpAhead:
                   spacing, beyond ``history``);  M = max(k + h, total_steps / r),
                   forecast t = (k+1..k+h)/M, and the forecast path joins the kept run
         calibrate ŵ ← w_s + a · (ŵ − w_s), a from ``calibration`` (optional)
+        rows      ŵ ← ``gfm.rows.shrink_row_means``(ŵ, w_s, β = ``row_mean``) (optional)
         search    ŵ ← w_s + a · (ŵ − w_s), a = argmin over ``line_search`` of L(·) (optional)
         guard     keep ŵ iff ŵ is finite and L(ŵ) <= guard · L(w_s);
                   else  w ← w_s  and  scale ← shrink · scale
@@ -134,6 +136,7 @@ class JumpAhead:
         self.frame, self.total_steps = o.frame, o.total_steps
         self.calibrate, self.max_scale = bool(o.calibrate), float(o.max_scale)
         self.line_search = tuple(float(a) for a in o.line_search)
+        self.row_mean = o.row_mean
 
         self.steps = 0  # calls to step(), jumps included
         self.progress = 0  # effective optimizer steps: base steps + h·r per accepted jump
@@ -387,6 +390,8 @@ class JumpAhead:
                 f"({T}, {self.D}), got {got}"
             )
         w_hat = w_hat.detach().to("cpu", torch.float32)  # (T, D)
+        if self.row_mean is not None:
+            w_hat = shrink_row_means(w_hat, w_before, self.meta, self.row_mean)
         scale = self.calibration(h) if self.calibrate else 1.0
         if scale != 1.0:
             w_hat = w_before + scale * (w_hat - w_before)  # (T, D)

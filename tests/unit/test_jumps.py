@@ -187,6 +187,39 @@ def test_a_line_search_keeps_the_factor_of_least_guard_loss_and_counts_its_passe
     assert searched.loss_after <= 1.1 * searched.loss_before < plain.loss_after
 
 
+def test_row_mean_zero_jumps_keep_each_units_mean_weight_and_move_the_rest():
+    # given a forecaster that moves every weight and bias by +0.5 (a pure row-mean shift of each
+    # unit, plus a within-row pattern on the first layer) and the wrapper with row_mean 0
+    class Shift:
+        name = "shift"
+
+        def forecast(self, prefix, t):
+            w = prefix.w[-1:].repeat(len(t), 1)
+            return w + 0.5 + 0.1 * (torch.arange(w.shape[1]) % 2)
+
+    model = _model()
+    P = 4
+    acc = JumpAhead(
+        _optimizer("adam", model),
+        model,
+        Shift(),
+        JumpOptions(period=P, horizon=2, record_every=2, row_mean=0.0),
+    )
+    _train(model, acc, range(P))
+    before = [p.detach().clone() for p in model.parameters()]
+    # when it jumps
+    _train(model, acc, range(P, P + 1))
+    # then each weight row's mean is where it was, the within-row pattern and biases moved
+    assert acc.jumps[0].accepted
+    for (name, p), b in zip(model.named_parameters(), before, strict=True):
+        d = (p.detach() - b).double()
+        if name.endswith("weight"):
+            torch.testing.assert_close(d.mean(1), torch.zeros(d.shape[0], dtype=d.dtype))
+            assert d.abs().max() > 0.01
+        else:
+            assert torch.all(d > 0.4)
+
+
 @pytest.mark.parametrize(
     ("opt_name", "frame"), [("momentum", "window"), ("adam", "window"), ("adam", "run")]
 )
@@ -430,6 +463,7 @@ def test_horizon_schedule_goes_from_long_to_short():
         ({"guard": 0.0}, "guard"),
         ({"shrink": 1.0}, "shrink"),
         ({"line_search": (1.0, -0.5)}, "line_search"),
+        ({"row_mean": 1.5}, "row_mean"),
     ],
 )
 def test_bad_options_are_rejected_by_name(kwargs, match):
