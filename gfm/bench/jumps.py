@@ -33,14 +33,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gfm.config import Settings, load_section
+from gfm.config import GFMSettings, Settings, load_section
 from gfm.data.atomic import atomic_path
 from gfm.data.names import OPTIMIZERS, TASKS, check_known
 from gfm.data.optim import build_optimizer
@@ -113,7 +113,7 @@ class AccelerateSettings(BaseModel):
         "run",
         description="what a jump's prefix holds: the last `history` checkpoints or the run",
     )
-    period: int = Field(20, ge=1, description="base steps between two jumps")
+    period: int = Field(12, ge=1, description="base steps between two jumps")
     horizon_start: int = Field(
         20, ge=1, description="jump at step 0 in recorded intervals (the longest with a ratio)"
     )
@@ -121,7 +121,7 @@ class AccelerateSettings(BaseModel):
         2, ge=1, description="jump at the step budget (the shortest with a ratio)"
     )
     horizon_ratio: float | None = Field(
-        0.5,
+        1.0,
         gt=0,
         description="NiNo-style: jump c x the steps so far, within [horizon_end, horizon_start]",
     )
@@ -136,7 +136,7 @@ class AccelerateSettings(BaseModel):
         "kept ([]: none); each is a forward pass, counted in guard_evals",
     )
     row_mean: float | None = Field(
-        None,
+        0.0,
         ge=0,
         le=1,
         description="β of gfm.rows.shrink_row_means on every method's jumps (0: each row's mean "
@@ -149,6 +149,11 @@ class AccelerateSettings(BaseModel):
     model: str | None = Field(
         None, description="GFM folder or models:/gfm@champion; null: fit on the architecture split"
     )
+    gfm: dict[str, Any] = Field(
+        default_factory=lambda: {"prior": False},
+        description="gfm.* settings of the GFM the benchmark fits, over params.yaml and tuned "
+        "params ({prior: false}: no prior fit per jump)",
+    )
     fit_steps: int | None = Field(None, gt=0, description="GFM fit steps; null: train.steps")
     wnn_steps: int | None = Field(None, gt=0, description="WNN fit steps; null: its default")
     output_dir: Path = Path("benchmarks/results")
@@ -158,6 +163,12 @@ class AccelerateSettings(BaseModel):
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
         check_known(tasks, TASKS, "task")
         return tasks
+
+    @field_validator("gfm")
+    @classmethod
+    def _gfm_settings(cls, gfm: dict[str, Any]) -> dict[str, Any]:
+        GFMSettings.model_validate({**GFMSettings().model_dump(), **gfm})  # names the bad key
+        return gfm
 
     @field_validator("optimizer")
     @classmethod
@@ -281,8 +292,9 @@ def forecasters(
 ) -> dict[str, Forecaster]:
     """The jump forecasters of ``methods`` (default ``accelerate.methods``), fitted or loaded.
 
-        gfm     ``gfm`` as given (a loaded model), else GFM fitted
-                on the train part of the architecture split (``accelerate.fit_steps`` steps)
+        gfm     ``gfm`` as given (a loaded model), else GFM (``gfm`` settings with
+                ``accelerate.gfm`` over them) fitted on the train part of the architecture
+                split (``accelerate.fit_steps`` steps)
         linear  ``gfm.baselines.Linear`` (window ``evaluate.linear_window``)
         wnn     WNN fitted on the same runs (``accelerate.wnn_steps``)
 
@@ -310,7 +322,8 @@ def forecasters(
         else:
             steps = cfg.fit_steps or settings.train.steps
             train_cfg = settings.train.model_copy(update={"steps": steps})
-            out["gfm"] = GFM(settings.gfm, train_cfg).fit(train)
+            gfm_cfg = GFMSettings.model_validate({**settings.gfm.model_dump(), **cfg.gfm})
+            out["gfm"] = GFM(gfm_cfg, train_cfg).fit(train)
             log.info(
                 "gfm: fitted %d steps on %d runs in %.0f s",
                 steps,

@@ -34,6 +34,13 @@ def test_the_benchmark_file_holds_the_defaults_and_is_not_in_params_yaml():
 def test_bad_benchmark_settings_name_the_key(tmp_path):
     with pytest.raises(SettingsError, match=r"accelerate\.guard"):
         load_accelerate(None, ["accelerate.guard=0"])
+    with pytest.raises(SettingsError, match=r"accelerate\.row_mean"):
+        load_accelerate(None, ["accelerate.row_mean=2"])
+    # the fitted GFM's settings are checked as gfm.* settings, at load
+    with pytest.raises(SettingsError, match=r"accelerate\.gfm\.rowmean: unknown key"):
+        load_accelerate(None, ["accelerate.gfm={rowmean: 0}"])
+    with pytest.raises(SettingsError, match=r"accelerate\.gfm\.prior"):
+        load_accelerate(None, ["accelerate.gfm={prior: 3}"])
     (tmp_path / "b.yaml").write_text("perod: 3\n")
     with pytest.raises(SettingsError, match=r"b\.yaml: accelerate\.perod: unknown key"):
         load_accelerate(tmp_path / "b.yaml")
