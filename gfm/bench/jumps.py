@@ -142,6 +142,9 @@ class AccelerateSettings(BaseModel):
         description="β of gfm.rows.shrink_row_means on every method's jumps (0: each row's mean "
         "weight held); null: forecasts as they come (GFM applies its own gfm.row_mean)",
     )
+    reset_state: bool = Field(
+        True, description="clear the base optimizer's state after each accepted jump"
+    )
     guard: float = Field(1.5, gt=0, description="keep a jump iff loss after <= guard x before")
     shrink: float = Field(0.5, gt=0, lt=1, description="horizon factor after each rollback")
     warmup: int = Field(0, ge=0, description="no jump before this step")
@@ -376,6 +379,7 @@ def _wrap(
         max_scale=cfg.max_scale,
         line_search=tuple(cfg.line_search),
         row_mean=cfg.row_mean,
+        reset_state=cfg.reset_state,
     )
     loss_fn = lambda: task.loss(model(Xg), yg)  # noqa: E731 - the guard's loss, one line
     return JumpAhead(opt, model, forecaster, options, loss_fn=loss_fn, task=task.key)

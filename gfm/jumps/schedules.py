@@ -151,6 +151,8 @@ class JumpOptions:
             used (each row's mean displacement scaled by β; 0 holds it at the current weights),
             whatever the forecaster; None leaves forecasts as they come (a GFM applies its own
             ``gfm.row_mean``).
+        reset_state: clear the base optimizer's state (momentum buffers, Adam's moments and step
+            count) after each accepted jump, so it restarts at the new weights; False keeps it.
 
     Raises:
         ValueError: an option is out of range; the message names it.
@@ -169,6 +171,7 @@ class JumpOptions:
     max_scale: float = 4.0
     line_search: tuple[float, ...] = ()
     row_mean: float | None = None
+    reset_state: bool = False
 
     def __post_init__(self) -> None:
         """Reject options out of range (each message names the option)."""

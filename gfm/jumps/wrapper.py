@@ -78,7 +78,8 @@ class JumpAhead:
     After an accepted jump in ``window`` the kept history restarts at ŵ (the checkpoints before
     it belong to a path the run no longer follows); after a rollback it continues, and the next
     attempt comes ``period`` base steps later. The base optimizer's state (momentum buffers,
-    Adam moments and step counts) is never reset. ``progress`` counts effective optimizer
+    Adam moments and step counts) is kept, unless ``reset_state`` clears it after each accepted
+    jump. ``progress`` counts effective optimizer
     steps: base steps plus h·r per accepted jump, the position an ``lr_schedule`` (and a
     ``Relative`` horizon) is evaluated at.
 
@@ -136,7 +137,7 @@ class JumpAhead:
         self.frame, self.total_steps = o.frame, o.total_steps
         self.calibrate, self.max_scale = bool(o.calibrate), float(o.max_scale)
         self.line_search = tuple(float(a) for a in o.line_search)
-        self.row_mean = o.row_mean
+        self.row_mean, self.reset_state = o.row_mean, bool(o.reset_state)
 
         self.steps = 0  # calls to step(), jumps included
         self.progress = 0  # effective optimizer steps: base steps + h·r per accepted jump
@@ -427,6 +428,8 @@ class JumpAhead:
         self.jumps.append(jump)
         self._since, self._next_jump = 0, self.period
         if accepted:
+            if self.reset_state:
+                self.optimizer.state.clear()  # a defaultdict: rebuilt lazily at the next step
             lr = prefix.lr[prefix.k + 1 : prefix.k + h + 1].tolist()
             if self.frame == "window":
                 # the old checkpoints lie on a path the run no longer follows: restart at ŵ

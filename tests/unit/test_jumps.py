@@ -187,6 +187,27 @@ def test_a_line_search_keeps_the_factor_of_least_guard_loss_and_counts_its_passe
     assert searched.loss_after <= 1.1 * searched.loss_before < plain.loss_after
 
 
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_state_clears_the_base_optimizers_state_after_an_accepted_jump(reset):
+    # given Adam wrapped with jumps every 4 steps, its state cleared after a jump or kept
+    model = _model()
+    P = 4
+    opt = _optimizer("adam", model)
+    acc = JumpAhead(
+        opt, model, IdentityForecaster(), JumpOptions(period=P, horizon=2, reset_state=reset)
+    )
+    _train(model, acc, range(P))
+    assert len(opt.state) == len(list(model.parameters()))
+    # when the jump is taken
+    _train(model, acc, range(P, P + 1))
+    # then Adam's moments are gone (rebuilt at the next step) or kept, as asked
+    assert acc.jumps[0].accepted
+    assert (len(opt.state) == 0) is reset
+    _train(model, acc, range(P + 1, P + 2))
+    steps = {int(opt.state[p]["step"]) for p in model.parameters()}
+    assert steps == ({1} if reset else {P + 1})
+
+
 def test_row_mean_zero_jumps_keep_each_units_mean_weight_and_move_the_rest():
     # given a forecaster that moves every weight and bias by +0.5 (a pure row-mean shift of each
     # unit, plus a within-row pattern on the first layer) and the wrapper with row_mean 0
