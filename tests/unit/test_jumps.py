@@ -1,18 +1,22 @@
 """JumpAhead: jumps that change nothing leave the base optimizer's run untouched, bad jumps roll
 back and shorten the horizon, the state round-trips mid-training, prefixes are framed as
-documented, and a linear jump on a linear trajectory lands where the base optimizer would."""
+documented, a linear jump on a linear trajectory lands where the base optimizer would, and the
+README's example runs as printed with the jump benchmark's settings."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 from torch import nn
 
 from gfm import baselines
+from gfm.bench.jumps import load_accelerate
 from gfm.config import TaskSettings
 from gfm.data.tasks import flatten, make_task, param_meta
 from gfm.jumps import Horizon, JumpAhead, JumpOptions, jump_baseline
@@ -564,3 +568,50 @@ def test_the_old_name_gfm_accelerate_still_builds_the_wrapper_with_a_warning():
         _optimizer("adam", model), model, IdentityForecaster(), period=2, horizon=1
     )
     assert isinstance(acc, JumpAhead) and acc.options == JumpOptions(period=2, horizon=1)
+
+
+def test_the_readme_jump_example_runs_with_the_benchmarks_settings():
+    # given the README's jump example, a linear forecaster in place of models/gfm (a DVC output
+    # a fresh clone lacks), and a digits MLP with 200 minibatches
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "README.md").read_text()
+    section = text[text.index("### Jump-ahead training in your own loop") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("\n```", start)]
+    assert 'saved.load(\n    "models/gfm"\n)' in code
+    code = code.replace('saved.load(\n    "models/gfm"\n)', 'baselines.make("linear")')
+    Xd, yd = load_digits(return_X_y=True)
+    X_all, y_all = torch.tensor(Xd / 16.0, dtype=torch.float32), torch.tensor(yd)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    g = torch.Generator().manual_seed(0)
+    idx = [torch.randint(0, 1500, (64,), generator=g) for _ in range(200)]
+    scope = {
+        "torch": torch,
+        "F": F,
+        "baselines": baselines,
+        "model": model,
+        "X_guard": X_all[:512],
+        "y_guard": y_all[:512],
+        "batches": [(X_all[i], y_all[i]) for i in idx],
+    }
+    # when it runs as printed
+    exec(code, scope)  # noqa: S102 - the README's own code
+    opt = scope["opt"]
+    # then it jumped and kept jumps, with the jump benchmark's settings
+    assert len(opt.jumps) >= 10 and sum(j.accepted for j in opt.jumps) >= 5
+    bench = load_accelerate(root / "benchmarks" / "accelerate.yaml")
+    o = opt.options
+    assert (o.period, o.guard, o.row_mean, o.reset_state, o.history, o.frame) == (
+        bench.period,
+        bench.guard,
+        bench.row_mean,
+        bench.reset_state,
+        bench.history,
+        bench.frame,
+    )
+    assert (o.horizon.c, o.horizon.low, o.horizon.high) == (
+        bench.horizon_ratio,
+        bench.horizon_end,
+        bench.horizon_start,
+    )
