@@ -61,8 +61,8 @@ class JumpAhead:
         run       every checkpoint since the start (thinned to every other one, at twice the
                   spacing, beyond ``history``);  M = max(k + h, total_steps / r),
                   forecast t = (k+1..k+h)/M, and the forecast path joins the kept run
-        calibrate ŵ ← w_s + a · (ŵ − w_s), a from ``calibration`` (optional)
         rows      ŵ ← ``gfm.rows.shrink_row_means``(ŵ, w_s, β = ``row_mean``) (optional)
+        calibrate ŵ ← w_s + a · (ŵ − w_s), a from ``calibration`` (optional)
         search    ŵ ← w_s + a · (ŵ − w_s), a = argmin over ``line_search`` of L(·) (optional)
         guard     keep ŵ iff ŵ is finite and L(ŵ) <= guard · L(w_s);
                   else  w ← w_s  and  scale ← shrink · scale
