@@ -83,3 +83,10 @@ def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
                 process.kill()
                 process.join(grace)
     pool.shutdown(wait=False, cancel_futures=True)
+    # Wait for the executor's manager thread to see its workers gone and close its wake-up
+    # pipe. Left running, it races the interpreter's exit hook (concurrent.futures'
+    # _python_exit), which writes to that pipe as the thread closes it: "OSError: handle is
+    # closed" printed after a clean stop (the race CPython gh-125451 closed in later releases).
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(grace)

@@ -117,12 +117,16 @@ def wait_for(what: str, check: Callable[[], T | None], proc: subprocess.Popen[st
 def mid_trial(
     settings: Settings, worker: str | None = None, first: int = 0
 ) -> Callable[[], optuna.trial.FrozenTrial | None]:
-    """A check: a RUNNING trial numbered ``first`` or later that drew its params (so it trains),
+    """A check: a RUNNING trial numbered ``first`` or later that drew all its params (so it
+    trains; Optuna stores each param as it is drawn, so a trial between two draws has some),
     run by ``worker`` (host:pid) when given."""
+    space = settings.tune.space.flat().keys()
 
     def check() -> optuna.trial.FrozenTrial | None:
         for t in trials(settings):
-            if t.state != optuna.trial.TrialState.RUNNING or t.number < first or not t.params:
+            if t.state != optuna.trial.TrialState.RUNNING or t.number < first:
+                continue
+            if t.params.keys() != space:
                 continue
             if worker is None or t.user_attrs.get("gfm.worker") == worker:
                 return t
