@@ -88,5 +88,5 @@ def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
     # _python_exit), which writes to that pipe as the thread closes it: "OSError: handle is
     # closed" printed after a clean stop (the race CPython gh-125451 closed in later releases).
     manager = getattr(pool, "_executor_manager_thread", None)
-    if manager is not None and manager is not threading.current_thread():
+    if manager is not None:
         manager.join(grace)

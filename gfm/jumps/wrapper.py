@@ -79,9 +79,8 @@ class JumpAhead:
     it belong to a path the run no longer follows); after a rollback it continues, and the next
     attempt comes ``period`` base steps later. The base optimizer's state (momentum buffers,
     Adam moments and step counts) is kept, unless ``reset_state`` clears it after each accepted
-    jump. ``progress`` counts effective optimizer
-    steps: base steps plus h·r per accepted jump, the position an ``lr_schedule`` (and a
-    ``Relative`` horizon) is evaluated at.
+    jump. ``progress`` counts effective optimizer steps: base steps plus h·r per accepted jump,
+    the position an ``lr_schedule`` (and a ``Relative`` horizon) is evaluated at.
 
     Args:
         optimizer: the base optimizer (SGD, SGD with momentum, Adam, AdamW or RMSprop).

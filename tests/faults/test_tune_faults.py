@@ -124,9 +124,8 @@ def mid_trial(
 
     def check() -> optuna.trial.FrozenTrial | None:
         for t in trials(settings):
-            if t.state != optuna.trial.TrialState.RUNNING or t.number < first:
-                continue
-            if t.params.keys() != space:
+            running = t.state == optuna.trial.TrialState.RUNNING
+            if not running or t.number < first or t.params.keys() != space:
                 continue
             if worker is None or t.user_attrs.get("gfm.worker") == worker:
                 return t
