@@ -103,6 +103,7 @@ class GFM:
                 rtol=self.cfg.rtol,
                 atol=self.cfg.atol,
                 chunk_size=self.cfg.chunk_size,
+                prior_max_params=self.cfg.prior_max_params,
             )
         out = shrink_row_means(out, prefix.w[-1].to(out.dtype), prefix.params, self.cfg.row_mean)
         return out.float()
