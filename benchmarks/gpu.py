@@ -83,13 +83,7 @@ def training_rows(settings: Settings, runs: list[RunRecord], devices: list[str],
             }
         )
         if settings.gfm.prior:  # every prior fitted before the clock starts
-            prefit_priors(
-                runs,
-                None,
-                cfg,
-                workers=os.cpu_count() or 1,
-                max_params=settings.gfm.prior_max_params,
-            )
+            prefit_priors(runs, None, cfg, workers=os.cpu_count() or 1)
         model = GFM(settings.gfm, cfg)
         history = model.fit(runs).history
         seconds = history[-1]["seconds"] - history[0]["seconds"]

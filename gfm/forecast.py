@@ -33,7 +33,7 @@ from gfm.features import (
 )
 from gfm.fields import Cond, VectorField, interval_step
 from gfm.forecaster import Prefix
-from gfm.prior import fitted, no_fit, prior_velocity, quadfit
+from gfm.prior import prior_velocity, quadfit
 
 __all__ = ["FIXED_STEP", "forecast"]
 
@@ -197,7 +197,6 @@ def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint t
     chunk_size: int | None = None,
     index: torch.Tensor | None = None,
     prior_cache: Path | None = None,
-    prior_max_params: int | None = None,
 ) -> torch.Tensor:
     """Integrate the field from the last observed checkpoint to the target times.
 
@@ -230,8 +229,6 @@ def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint t
         chunk_size: parameters integrated at once (all when None).
         index: (N,) forecast only these parameters (per-parameter fields only).
         prior_cache: a folder of fitted priors to read and fill (``gfm.prior_cache``).
-        prior_max_params: a run of more parameters gets ``gfm.prior.no_fit`` instead of a fit
-            (``gfm.prior_max_params``, as the field was trained).
 
     Runs on one intra-op thread (``one_thread``): its ops are small.
 
@@ -260,7 +257,6 @@ def forecast(  # noqa: PLR0913 - the solver's options, keyword-only, as odeint t
             chunk_size,
             index,
             prior_cache,
-            prior_max_params,
         )
 
 
@@ -277,7 +273,6 @@ def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
     chunk_size: int | None,
     index: torch.Tensor | None,
     prior_cache: Path | None,
-    prior_max_params: int | None = None,
 ) -> torch.Tensor:
     """The body of ``forecast`` on checked inputs (same arguments, t as float64)."""
     dtype = prefix.w.dtype
@@ -322,9 +317,7 @@ def _integrate(  # noqa: PLR0913 - forecast's arguments, checked, passed on
         code, prior = None, None
         if net is not None:
             prior = None
-            if net.prior and not fitted(prefix.D, prior_max_params):
-                prior = no_fit(prefix, index=ci)
-            elif net.prior:  # NumPy on the CPU, torch on an accelerator
+            if net.prior:  # NumPy on the CPU, torch on an accelerator
                 on = None if device.type == "cpu" else device
                 prior = quadfit(prefix, index=ci, cache=prior_cache, device=on)
             ctx = context(

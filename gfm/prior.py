@@ -32,7 +32,7 @@ from gfm import prior_cache
 from gfm.features import Normalizer, resolve_hparams
 from gfm.forecaster import Prefix
 
-__all__ = ["QuadFit", "fitted", "is_cached", "no_fit", "prior_velocity", "quadfit"]
+__all__ = ["QuadFit", "is_cached", "prior_velocity", "quadfit"]
 
 _STEP_LIMIT = (3.0, 50.0, 3.0)  # largest LM step in log h, z, log σ per iteration
 _FD = 1e-4  # forward-difference step of the Jacobian
@@ -237,26 +237,6 @@ def quadfit(
     if key is not None:
         prior_cache.store(cache, key, x, fit)
     return _simulate(ops, prefix, index, x, fit)
-
-
-def fitted(D: int, max_params: int | None) -> bool:
-    """Whether a run of D parameters gets the fitted prior (``gfm.prior_max_params``)."""
-    return max_params is None or max_params >= D
-
-
-def no_fit(prefix: Prefix, *, index: torch.Tensor | None = None) -> QuadFit:
-    """The prior of a run that gets none (``fitted`` false): it stays at w_k.
-
-        p_i = w_k (i = k..M),   fit = 1,   log h = 0,   z = 0
-
-    so its velocity is 0 (the gate has nothing to weigh) and its context columns are constant:
-    the field learns such runs as it would without a prior, at no fitting cost.
-    """
-    w_k = prefix.w[-1].double().numpy()
-    w_k = w_k if index is None else w_k[index.numpy()]
-    N = len(w_k)
-    path = np.broadcast_to(w_k, (prefix.M - prefix.k + 1, N)).copy()
-    return QuadFit(path, np.ones(N), np.zeros(N), np.zeros(N))
 
 
 def is_cached(prefix: Prefix, cache: Path, *, index: torch.Tensor | None = None) -> bool:

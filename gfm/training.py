@@ -34,7 +34,7 @@ from gfm.fields import Cond, scan_states
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
-from gfm.prior import fitted, is_cached, no_fit, prior_velocity, quadfit
+from gfm.prior import is_cached, prior_velocity, quadfit
 from gfm.surrogate import Grad
 
 if TYPE_CHECKING:
@@ -110,25 +110,14 @@ class _Prefixed:
     prior_v: torch.Tensor  # (P, M) the prior's velocity per interval, zero before k
 
     @staticmethod
-    def build(  # noqa: PLR0913 - the run, k and how its prior is fitted
-        record: RunRecord,
-        k: int,
-        history: int,
-        pool_seed: int,
-        cache: Path | None = None,
-        max_params: int | None = None,
+    def build(
+        record: RunRecord, k: int, history: int, pool_seed: int, cache: Path | None = None
     ) -> _Prefixed:
-        """Fit the prior on the run's parameter pool and compute the pool's context.
-
-        A run of more than ``max_params`` parameters gets ``gfm.prior.no_fit`` (no fitting).
-        """
+        """Fit the prior on the run's parameter pool and compute the pool's context."""
         prefix = Prefix.from_record(record, k)
         norm = Normalizer.from_prefix(prefix)
         pool = _pool(prefix.D, k, pool_seed)
-        if fitted(prefix.D, max_params):
-            prior = quadfit(prefix, index=pool, cache=cache)
-        else:
-            prior = no_fit(prefix, index=pool)
+        prior = quadfit(prefix, index=pool, cache=cache)
         v = prior_velocity(prior, prefix.M, norm.scale[pool])  # (P, M − k)
         return _Prefixed(
             prefix=prefix,
@@ -362,7 +351,6 @@ def _forecast_errors(  # noqa: PLR0913 - validate's arguments
             chunk_size=cfg.chunk_size,
             index=idx,
             prior_cache=prior_cache,
-            prior_max_params=cfg.prior_max_params,
         )[0].double()  # (N,)
         cols = slice(None) if idx is None else idx.numpy()
         # float64 copies: the record's arrays are read-only memory maps
@@ -501,12 +489,9 @@ def _prefixed(
     W = record.weights
     digest = hashlib.blake2b(np.ascontiguousarray(W[[0, k, -1]]).tobytes(), digest_size=8)
     key = (record.spec.run_id, W.shape, k, gfm.history, pool_seed, digest.hexdigest())
-    key += (fitted(W.shape[1], gfm.prior_max_params),)
     hit = _SHARED.get(key)
     if hit is None:
-        hit = _SHARED[key] = _Prefixed.build(
-            record, k, gfm.history, pool_seed, cache, gfm.prior_max_params
-        )
+        hit = _SHARED[key] = _Prefixed.build(record, k, gfm.history, pool_seed, cache)
         if len(_SHARED) > _SHARED_MAX:
             _SHARED.popitem(last=False)
     else:
@@ -534,7 +519,6 @@ def prefit_priors(
     cfg: TrainSettings,
     *,
     workers: int = 2,
-    max_params: int | None = None,
 ) -> int:
     """Fit every prior a ``fit`` with ``cfg`` will ask for into ``cfg.prior_cache``, in parallel.
 
@@ -548,7 +532,6 @@ def prefit_priors(
         val: validation runs, or None.
         cfg: the training settings (``prior_cache`` and ``seed``, the pools' seed).
         workers: processes (spawned, one thread each); at most the number of runs.
-        max_params: ``gfm.prior_max_params``: runs of more parameters get no fit.
 
     Returns:
         The number of fits made (0 without a cache).
@@ -558,13 +541,11 @@ def prefit_priors(
     jobs: list[tuple[str, int, list[tuple[int, torch.Tensor | None]]]] = [
         ("train", i, [(int(k), None) for k in _k_grid(train[i].weights.shape[0] - 1)])
         for i in range(len(train))
-        if fitted(train[i].weights.shape[1], max_params)
     ]
     if val is not None:
         jobs += [
             ("val", i, [(k, idx)])
             for i, k, idx in _eval_picks(val, EVAL_FRACTION, _EVAL_RUNS, _EVAL_PARAMS)
-            if fitted(val[i].weights.shape[1], max_params)
         ]
     args = (train, val, cfg.prior_cache, cfg.seed)
     if workers <= 1 or len(jobs) <= 1:

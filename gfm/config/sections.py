@@ -242,12 +242,6 @@ class GFMSettings(_Frozen):
         description="the optimizer-simulating quadratic prior (gfm.prior), fitted to each prefix, "
         "as a velocity the field weighs per parameter and time; needs solver: interval",
     )
-    prior_max_params: int | None = Field(
-        None,
-        gt=0,
-        description="runs of more parameters get no prior (gfm.prior.no_fit: zero velocity, "
-        "constant columns), in training and forecasts alike; null: every run gets it",
-    )
     width: int = Field(64, gt=0)
     depth: int = Field(3, gt=0)
     time_embedding: int = Field(16, ge=0)

@@ -46,13 +46,7 @@ def prefit(settings: Settings, train: Any, val: Any) -> None:
         return
     workers = os.cpu_count() or 1
     start = time.perf_counter()
-    made = prefit_priors(
-        train,
-        val if len(val) else None,
-        settings.train,
-        workers=workers,
-        max_params=settings.gfm.prior_max_params,
-    )
+    made = prefit_priors(train, val if len(val) else None, settings.train, workers=workers)
     log.info(
         "prior fits: %d made on %d processes in %.1f s (cache %s)",
         made,

@@ -8,8 +8,7 @@ from gfm import prior
 from gfm.data.schema import ParamMeta
 from gfm.features import resolve_hparams
 from gfm.forecaster import Prefix
-from gfm.prior import QuadFit, fitted, no_fit, prior_velocity, quadfit
-from tests.helpers import gd_run
+from gfm.prior import QuadFit, prior_velocity, quadfit
 
 HPARAMS = {
     "sgd": {"lr": 0.05},
@@ -155,15 +154,3 @@ def test_another_prefix_or_a_damaged_entry_is_a_cache_miss(tmp_path):
     fit = quadfit(_prefix(W, "sgd", hp, k=6), cache=tmp_path)
     np.testing.assert_array_equal(fit.path, quadfit(_prefix(W, "sgd", hp, k=6)).path)
     assert sum(f.stat().st_size > 10 for f in tmp_path.rglob("*.npz")) == 1
-
-
-def test_no_fit_stays_at_the_last_checkpoint_with_constant_columns():
-    # given a run and the prior of one that gets none
-    record = gd_run(0, M=20)
-    prefix = Prefix.from_record(record, 5)
-    qf = no_fit(prefix, index=torch.tensor([0, 2]))
-    # then its path stays at w_k, so its velocity is zero, and its fit columns are constant
-    np.testing.assert_array_equal(qf.path, np.repeat(record.weights[5][None, [0, 2]], 16, 0))
-    assert torch.equal(prior_velocity(qf, prefix.M, torch.ones(2)), torch.zeros(2, 15))
-    assert (qf.fit == 1).all() and (qf.log_h == 0).all() and (qf.z == 0).all()
-    assert fitted(10, None) and fitted(10, 10) and not fitted(11, 10)

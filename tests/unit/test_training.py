@@ -287,27 +287,3 @@ def test_a_run_with_fewer_parameters_than_the_batch_is_padded_with_rows_of_no_we
     # then the small run gave its 2 parameters once, not 8 draws, and its padding changed nothing
     assert a["c2"].shape[0] == 2 and b["c2"].shape[0] == 8
     assert float(both) == pytest.approx(float(sum(alone)) / 2, rel=1e-5)
-
-
-def test_runs_above_prior_max_params_train_and_forecast_without_a_fit(tmp_path, monkeypatch):
-    # given 9-parameter runs and a GFM that fits the prior only to runs of at most 4 parameters
-    runs = [least_squares_run(s) for s in range(6)]
-    gfm = GFMSettings(prior_max_params=4)
-    cfg = TrainSettings(steps=10, batch_params=16, eval_every=5, device="cpu", prior_cache=tmp_path)
-    # when priors are prefitted, then trained and forecast with the solver unavailable
-    assert training.prefit_priors(runs[:4], runs[4:], cfg, workers=1, max_params=4) == 0
-    training._SHARED.clear()
-    monkeypatch.setattr(prior, "_fit", lambda *a: pytest.fail("a prior was fitted"))
-    model = GFM(gfm, cfg)
-    fit(model, runs[:4], runs[4:], cfg)
-    record = runs[5]
-    k = observed_index(record.weights.shape[0] - 1, 0.25)
-    pred = model.forecast(Prefix.from_record(record, k), torch.tensor([1.0]))
-    # then nothing was fitted or cached, and the forecast is finite and moves
-    assert not list(tmp_path.rglob("*.npz"))
-    assert torch.isfinite(pred).all()
-    assert not torch.equal(pred[0], torch.from_numpy(record.weights[k]))
-    # and a 2-parameter run, under the limit, still gets its fit
-    small = least_squares_run(0, d=1)
-    with pytest.raises(pytest.fail.Exception, match="a prior was fitted"):
-        model.forecast(Prefix.from_record(small, k), torch.tensor([1.0]))
