@@ -10,6 +10,8 @@ regression layer, a linear model), where there is no unit to shift against the o
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -24,17 +26,86 @@ def row_index(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
 
         row(j) = (layer(j), index(j) // fan_in(j))   for weights j of layers with >= 2 rows
 
+    Remembered per ``ParamMeta`` object (runs of one architecture share it; 1M parameters take
+    tens of milliseconds to group).
+
     Returns:
         (positions (W,) int64 into the flat vector, rows (W,) int64 in [0, R), R).
     """
+    return _rows(params)
+
+
+def _rows(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``_row_index``, remembered per ``ParamMeta`` object."""
+    return _remembered(params, "index", _row_index)
+
+
+def _remembered(params: ParamMeta, what: str, fn):  # noqa: ANN001, ANN202 - a small memo
+    hit = _ROWS.get(id(params))
+    if hit is None or hit[0]() is not params:
+        try:
+            hit = _ROWS[id(params)] = (weakref.ref(params), {})
+        except TypeError:  # not weak-referenceable: no caching
+            return fn(params)
+    if what not in hit[1]:
+        hit[1][what] = fn(params)
+    if len(_ROWS) > 64:  # drop entries whose ParamMeta is gone
+        for key in [key for key, (ref, _) in _ROWS.items() if ref() is None]:
+            del _ROWS[key]
+    return hit[1][what]
+
+
+_ROWS: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _row_blocks(params: ParamMeta) -> list[tuple[int, int, int]] | None:
+    """[(start, end, rows)]: every layer with rows as one contiguous (rows × fan_in) slice, or None.
+
+    A state_dict's weight tensor (out, ...) is stored row after row, so a layer that is one
+    contiguous run of the flat vector with flat indices 0..n−1 has ``row_index``'s rows as equal,
+    consecutive slices. Read from the layers' first entries and one pass over the indices, not
+    from per-weight row numbers (a second per ten million weights). None when any layer is laid
+    out otherwise (``shrink_row_means`` then groups by ``row_index``).
+    """
+    ids = layer_ids(params)
+    if len(ids) == 0:
+        return []
+    if not np.all(ids[1:] >= ids[:-1]):
+        return None
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    blocks = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if params.kind[a] != "weight":
+            continue
+        fan_in = max(int(params.fan_in[a]), 1)
+        size = b - a
+        if not np.array_equal(params.index[a:b], np.arange(size)):
+            return None
+        if -(-size // fan_in) >= 2:  # row(j) = index // fan_in: rows of layers with >= 2
+            if size % fan_in or np.any(params.fan_in[a:b] != params.fan_in[a]):
+                return None
+            blocks.append((a, b, size // fan_in))
+    return blocks
+
+
+def _row_index(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
     layer = layer_ids(params)
     row = params.index // np.maximum(params.fan_in, 1)
     weight = params.kind == "weight"
     n_rows = np.zeros(layer.max() + 1 if len(layer) else 0, dtype=np.int64)
-    np.maximum.at(n_rows, layer[weight], row[weight] + 1)
+    layer_w, row_w = layer[weight], row[weight]
+    if len(layer_w) and np.all(layer_w[1:] >= layer_w[:-1]):  # contiguous layers (state_dict)
+        starts = np.flatnonzero(np.r_[True, layer_w[1:] != layer_w[:-1]])
+        n_rows[layer_w[starts]] = np.maximum.reduceat(row_w, starts) + 1
+    else:
+        np.maximum.at(n_rows, layer_w, row_w + 1)
     pos = np.flatnonzero(weight & (n_rows[layer] >= 2))
     key = layer[pos] * (int(row.max(initial=0)) + 1) + row[pos]
-    _, rows = np.unique(key, return_inverse=True)
+    if np.all(key[1:] >= key[:-1]):  # sorted (a state_dict's rows are): number the runs
+        rows = np.cumsum(np.r_[False, key[1:] != key[:-1]]) if len(key) else key
+    else:
+        _, rows = np.unique(key, return_inverse=True)
     n = int(rows.max()) + 1 if len(rows) else 0
     return torch.from_numpy(pos.astype(np.int64)), torch.from_numpy(rows.astype(np.int64)), n
 
@@ -57,6 +128,18 @@ def shrink_row_means(
     """
     if factor == 1.0:
         return w_hat
+    blocks = _remembered(params, "blocks", _row_blocks)
+    if blocks is not None:  # each layer's rows as a (T, rows, fan_in) view: no gathers
+        if not blocks:
+            return w_hat
+        out = w_hat.clone()
+        T = len(w_hat)
+        for a, b, n_rows in blocks:
+            d = (w_hat[:, a:b].double() - w_k[a:b].double()).view(T, n_rows, -1)
+            mean = d.mean(-1, keepdim=True)  # (T, rows, 1)
+            shifted = w_hat[:, a:b].double().view(T, n_rows, -1) - (1.0 - factor) * mean
+            out[:, a:b] = shifted.reshape(T, b - a).to(w_hat.dtype)
+        return out
     pos, rows, n = row_index(params)
     if n == 0:
         return w_hat
