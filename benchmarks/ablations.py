@@ -6,7 +6,9 @@
 A variant is a method (``gfm``, ``gfm_<variant>`` or a baseline) with settings overrides, a
 baseline config, or a fraction of the train runs (a learning curve); they are listed with what
 they change in ``benchmarks/ablations.yaml``. A variant's ``row_variants`` ({name: β}) are scored
-from the same fit with each row's mean displacement scaled by β (``RowShrunk``). Each (variant, seed) writes
+from the same fit with each row's mean displacement scaled by β (``RowShrunk``), and a GFM
+variant's ``gfm_variants`` ({name: {setting: value}}) with other forecast-time ``gfm`` settings
+(``reconfigured``). Each (variant, seed) writes
 ``results/ablations/<variant>__s<seed>.parquet`` (one row per run × observed fraction × part) and
 is skipped when present, so the ledger resumes. Per run it records the final-weight MSE, the
 displacement ratio λ = ⟨ŵ − w_k, w_M − w_k⟩ / |w_M − w_k|², the error off that direction
@@ -19,6 +21,7 @@ writes ``results/ablations.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -68,6 +71,17 @@ class RowShrunk:
         """The wrapped forecast with each row's mean displacement scaled by β."""
         pred = torch.as_tensor(self.forecaster.forecast(prefix, t))
         return shrink_row_means(pred, prefix.w[-1].to(pred.dtype), prefix.params, self.factor)
+
+
+def reconfigured(model, updates: dict):
+    """The same fitted GFM forecasting with other ``gfm`` settings (``{"sample_params": 256}``).
+
+    Only settings read at forecast time make sense here (sample_params, row_mean, chunk_size):
+    the network and its weights are shared with ``model``.
+    """
+    other = copy.copy(model)
+    other.cfg = model.cfg.model_copy(update=updates)
+    return other
 
 
 def score_run(forecaster, record, score) -> list[dict]:
@@ -130,7 +144,7 @@ def score_forecast(  # noqa: PLR0913 - one forecast and what it is scored agains
 
 def run(name: str, seed: int, spec: dict, out: Path) -> None:
     """Fit ``name`` with ``seed`` on the seed split's train part; score val and test."""
-    names = [name, *spec.get("row_variants", {})]
+    names = [name, *spec.get("row_variants", {}), *spec.get("gfm_variants", {})]
     if all((out / f"{n}__s{seed}.parquet").exists() for n in names):
         print(f"{name} s{seed}: done already")
         return
@@ -152,6 +166,9 @@ def run(name: str, seed: int, spec: dict, out: Path) -> None:
         # the variant itself, then its `row_variants` {name: β}: the same fit, rows shrunk
         scored = [(name, members[0])]
         scored += [(n, RowShrunk(members[0], b)) for n, b in spec.get("row_variants", {}).items()]
+        scored += [
+            (n, reconfigured(members[0], u)) for n, u in spec.get("gfm_variants", {}).items()
+        ]
         for variant, forecaster in scored:
             rows = [
                 {**row, "part": part}

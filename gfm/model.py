@@ -22,6 +22,7 @@ from gfm.fields import FIELDS, FreeField, VectorField
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix
 from gfm.rows import shrink_row_means
+from gfm.sampled import sampled_forecast
 from gfm.surrogate import Surrogate
 
 __all__ = ["GFM"]
@@ -93,18 +94,27 @@ class GFM:
             raise ValueError(
                 f"`prefix.optimizer` must be one of {list(self.fields)}, got {prefix.optimizer!r}"
             )
-        with torch.no_grad():
-            out = forecast(
-                self.field_for(prefix.optimizer),
+        field = self.field_for(prefix.optimizer)
+        times = torch.as_tensor(t, dtype=torch.float64)
+
+        def field_forecast(index: torch.Tensor | None) -> torch.Tensor:
+            return forecast(
+                field,
                 prefix,
-                torch.as_tensor(t, dtype=torch.float64),
+                times,
                 method=self.cfg.solver,
                 solver_steps=self.cfg.solver_steps,
                 rtol=self.cfg.rtol,
                 atol=self.cfg.atol,
                 chunk_size=self.cfg.chunk_size,
-                prior_max_params=self.cfg.prior_max_params,
+                index=index,
             )
+
+        with torch.no_grad():
+            if self.cfg.sample_params is None:
+                out = field_forecast(None)
+            else:
+                out = sampled_forecast(field_forecast, prefix, self.cfg.sample_params)
         out = shrink_row_means(out, prefix.w[-1].to(out.dtype), prefix.params, self.cfg.row_mean)
         return out.float()
 

@@ -242,6 +242,12 @@ class GFMSettings(_Frozen):
         description="the optimizer-simulating quadratic prior (gfm.prior), fitted to each prefix, "
         "as a velocity the field weighs per parameter and time; needs solver: interval",
     )
+    sample_params: int | None = Field(
+        None,
+        gt=8,
+        description="forecast at most this many parameters of a layer with the field and the "
+        "rest by a per-layer fit to them (gfm.sampled); null: every parameter by the field",
+    )
     width: int = Field(64, gt=0)
     depth: int = Field(3, gt=0)
     time_embedding: int = Field(16, ge=0)
