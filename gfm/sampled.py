@@ -13,8 +13,10 @@ ridge regression fitted to those S, per layer and target time:
     β_l = argmin_β Σ_{j in sample} (φ_j β − y_j)² + ε S ||β||²,   ŵ_j(t) = w_k,j + c_l φ_j β_l
 
 with c_l and ω_l the layer's velocity and weight scales (``gfm.features.Normalizer``). The sampled
-parameters keep the field's forecasts. Cost per extra parameter: the features (a few reads of the
-prefix) and a 9-term dot product per target time, against the field's ~95k FLOPs.
+parameters keep the field's forecasts. Since c_l and ω_l are one value per layer, the fitted map
+is applied as one weight per prefix row read (``_apply``): a dozen passes over the layer per target
+time, against the field's ~95k FLOPs per weight. BENCHMARKS.md (ledger rows ``sampled_64``,
+``sampled_256``) measures what it costs in accuracy: nothing beyond the seeds' noise.
 """
 
 from __future__ import annotations
