@@ -5,7 +5,9 @@ filter, ``fan_in`` of them. An error that shifts a whole row's weights together 
 pre-activation for every input alike, and a ReLU network tolerates that far less than an error
 of the same size spread over the row (BENCHMARKS.md, issue 11's diagnosis). Biases are rows of
 their own and are left alone, as are the rows of layers with a single row (a single-output
-regression layer, a linear model), where there is no unit to shift against the others.
+regression layer, a linear model), where there is no unit to shift against the others, and rows
+of a single weight (a 1-D weight tensor, as a run imported without a layout has: its "row mean"
+would be each weight's own displacement, and shrinking it would shrink the whole forecast).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def row_index(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The weights that belong to rows, each one's row, and the number of rows.
 
         row(j) = (layer(j), index(j) // fan_in(j))   for weights j of layers with >= 2 rows
+                                                     of fan_in(j) >= 2 weights
 
     Remembered per ``ParamMeta`` object (runs of one architecture share it; 1M parameters take
     tens of milliseconds to group).
@@ -82,7 +85,7 @@ def _row_blocks(params: ParamMeta) -> list[tuple[int, int, int]] | None:
         size = b - a
         if not np.array_equal(params.index[a:b], np.arange(size)):
             return None
-        if -(-size // fan_in) >= 2:  # row(j) = index // fan_in: rows of layers with >= 2
+        if fan_in >= 2 and -(-size // fan_in) >= 2:  # as row_index: >= 2 rows of >= 2 weights
             if size % fan_in or np.any(params.fan_in[a:b] != params.fan_in[a]):
                 return None
             blocks.append((a, b, size // fan_in))
@@ -100,7 +103,9 @@ def _row_index(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
         n_rows[layer_w[starts]] = np.maximum.reduceat(row_w, starts) + 1
     else:
         np.maximum.at(n_rows, layer_w, row_w + 1)
-    pos = np.flatnonzero(weight & (n_rows[layer] >= 2))
+    # rows of >= 2 weights (fan_in >= 2) in layers of >= 2 rows: a one-weight "row" (a 1-D weight
+    # tensor, as an imported run without a layout has) is no unit to shift, its mean is itself
+    pos = np.flatnonzero(weight & (n_rows[layer] >= 2) & (params.fan_in >= 2))
     key = layer[pos] * (int(row.max(initial=0)) + 1) + row[pos]
     if np.all(key[1:] >= key[:-1]):  # sorted (a state_dict's rows are): number the runs
         rows = np.cumsum(np.r_[False, key[1:] != key[:-1]]) if len(key) else key

@@ -62,3 +62,14 @@ def test_gfm_forecasts_with_row_means_held_at_the_last_checkpoint():
     rows = (held - w_k)[:, :6].reshape(2, 3, 2).mean(-1)
     np.testing.assert_allclose(rows.numpy(), 0.0, atol=1e-6)
     torch.testing.assert_close(held[:, 6:], free[:, 6:])
+
+
+def test_a_one_dimensional_weight_has_no_rows_so_its_forecast_is_kept():
+    # given the layout of a run imported without one: a single 1-D weight tensor of 4 weights
+    params = ParamMeta.from_named_shapes([("w", (4,))])
+    w_k = torch.zeros(4)
+    w_hat = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+    # then none of its weights is a row (each would be its own mean), and halving changes nothing
+    assert row_index(params)[2] == 0
+    assert torch.equal(shrink_row_means(w_hat, w_k, params, 0.5), w_hat)
+    # (measured: with each weight its own row, imported 2-parameter runs' test MSE doubled)
