@@ -35,11 +35,11 @@ H = ``history`` recent increments.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -107,7 +107,8 @@ def resolve_hparams(optimizer: str, hparams: dict[str, float | bool]) -> dict[st
     return out
 
 
-_LAYER_CACHE: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+_PER_PARAMS: dict[int, tuple[weakref.ref, dict]] = {}
+_T = TypeVar("_T")
 # Normalizer.from_prefix per weights tensor: (its version counter, {(window, floor, M, params):
 # normaliser}); a tensor modified in place bumps its version and is fitted again
 _NORM_MEMO: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -138,18 +139,38 @@ def _layer_starts(params: ParamMeta) -> np.ndarray:
     return np.concatenate([[0], np.flatnonzero(names[1:] != names[:-1]) + 1])
 
 
+def remember(params: ParamMeta, what: str, fn: Callable[[ParamMeta], _T]) -> _T:
+    """``fn(params)``, computed once per ``ParamMeta`` object and ``what``.
+
+    Runs of one architecture share their metadata, and what is derived from it (layer ids,
+    spans, rows) costs milliseconds per million parameters; entries go when the object does.
+    """
+    hit = _PER_PARAMS.get(id(params))
+    if hit is None or hit[0]() is not params:
+        try:
+            hit = _PER_PARAMS[id(params)] = (weakref.ref(params), {})
+        except TypeError:  # not weak-referenceable: no caching
+            return fn(params)
+        if len(_PER_PARAMS) > 256:  # drop entries whose ParamMeta is gone
+            for key in [key for key, (ref, _) in _PER_PARAMS.items() if ref() is None]:
+                del _PER_PARAMS[key]
+    if what not in hit[1]:
+        hit[1][what] = fn(params)
+    return hit[1][what]
+
+
 def layer_ids(params: ParamMeta) -> np.ndarray:
     """Integer layer index of every parameter, in order of first appearance.
 
-    Cached per ``ParamMeta`` object (runs of one architecture share it), since sorting D layer
-    names costs milliseconds at D = 14k.
+    Remembered per ``ParamMeta`` object (``remember``).
 
     Returns:
         (D,) int64, equal for parameters of the same ``ParamMeta.layer`` tensor.
     """
-    hit = _LAYER_CACHE.get(id(params))
-    if hit is not None and hit[0]() is params:
-        return hit[1]
+    return remember(params, "layer_ids", _layer_ids_of)
+
+
+def _layer_ids_of(params: ParamMeta) -> np.ndarray:
     # run-length encode first (a layer's parameters are contiguous in a state_dict's flat
     # vector), so only one name per run is sorted: 1M names would take 60 ms as strings
     names = params.layer
@@ -161,43 +182,53 @@ def layer_ids(params: ParamMeta) -> np.ndarray:
     order = np.argsort(np.argsort(first))
     ids = np.repeat(order[inverse].astype(np.int64), lengths)
     ids.flags.writeable = False
-    with contextlib.suppress(TypeError):  # not weak-referenceable: no caching
-        _LAYER_CACHE[id(params)] = (weakref.ref(params), ids)
-    if len(_LAYER_CACHE) > 256:  # drop entries whose ParamMeta is gone
-        for key in [key for key, (ref, _) in _LAYER_CACHE.items() if ref() is None]:
-            del _LAYER_CACHE[key]
     return ids
 
 
-def _layer_sumsq(x: torch.Tensor, ids: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Σ_{j in layer l} x_{n,j}², accumulated in float64: (N, D) -> (N, L).
+def layer_spans(params: ParamMeta) -> list[tuple[int, int]] | None:
+    """[(start, end)] of layer 0, 1, ... in the flat vector, or None if a layer is not one slice.
 
-    Layers are contiguous blocks of a state_dict's flat vector, so each row's layer is summed as
-    a contiguous slice (no (N, D) float64 copy: at millions of parameters that allocation is the
-    cost); ids in any other order are summed with ``index_add_``.
+    A state_dict's flat vector stores each tensor as one contiguous slice, in order, so every
+    per-layer pass can read slices instead of gathering by index. Remembered per ``ParamMeta``.
     """
-    out = torch.zeros(x.shape[0], n_layers, dtype=torch.float64)
-    if x.shape[1] == 0:
-        return out
-    if bool((ids[1:] >= ids[:-1]).all()):
-        ends = torch.bincount(ids, minlength=n_layers).cumsum(0).tolist()
-        for row in range(x.shape[0]):
-            for layer, (a, b) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
-                if b > a:
-                    norm = torch.linalg.vector_norm(x[row, a:b], dtype=torch.float64)
-                    out[row, layer] = norm.square()
-        return out
-    return out.index_add_(1, ids, x.double().square())
+    return remember(params, "layer_spans", _layer_spans_of)
 
 
-def _increment_sumsq(
-    w: torch.Tensor, rows: list[int], ids: torch.Tensor, n_layers: int
+def _layer_spans_of(params: ParamMeta) -> list[tuple[int, int]] | None:
+    ids = layer_ids(params)
+    if len(ids) and not np.all(ids[1:] >= ids[:-1]):
+        return None
+    ends = np.cumsum(np.bincount(ids)).tolist() if len(ids) else []
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def _layer_sumsq(
+    rows: Iterable[torch.Tensor],
+    params: ParamMeta,
+    ids: torch.Tensor,
+    n_layers: int,
 ) -> torch.Tensor:
-    """Σ_{j in layer l} (w_{i+1,j} − w_{i,j})² for each i in ``rows`` -> (len(rows), L) float64.
+    """Σ_{j in layer l} x_j², accumulated in float64, for each (D,) row x -> (rows, L).
 
-    One increment at a time, in the weights' precision (nearby values: exact differences).
+    Rows come one at a time (an increment w_{i+1} − w_i is formed, summed and freed, in the
+    weights' precision: nearby values, exact differences), and each layer of a state_dict
+    layout is summed as a slice (``layer_spans``): no (rows, D) float64 copy, which at millions
+    of parameters is the cost. Ids in any other order are summed with ``index_add_``.
     """
-    return torch.cat([_layer_sumsq((w[i + 1] - w[i])[None], ids, n_layers) for i in rows])
+    spans = layer_spans(params)
+    out = []
+    for x in rows:
+        if spans is None:
+            sums = torch.zeros(n_layers, dtype=torch.float64).index_add_(
+                0, ids, x.double().square()
+            )
+        else:
+            sums = torch.zeros(n_layers, dtype=torch.float64)
+            for layer, (a, b) in enumerate(spans):
+                if b > a:
+                    sums[layer] = torch.linalg.vector_norm(x[a:b], dtype=torch.float64).square()
+        out.append(sums)
+    return torch.stack(out) if out else torch.zeros(0, n_layers, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -257,11 +288,12 @@ class Normalizer:
         # float64; M is applied to the (L,) sums
         n_inc = w.shape[0] - 1  # min(k, window) increments
         count = torch.bincount(ids, minlength=n_layers).double()  # (L,)
-        sq = _increment_sumsq(w, list(range(n_inc)), ids, n_layers).sum(0)  # (L,)
+        increments = (w[i + 1] - w[i] for i in range(n_inc))
+        sq = _layer_sumsq(increments, prefix.params, ids, n_layers).sum(0)  # (L,)
         rms = prefix.M * (sq / (count * n_inc).clamp_min(1.0)).sqrt()
         total = prefix.M * (sq.sum() / max(n_inc * w.shape[1], 1)).sqrt()
         c = torch.maximum(rms, floor * total).clamp_min(1e-12)
-        sq_k = _layer_sumsq(w[-1:], ids, n_layers)[0]  # (L,)
+        sq_k = _layer_sumsq([w[-1]], prefix.params, ids, n_layers)[0]  # (L,)
         w_rms = (sq_k / count.clamp_min(1.0)).sqrt()
         w_total = (sq_k.sum() / max(w.shape[1], 1)).sqrt()
         w_rms = torch.maximum(w_rms, floor * w_total).clamp_min(1e-12)
@@ -446,7 +478,8 @@ def layer_rms(prefix: Prefix, norm: Normalizer, history: int) -> torch.Tensor:
     mid = lr[i].clamp_min(_RATE_FLOOR * a0)
     count = torch.bincount(ids, minlength=n_layers).clamp_min(1).double()  # (L,)
     scale = (prefix.M * ak / mid).unsqueeze(-1)  # (H, 1)
-    sq = _increment_sumsq(prefix.w, i.tolist(), ids, n_layers)  # (H, L)
+    w = prefix.w
+    sq = _layer_sumsq((w[j + 1] - w[j] for j in i.tolist()), prefix.params, ids, n_layers)
     rms = scale * (sq / count).sqrt()
     _TREND_MEMO[prefix.w] = (prefix.w._version, key, rms)
     return rms

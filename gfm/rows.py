@@ -12,13 +12,11 @@ would be each weight's own displacement, and shrinking it would shrink the whole
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 
 from gfm.data.schema import ParamMeta
-from gfm.features import layer_ids
+from gfm.features import layer_ids, layer_spans, remember
 
 __all__ = ["row_index", "shrink_row_means"]
 
@@ -29,57 +27,29 @@ def row_index(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
         row(j) = (layer(j), index(j) // fan_in(j))   for weights j of layers with >= 2 rows
                                                      of fan_in(j) >= 2 weights
 
-    Remembered per ``ParamMeta`` object (runs of one architecture share it; 1M parameters take
-    tens of milliseconds to group).
+    Remembered per ``ParamMeta`` object (``gfm.features.remember``).
 
     Returns:
         (positions (W,) int64 into the flat vector, rows (W,) int64 in [0, R), R).
     """
-    return _rows(params)
-
-
-def _rows(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``_row_index``, remembered per ``ParamMeta`` object."""
-    return _remembered(params, "index", _row_index)
-
-
-def _remembered(params: ParamMeta, what: str, fn):  # noqa: ANN001, ANN202 - a small memo
-    hit = _ROWS.get(id(params))
-    if hit is None or hit[0]() is not params:
-        try:
-            hit = _ROWS[id(params)] = (weakref.ref(params), {})
-        except TypeError:  # not weak-referenceable: no caching
-            return fn(params)
-    if what not in hit[1]:
-        hit[1][what] = fn(params)
-    if len(_ROWS) > 64:  # drop entries whose ParamMeta is gone
-        for key in [key for key, (ref, _) in _ROWS.items() if ref() is None]:
-            del _ROWS[key]
-    return hit[1][what]
-
-
-_ROWS: dict[int, tuple[weakref.ref, dict]] = {}
+    return remember(params, "row_index", _row_index)
 
 
 def _row_blocks(params: ParamMeta) -> list[tuple[int, int, int]] | None:
     """[(start, end, rows)]: every layer with rows as one contiguous (rows × fan_in) slice, or None.
 
     A state_dict's weight tensor (out, ...) is stored row after row, so a layer that is one
-    contiguous run of the flat vector with flat indices 0..n−1 has ``row_index``'s rows as equal,
-    consecutive slices. Read from the layers' first entries and one pass over the indices, not
-    from per-weight row numbers (a second per ten million weights). None when any layer is laid
-    out otherwise (``shrink_row_means`` then groups by ``row_index``).
+    slice of the flat vector (``layer_spans``) with flat indices 0..n−1 has ``row_index``'s rows
+    as equal, consecutive slices. Read from the layers' first entries and one pass over the
+    indices, not from per-weight row numbers (a second per ten million weights). None when any
+    layer is laid out otherwise (``shrink_row_means`` then groups by ``row_index``).
     """
-    ids = layer_ids(params)
-    if len(ids) == 0:
-        return []
-    if not np.all(ids[1:] >= ids[:-1]):
+    spans = layer_spans(params)
+    if spans is None:
         return None
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], len(ids)]
     blocks = []
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        if params.kind[a] != "weight":
+    for a, b in spans:
+        if b == a or params.kind[a] != "weight":
             continue
         fan_in = max(int(params.fan_in[a]), 1)
         size = b - a
@@ -97,20 +67,12 @@ def _row_index(params: ParamMeta) -> tuple[torch.Tensor, torch.Tensor, int]:
     row = params.index // np.maximum(params.fan_in, 1)
     weight = params.kind == "weight"
     n_rows = np.zeros(layer.max() + 1 if len(layer) else 0, dtype=np.int64)
-    layer_w, row_w = layer[weight], row[weight]
-    if len(layer_w) and np.all(layer_w[1:] >= layer_w[:-1]):  # contiguous layers (state_dict)
-        starts = np.flatnonzero(np.r_[True, layer_w[1:] != layer_w[:-1]])
-        n_rows[layer_w[starts]] = np.maximum.reduceat(row_w, starts) + 1
-    else:
-        np.maximum.at(n_rows, layer_w, row_w + 1)
+    np.maximum.at(n_rows, layer[weight], row[weight] + 1)
     # rows of >= 2 weights (fan_in >= 2) in layers of >= 2 rows: a one-weight "row" (a 1-D weight
     # tensor, as an imported run without a layout has) is no unit to shift, its mean is itself
     pos = np.flatnonzero(weight & (n_rows[layer] >= 2) & (params.fan_in >= 2))
     key = layer[pos] * (int(row.max(initial=0)) + 1) + row[pos]
-    if np.all(key[1:] >= key[:-1]):  # sorted (a state_dict's rows are): number the runs
-        rows = np.cumsum(np.r_[False, key[1:] != key[:-1]]) if len(key) else key
-    else:
-        _, rows = np.unique(key, return_inverse=True)
+    _, rows = np.unique(key, return_inverse=True)
     n = int(rows.max()) + 1 if len(rows) else 0
     return torch.from_numpy(pos.astype(np.int64)), torch.from_numpy(rows.astype(np.int64)), n
 
@@ -133,7 +95,7 @@ def shrink_row_means(
     """
     if factor == 1.0:
         return w_hat
-    blocks = _remembered(params, "blocks", _row_blocks)
+    blocks = remember(params, "row_blocks", _row_blocks)
     if blocks is not None:  # each layer's rows as a (T, rows, fan_in) view: no gathers
         if not blocks:
             return w_hat

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from gfm.features import Normalizer, layer_ids
+from gfm.features import Normalizer, layer_ids, layer_spans
 from gfm.forecaster import Prefix
 
 __all__ = ["N_FEATURES", "features", "sample_index", "sampled_forecast"]
@@ -46,40 +46,34 @@ def sample_index(
         for every layer of more than ``max_per_layer`` parameters]). Draws are seeded by
         (D, k, layer): the same prefix shape always gives the same sample.
     """
-    ids = layer_ids(prefix.params)
-    counts = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(counts)
-    contiguous = bool(np.all(ids[1:] >= ids[:-1]))
+    spans = layer_spans(prefix.params)
+    if spans is None:  # layers not laid out as slices: each one's positions
+        ids = layer_ids(prefix.params)
+        layers = [np.flatnonzero(ids == layer) for layer in range(int(ids.max()) + 1)]
+    else:
+        layers = [slice(a, b) for a, b in spans]
     keep, large = [], []
-    for layer in np.flatnonzero(counts):
-        n = int(counts[layer])
-        if contiguous:
-            a = int(ends[layer]) - n
-            sel: slice | np.ndarray = slice(a, a + n)
-            pos = None
-        else:
-            pos = np.flatnonzero(ids == layer)
-            sel = pos
+    for layer, sel in enumerate(layers):
+        start, n = (sel.start, sel.stop - sel.start) if isinstance(sel, slice) else (0, len(sel))
         if n > max_per_layer:
-            rng = np.random.default_rng([prefix.D, prefix.k, int(layer)])
+            rng = np.random.default_rng([prefix.D, prefix.k, layer])
             j = np.sort(rng.choice(n, max_per_layer, replace=False))
-            chosen = a + j if pos is None else pos[j]
+            chosen = start + j if isinstance(sel, slice) else sel[j]
             keep.append(chosen)
             large.append((sel, chosen))
         else:
-            keep.append(np.arange(a, a + n) if pos is None else pos)
+            keep.append(np.arange(start, start + n) if isinstance(sel, slice) else sel)
     return torch.from_numpy(np.sort(np.concatenate(keep))), large
 
 
-def features(prefix: Prefix, norm: Normalizer, pos: np.ndarray | slice) -> list[torch.Tensor]:
-    """φ of the parameters at ``pos`` (see the module docstring): N_FEATURES columns (n,) float32.
+def features(prefix: Prefix, norm: Normalizer, pos: np.ndarray) -> torch.Tensor:
+    """φ of the parameters at ``pos`` (see the module docstring) -> (n, N_FEATURES) float64.
 
-    Float32 (the weights' own precision) and unstacked: at a million parameters the columns are
-    read once each by the fit's dot product, not gathered into one matrix.
+    What the fit reads on the sample; ``_apply`` evaluates the fitted map on a whole layer.
     """
     w = prefix.w
     k, M = prefix.k, prefix.M
-    idx = pos if isinstance(pos, slice) else torch.from_numpy(pos)
+    idx = torch.from_numpy(pos)
     c = norm.scale[idx].float()
     wk = w[k, idx]
     cols = [torch.ones_like(wk)]
@@ -89,7 +83,7 @@ def features(prefix: Prefix, norm: Normalizer, pos: np.ndarray | slice) -> list[
     cols.append((wk - w[0, idx]) * (M / k) / c)
     cols.append(wk / norm.weight_scale[idx].float())
     cols += [torch.asinh(cols[3]), cols[3].abs()]
-    return cols
+    return torch.stack(cols, -1).double()
 
 
 def _apply(
@@ -147,11 +141,11 @@ def sampled_forecast(
         at = torch.from_numpy(np.searchsorted(sample.numpy(), chosen))  # their columns in pred_s
         fit = torch.from_numpy(chosen)
         y = (pred_s[:, at].double() - norm.center[fit].double()) / norm.scale[fit].double()
-        phi = torch.stack(features(prefix, norm, chosen), -1).double()  # (S, F)
+        phi = features(prefix, norm, chosen)  # (S, F)
         gram = phi.T @ phi + _RIDGE * len(chosen) * torch.eye(N_FEATURES, dtype=torch.float64)
-        beta = torch.linalg.solve(gram, phi.T @ y.T).float()  # (F, T)
+        beta = torch.linalg.solve(gram, phi.T @ y.T)  # (F, T)
         # the whole layer from the fit (a slice: no gathers), the sample's own forecasts after
         for ti in range(beta.shape[1]):
-            out[ti, sel] = _apply(prefix, norm, sel, beta[:, ti].double().tolist()).to(out.dtype)
+            out[ti, sel] = _apply(prefix, norm, sel, beta[:, ti].tolist()).to(out.dtype)
     out[:, sample] = pred_s  # the field's own forecasts where it made them
     return out

@@ -45,7 +45,7 @@ def test_a_field_linear_in_the_features_is_reproduced_exactly_off_the_sample():
 
     def field(index: torch.Tensor | None) -> torch.Tensor:
         pos = np.arange(prefix.D) if index is None else index.numpy()
-        phi = torch.stack(features(prefix, norm, pos), -1).double()
+        phi = features(prefix, norm, pos)
         y = (phi * coef[torch.from_numpy(ids[pos] % 2)]).sum(-1)
         return (norm.center[pos].double() + norm.scale[pos].double() * y)[None].float()
 
