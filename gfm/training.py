@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,57 @@ class _Batch:
         }
         moved["cond"] = self.cond.to(device)
         return _Batch(**moved)
+
+
+_Slot = tuple[torch.dtype, int, tuple[int, ...]]  # a packed tensor: (dtype, offset, shape)
+
+
+@dataclass
+class _Packed:
+    """A batch as one flat buffer per dtype, so a loader worker sends 2 tensors instead of ~30.
+
+    Each tensor a worker sends costs a shared-memory segment on both sides (measured: 11 ms a
+    batch in the worker and 6 ms in the training process, more than drawing the batch); the
+    training process gets views into the buffers back (``unpack``), the same values.
+    """
+
+    skeleton: _Batch  # the batch with every tensor replaced by its _Slot
+    buffers: dict[torch.dtype, torch.Tensor]
+
+    @staticmethod
+    def of(batch: _Batch) -> _Packed:
+        """Pack ``batch``: its tensors concatenated per dtype, in field order."""
+        parts: dict[torch.dtype, list[torch.Tensor]] = {}
+        sizes: dict[torch.dtype, int] = {}
+
+        def slot(x: Any) -> Any:
+            if not isinstance(x, torch.Tensor):
+                return x
+            offset = sizes.get(x.dtype, 0)
+            parts.setdefault(x.dtype, []).append(x.reshape(-1))
+            sizes[x.dtype] = offset + x.numel()
+            return (x.dtype, offset, tuple(x.shape))
+
+        cond = replace(
+            batch.cond, **{f.name: slot(getattr(batch.cond, f.name)) for f in fields(Cond)}
+        )
+        rest = {k: slot(v) for k, v in vars(batch).items() if k != "cond"}
+        buffers = {dtype: torch.cat(p) for dtype, p in parts.items()}
+        return _Packed(skeleton=_Batch(**rest, cond=cond), buffers=buffers)
+
+    def unpack(self) -> _Batch:
+        """The batch, its tensors views into the buffers."""
+
+        def view(x: Any) -> Any:
+            if not (isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], torch.dtype)):
+                return x
+            dtype, offset, shape = x
+            return self.buffers[dtype][offset : offset + math.prod(shape)].view(shape)
+
+        b = self.skeleton
+        cond = replace(b.cond, **{f.name: view(getattr(b.cond, f.name)) for f in fields(Cond)})
+        rest = {k: view(v) for k, v in vars(b).items() if k != "cond"}
+        return _Batch(**rest, cond=cond)
 
 
 def _check_run(record: RunRecord) -> None:
@@ -619,20 +670,28 @@ class _Batches(torch.utils.data.IterableDataset):
     are the same either way.
     """
 
-    def __init__(self, gfm: GFMSettings, train: Sequence[RunRecord], cfg: TrainSettings) -> None:
-        self.gfm, self.train, self.cfg = gfm, train, cfg
+    def __init__(
+        self,
+        gfm: GFMSettings,
+        train: Sequence[RunRecord],
+        cfg: TrainSettings,
+        *,
+        packed: bool = False,
+    ) -> None:
+        self.gfm, self.train, self.cfg, self.packed = gfm, train, cfg, packed
 
-    def __iter__(self) -> Iterator[_Batch]:
+    def __iter__(self) -> Iterator[_Batch | _Packed]:
         rng = np.random.default_rng(self.cfg.seed)
         for _ in range(self.cfg.steps):
-            yield _collate(_draw(self.gfm, self.train, self.cfg, rng))
+            batch = _collate(_draw(self.gfm, self.train, self.cfg, rng))
+            yield _Packed.of(batch) if self.packed else batch
 
 
 def _batches(gfm: GFMSettings, train: Sequence[RunRecord], cfg: TrainSettings) -> Iterator[_Batch]:
     """The batches of ``_Batches``, prefetched by ``cfg.loader_workers`` spawned workers (0: here)."""
-    data = _Batches(gfm, train, cfg)
     if not cfg.loader_workers:
-        return iter(data)
+        return iter(_Batches(gfm, train, cfg))
+    data = _Batches(gfm, train, cfg, packed=True)
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=None,
@@ -642,10 +701,10 @@ def _batches(gfm: GFMSettings, train: Sequence[RunRecord], cfg: TrainSettings) -
         multiprocessing_context="spawn",  # no fork of a process that may run MLflow/Prefect threads
         worker_init_fn=_one_thread_worker,
     )
-    return iter(loader)
+    return (packed.unpack() for packed in loader)
 
 
-def _as_is(batch: _Batch) -> _Batch:
+def _as_is(batch: _Packed) -> _Packed:
     return batch  # each item is already a collated batch
 
 

@@ -1,5 +1,7 @@
 """The training loop: GFM learns gradient descent on least squares well enough to forecast it."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -201,6 +203,28 @@ def test_a_loader_worker_draws_the_same_batches_so_training_is_unchanged():
         nets.append(model.net.state_dict())
     # then the networks are bit-identical
     assert all(torch.equal(nets[0][key], nets[1][key]) for key in nets[0])
+
+
+def test_a_packed_batch_unpacks_to_the_same_tensors():
+    # given a batch without a prior (None fields) from two runs of different sizes
+    examples = [
+        training._example(least_squares_run(s, d=d), 10, 8, 4, 0.0, np.random.default_rng(s))
+        for s, d in ((0, 1), (1, 8))
+    ]
+    batch = training._collate(examples)
+    # when it is packed as a loader worker sends it, and unpacked
+    packed = training._Packed.of(batch)
+    back = packed.unpack()
+    # then it travels as one buffer per dtype and every field comes back equal, None as None
+    assert len(packed.buffers) <= 2
+    assert back.optimizers == batch.optimizers
+    for name, value in vars(batch).items():
+        if isinstance(value, torch.Tensor):
+            got = getattr(back, name)
+            assert got.dtype == value.dtype and torch.equal(got, value), name
+    for field in dataclasses.fields(batch.cond):
+        want, got = getattr(batch.cond, field.name), getattr(back.cond, field.name)
+        assert (want is None and got is None) or torch.equal(got, want), field.name
 
 
 def test_a_prior_cache_leaves_training_unchanged_and_spares_the_second_fit_its_solves(
