@@ -599,9 +599,13 @@ def prefit_priors(
             for i, k, idx in _eval_picks(val, EVAL_FRACTION, _EVAL_RUNS, _EVAL_PARAMS)
         ]
     args = (train, val, cfg.prior_cache, cfg.seed)
+    _PREFIT.update(train=train, val=val, cache=cfg.prior_cache, seed=cfg.seed)
+    # the fits already cached are found here: spawning workers (each imports torch) only to
+    # look them up cost 4.8 s of a training stage whose tuning had made every fit
+    jobs = [job for job in jobs if _missing(job)]
     if workers <= 1 or len(jobs) <= 1:
-        _prefit_init(*args)
-        return sum(_prefit_run(job) for job in jobs)
+        with one_thread():
+            return sum(_prefit_run(job) for job in jobs)
     ctx = torch.multiprocessing.get_context("spawn")
     n = min(workers, len(jobs))
     with ProcessPoolExecutor(n, mp_context=ctx, initializer=_prefit_init, initargs=args) as ex:
@@ -618,17 +622,29 @@ def _prefit_init(
     _PREFIT.update(train=train, val=val, cache=cache, seed=seed)
 
 
-def _prefit_run(job: tuple[str, int, list[tuple[int, torch.Tensor | None]]]) -> int:
-    """Fit one run's missing priors (train: its pools at each k; val: the forecast's parameters)."""
+def _prefit_fits(
+    job: tuple[str, int, list[tuple[int, torch.Tensor | None]]],
+) -> Iterator[tuple[Prefix, torch.Tensor | None, bool]]:
+    """(prefix, parameter indices, cached?) of each prior fit of a prefit job."""
     part, i, fits = job
     record = _PREFIT[part][i]
-    cache = _PREFIT["cache"]
-    made = 0
     for k, idx in fits:
         prefix = Prefix.from_record(record, k)
         index = _pool(prefix.D, k, _PREFIT["seed"]) if part == "train" else idx
-        if not is_cached(prefix, cache, index=index):
-            quadfit(prefix, index=index, cache=cache)
+        yield prefix, index, is_cached(prefix, _PREFIT["cache"], index=index)
+
+
+def _missing(job: tuple[str, int, list[tuple[int, torch.Tensor | None]]]) -> bool:
+    """Whether a prefit job has a fit the cache lacks."""
+    return not all(cached for _, _, cached in _prefit_fits(job))
+
+
+def _prefit_run(job: tuple[str, int, list[tuple[int, torch.Tensor | None]]]) -> int:
+    """Fit one run's missing priors (train: its pools at each k; val: the forecast's parameters)."""
+    made = 0
+    for prefix, index, cached in _prefit_fits(job):
+        if not cached:
+            quadfit(prefix, index=index, cache=_PREFIT["cache"])
             made += 1
     return made
 
