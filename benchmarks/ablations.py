@@ -4,7 +4,8 @@
     python -m benchmarks.ablations --ledger                                # the markdown table
 
 A variant is a method (``gfm``, ``gfm_<variant>`` or a baseline) with settings overrides, a
-baseline config, or a fraction of the train runs (a learning curve); they are listed with what
+baseline config, a fraction of the train runs (a learning curve), ``members`` (an ensemble of
+training seeds) or a ``mix`` of other variants (their mean forecast); they are listed with what
 they change in ``benchmarks/ablations.yaml``. A variant's ``row_variants`` ({name: β}) are scored
 from the same fit with each row's mean displacement scaled by β (``RowShrunk``), and a GFM
 variant's ``gfm_variants`` ({name: {setting: value}}) with other forecast-time ``gfm`` settings
@@ -156,13 +157,14 @@ def run(name: str, seed: int, spec: dict, out: Path) -> None:
         keep = rng.choice(len(train), max(1, round(spec["train_frac"] * len(train))), False)
         train = train.filter(pl.col("run_id").is_in([train.run_ids[i] for i in sorted(keep)]))
     seeds, members = _members(spec, settings, seed)
+    member_names = spec.get("mix") or [spec.get("member_variant")] * len(members)
     fit_seconds = []
     for member in members:
         start = time.perf_counter()
         member.fit(train, val)
         fit_seconds.append(time.perf_counter() - start)
     score = score_for(settings)
-    if "members" not in spec:
+    if "members" not in spec and "mix" not in spec:
         # the variant itself, then its `row_variants` {name: β}: the same fit, rows shrunk
         scored = [(name, members[0])]
         scored += [(n, RowShrunk(members[0], b)) for n, b in spec.get("row_variants", {}).items()]
@@ -187,17 +189,25 @@ def run(name: str, seed: int, spec: dict, out: Path) -> None:
             mean_rows += [{**row, "part": part} for row in mean]
             for acc, rows in zip(member_rows, each, strict=True):
                 acc += [{**row, "part": part} for row in rows]
-    for s, rows, secs in zip(seeds, member_rows, fit_seconds, strict=True):
-        if not (out / f"{spec['member_variant']}__s{s}.parquet").exists():
-            _write(out, spec["member_variant"], s, rows, secs)
+    for s, member, rows, secs in zip(seeds, member_names, member_rows, fit_seconds, strict=True):
+        if not (out / f"{member}__s{s}.parquet").exists():
+            _write(out, member, s, rows, secs)
     _write(out, name, seed, mean_rows, sum(fit_seconds))
 
 
 def _members(spec: dict, settings, seed: int) -> tuple[list[int], list]:
     """The training seeds and unfitted forecasters of a variant: one, or K ensemble members.
 
-    An ensemble's members have training seeds seed·K .. seed·K + K − 1.
+    An ensemble's members have training seeds seed·K .. seed·K + K − 1; a ``mix`` of other
+    variants (``[row_half, lstm]``) fits each of them, with its own settings, on ``seed``.
     """
+    if "mix" in spec:
+        specs = variants()
+        fitted = []
+        for name in spec["mix"]:
+            own = load_settings(HERE.parent / "params.yaml", specs[name].get("overrides", {}))
+            fitted += _members(specs[name], own, seed)[1]
+        return [seed] * len(fitted), fitted
     method = spec.get("method", "gfm")
     if "members" in spec:
         K = int(spec["members"])
