@@ -143,15 +143,26 @@ def score_forecast(  # noqa: PLR0913 - one forecast and what it is scored agains
     return row
 
 
-def run(name: str, seed: int, spec: dict, out: Path) -> None:
-    """Fit ``name`` with ``seed`` on the seed split's train part; score val and test."""
+def run(
+    name: str, seed: int, spec: dict, out: Path, parts: tuple[list[int], ...] | None = None
+) -> None:
+    """Fit ``name`` with ``seed`` on the seed split's train part; score val and test.
+
+    ``parts`` (train, val, test seed indices) selects the parts by the runs' seed index
+    instead, in the dataset of ``--data``: one generated with more seeds per group than the
+    default (``gfm generate --set data.seeds=8``) keeps the default's runs for seeds 0-3 and
+    adds unseen ones, so the same fit is scored on a test part of several seeds.
+    """
     names = [name, *spec.get("row_variants", {}), *spec.get("gfm_variants", {})]
     if all((out / f"{n}__s{seed}.parquet").exists() for n in names):
         print(f"{name} s{seed}: done already")
         return
     settings = load_settings(HERE.parent / "params.yaml", spec.get("overrides", {}))
     ds = Trajectories(settings.data.root)
-    train, val, test = (ds.select("seed", part) for part in ("train", "val", "test"))
+    if parts is None:
+        train, val, test = (ds.select("seed", part) for part in ("train", "val", "test"))
+    else:
+        train, val, test = (ds.filter(pl.col("seed").is_in(seeds)) for seeds in parts)
     if "train_frac" in spec:  # learning curve: a seeded subset of the train runs
         rng = np.random.default_rng(1000 + seed)
         keep = rng.choice(len(train), max(1, round(spec["train_frac"] * len(train))), False)
@@ -329,7 +340,17 @@ def main() -> None:
     parser.add_argument(
         "--diagnose", nargs="+", metavar="VARIANT", help="write <out>_diagnosis.md for these"
     )
+    parser.add_argument("--data", type=Path, help="another dataset root (data.root)")
+    parser.add_argument(
+        "--parts",
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="seed indices of each part, comma-separated (0,1 2 3,4,5,6,7), instead of the split",
+    )
     args = parser.parse_args()
+    parts = (
+        None if args.parts is None else tuple([int(x) for x in p.split(",")] for p in args.parts)
+    )
     torch.set_num_threads(1)
     specs = variants()
     for name in args.variants:
@@ -340,7 +361,13 @@ def main() -> None:
         if "scored_with" in specs[name]:  # a row variant: scored by fitting its parent
             name = specs[name]["scored_with"]
         for seed in args.seeds:
-            run(name, seed, specs[name], args.out)
+            spec = specs[name]
+            if args.data is not None:
+                spec = {
+                    **spec,
+                    "overrides": {**spec.get("overrides", {}), "data.root": str(args.data)},
+                }
+            run(name, seed, spec, args.out, parts)
     if args.diagnose:
         target = args.out.with_name(args.out.name + "_diagnosis.md")
         with atomic_path(target) as tmp:

@@ -32,7 +32,7 @@ from gfm import prior_cache
 from gfm.features import Normalizer, resolve_hparams
 from gfm.forecaster import Prefix
 
-__all__ = ["QuadFit", "is_cached", "prior_velocity", "quadfit"]
+__all__ = ["QuadFit", "is_cached", "prior_velocity", "quadfit", "stable_curvature"]
 
 _STEP_LIMIT = (3.0, 50.0, 3.0)  # largest LM step in log h, z, log σ per iteration
 _FD = 1e-4  # forward-difference step of the Jacobian
@@ -294,6 +294,27 @@ def _fit(
     return torch.from_numpy(ops.numpy(x[best])), torch.from_numpy(ops.numpy(rms))
 
 
+def stable_curvature(optimizer: str, hp: dict[str, float], lr: float) -> float | None:
+    """The largest curvature h on which the simulated SGD or momentum does not diverge.
+
+    On L = ½ h (w − w*)² (+ ½ λ w² for coupled weight decay) with step size α:
+
+        SGD:                              α (h + λ) < 2
+        momentum μ (heavy ball, torch):   α (h + λ) < 2 (1 + μ)
+        Nesterov:                         α (h + λ) < 2 (1 + μ) / (1 + 2μ)
+
+    Returns 0.98 of that bound at the run's largest α, or None for RMSprop, Adam and AdamW,
+    whose steps are bounded by α and cannot grow geometrically.
+    """
+    if optimizer not in ("sgd", "momentum") or lr <= 0:
+        return None
+    mu = hp.get("momentum", 0.0) if optimizer == "momentum" else 0.0
+    bound = 2.0 * (1.0 + mu)
+    if optimizer == "momentum" and hp.get("nesterov", 0.0) > 0.5:
+        bound /= 1.0 + 2.0 * mu
+    return max(0.98 * bound / lr - hp.get("weight_decay", 0.0), 1e-12)
+
+
 def _simulate(
     ops: _Ops, prefix: Prefix, index: torch.Tensor | None, x: torch.Tensor, fit: torch.Tensor
 ) -> QuadFit:
@@ -301,12 +322,19 @@ def _simulate(
 
         p(t_i) = w_k + (w_sim,i − w_sim,k),   i = k..M
 
-    with the model (h, w*, σ²) of the fitted x (N, P); ``fit`` is the RMS residual it carries.
+    with the model (h, w*, σ²) of the fitted x (N, P), h at most ``stable_curvature``: a run
+    that trains (it does, or it would not be recorded) is stable, and a fit above the bound
+    (the prefix is short, the fit loose) made the simulated SGD or momentum grow geometrically
+    to the end of the run (a momentum run's bias: −3.5e10 where the run ends at 0.08; the
+    forecast, clipped, was 200× persistence's error). ``fit`` is the RMS residual it carries;
+    ``log_h`` stays the fitted value.
     """
     hp, W1, c1, adaptive = _inputs(ops, prefix, index)
     k, M, r = prefix.k, prefix.M, prefix.record_every
     xn = x.numpy()
-    model = _unpack(ops, ops.from_torch(x), W1[k], c1, adaptive)
+    h, w_star, noise = _unpack(ops, ops.from_torch(x), W1[k], c1, adaptive)
+    h_max = stable_curvature(prefix.optimizer, hp, float(prefix.lr.max()))
+    model = (h if h_max is None else ops.clip(h, None, h_max), w_star, noise)
     sim = _Optimizer(prefix.optimizer, hp, prefix.lr.double().tolist(), r, ops)
     with ops.quiet():  # as torch: inf, not a warning
         w_k_sim, _ = sim.run(W1[0], model, range(k * r))

@@ -111,6 +111,32 @@ def test_without_evidence_of_an_optimum_the_prior_does_not_extrapolate_wildly():
     assert np.all(np.isfinite(fit.fit))
 
 
+def test_the_stable_curvature_is_each_optimizers_divergence_bound():
+    # α (h + λ) < 2, 2 (1 + μ) and 2 (1 + μ)/(1 + 2μ), with a 2% margin; none for adaptive steps
+    assert prior.stable_curvature("sgd", {}, 0.1) == pytest.approx(0.98 * 20)
+    assert prior.stable_curvature("sgd", {"weight_decay": 0.5}, 0.1) == pytest.approx(19.1)
+    heavy = prior.stable_curvature("momentum", {"momentum": 0.8, "nesterov": 0.0}, 0.1)
+    nesterov = prior.stable_curvature("momentum", {"momentum": 0.8, "nesterov": 1.0}, 0.1)
+    assert heavy == pytest.approx(0.98 * 36) and nesterov == pytest.approx(0.98 * 36 / 2.6)
+    assert all(prior.stable_curvature(o, {}, 0.1) is None for o in ("rmsprop", "adam", "adamw"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_a_fitted_curvature_above_the_stable_bound_does_not_make_the_prior_diverge(optimizer):
+    # given a fit (as a short, loose prefix can give) whose curvature is 4x the optimizer's bound
+    W, hp = _quadratic_run(optimizer, D=2, M=40)
+    prefix = _prefix(W, optimizer, hp, k=4)
+    resolved = resolve_hparams(optimizer, hp)
+    log_h = np.log(4 * prior.stable_curvature(optimizer, resolved, hp["lr"]))
+    x = torch.tensor([[log_h, 1.0], [log_h, -2.0]], dtype=torch.float64)
+    # when its path is simulated to the end of the run
+    path = prior._simulate(prior._Ops(None), prefix, None, x, torch.zeros(2)).path
+    # then it stays near the prefix (unclamped it grows geometrically: the test fails), finite
+    c = prior.Normalizer.from_prefix(prefix).scale.double().numpy() / prefix.M
+    reach = np.abs(path - W[4].numpy()).max(0) / c
+    assert np.all(np.isfinite(path)) and np.all(reach < 10), reach
+
+
 def test_prior_velocity_is_the_scaled_path_increment():
     path = np.array([[0.0, 1.0], [0.5, 1.0], [0.75, 2.0]])  # (M−k+1, N) with M−k = 2
     fit = QuadFit(path=path, fit=np.zeros(2), log_h=np.zeros(2), z=np.zeros(2))
