@@ -2,6 +2,8 @@
 
     python -m benchmarks.ablations VARIANT [VARIANT ...] [--seeds 0 1 2]   # fit and score
     python -m benchmarks.ablations --ledger                                # the markdown table
+    python -m benchmarks.ablations VARIANT --data ROOT --parts 0,1 2 3,4,5,6,7 --out DIR
+        # parts by seed index in another dataset (e.g. generated with data.seeds=8)
 
 A variant is a method (``gfm``, ``gfm_<variant>`` or a baseline) with settings overrides, a
 baseline config, a fraction of the train runs (a learning curve), ``members`` (an ensemble of
