@@ -81,12 +81,25 @@ class _Batch:
     cond: Cond  # per parameter (R, N, 1), per run (R, 1, 1)
     prior_v: torch.Tensor | None  # (R, N, M) the prior's velocity per interval (0 before k)
 
-    def to(self, device: torch.device) -> _Batch:
-        moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()
+    def map(self, fn: Callable[[Any], Any]) -> _Batch:
+        """The batch with ``fn`` applied to every tensor field, its ``cond``'s included.
+
+        A field that is None stays None; ``optimizers`` is kept as it is.
+        """
+
+        def each(x: Any) -> Any:
+            return None if x is None else fn(x)
+
+        cond = replace(
+            self.cond, **{f.name: each(getattr(self.cond, f.name)) for f in fields(Cond)}
+        )
+        rest = {
+            k: v if k == "optimizers" else each(v) for k, v in vars(self).items() if k != "cond"
         }
-        moved["cond"] = self.cond.to(device)
-        return _Batch(**moved)
+        return _Batch(**rest, cond=cond)
+
+    def to(self, device: torch.device) -> _Batch:
+        return self.map(lambda x: x.to(device))
 
 
 _Slot = tuple[torch.dtype, int, tuple[int, ...]]  # a packed tensor: (dtype, offset, shape)
@@ -110,34 +123,23 @@ class _Packed:
         parts: dict[torch.dtype, list[torch.Tensor]] = {}
         sizes: dict[torch.dtype, int] = {}
 
-        def slot(x: Any) -> Any:
-            if not isinstance(x, torch.Tensor):
-                return x
+        def slot(x: torch.Tensor) -> _Slot:
             offset = sizes.get(x.dtype, 0)
             parts.setdefault(x.dtype, []).append(x.reshape(-1))
             sizes[x.dtype] = offset + x.numel()
             return (x.dtype, offset, tuple(x.shape))
 
-        cond = replace(
-            batch.cond, **{f.name: slot(getattr(batch.cond, f.name)) for f in fields(Cond)}
-        )
-        rest = {k: slot(v) for k, v in vars(batch).items() if k != "cond"}
-        buffers = {dtype: torch.cat(p) for dtype, p in parts.items()}
-        return _Packed(skeleton=_Batch(**rest, cond=cond), buffers=buffers)
+        skeleton = batch.map(slot)
+        return _Packed(skeleton, {dtype: torch.cat(p) for dtype, p in parts.items()})
 
     def unpack(self) -> _Batch:
         """The batch, its tensors views into the buffers."""
 
-        def view(x: Any) -> Any:
-            if not (isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], torch.dtype)):
-                return x
-            dtype, offset, shape = x
+        def view(slot: _Slot) -> torch.Tensor:
+            dtype, offset, shape = slot
             return self.buffers[dtype][offset : offset + math.prod(shape)].view(shape)
 
-        b = self.skeleton
-        cond = replace(b.cond, **{f.name: view(getattr(b.cond, f.name)) for f in fields(Cond)})
-        rest = {k: view(v) for k, v in vars(b).items() if k != "cond"}
-        return _Batch(**rest, cond=cond)
+        return self.skeleton.map(view)
 
 
 def _check_run(record: RunRecord) -> None:
