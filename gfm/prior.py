@@ -357,7 +357,7 @@ def _levenberg_marquardt(  # noqa: PLR0913 - the problem and its backend
     (JᵀJ + Λ + μ diag(JᵀJ + Λ)) δ = −(Jᵀ r + Λ (x − x̄)),   μ × 0.3 on success, × 10 on failure
     """
     B, P = x.shape
-    shifts = ops.asarray(np.concatenate([np.zeros((1, P)), _FD * np.eye(P)]))  # (P+1, P)
+    shifts = ops.asarray(_FD * np.eye(P))  # (P, P)
     limit = ops.asarray(_STEP_LIMIT[:P])
     mu = ops.full(B, 1e-2)
     diag = ops.arange(P)
@@ -365,20 +365,19 @@ def _levenberg_marquardt(  # noqa: PLR0913 - the problem and its backend
     def objective(res, x):  # noqa: ANN001, ANN202 - ops' arrays
         return ops.square(res).sum(0) + (ops.square(x - target) * lam).sum(1)
 
-    res = obj = None
-    for it in range(iters + 1):
-        # one simulation of the point and its P forward-difference neighbours
-        xs = (x[None] + shifts[:, None]).reshape(-1, P)  # ((P+1)·B, P)
-        R = residuals(xs, P + 1).reshape(-1, P + 1, B)  # (k, P+1, B)
-        if res is None:
-            res, obj = R[:, 0], objective(R[:, 0], x)
-        if it == iters:
-            break
-        J = ops.permute((R[:, 1:] - R[:, :1]) / _FD, (0, 2, 1))  # (k, B, P)
+    # the residuals of the current x are kept from the step that made it (columns simulate
+    # independently, so simulating x again, as a Jacobian's base column, gives the same bits)
+    res = residuals(x, 1)  # (k, B)
+    obj = objective(res, x)
+    for _ in range(iters):
+        # one simulation of the P forward-difference neighbours of every row
+        xs = (x[None] + shifts[:, None]).reshape(-1, P)  # (P·B, P)
+        R = residuals(xs, P).reshape(-1, P, B)  # (k, P, B)
+        J = ops.permute((R - res[:, None]) / _FD, (0, 2, 1))  # (k, B, P)
         A = ops.einsum("kbp,kbq->bpq", J, J)
         A[:, diag, diag] += lam
         A[:, diag, diag] *= 1 + mu[:, None]
-        grad = ops.einsum("kbp,kb->bp", J, R[:, 0]) + lam * (x - target)
+        grad = ops.einsum("kbp,kb->bp", J, res) + lam * (x - target)
         step = -ops.linalg.solve(A, grad[..., None])[..., 0]
         x_new = x + ops.clip(step, -limit, limit)
         res_new = residuals(x_new, 1)

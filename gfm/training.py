@@ -30,7 +30,7 @@ from gfm._torch import one_thread, resolve_device
 from gfm.config import GFMSettings, TrainSettings
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
-from gfm.fields import Cond, scan_states
+from gfm.fields import Cond, VectorField, scan_states
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
@@ -346,36 +346,63 @@ def _loss(model: GFM, b: _Batch) -> torch.Tensor:
     code = net.encode(b.ctx)  # (R, N, rows, K)
     M = b.cond.S / b.cond.record_every  # (R, 1, 1)
     g_tau = net.combine(code, net.trunk(b.tau, b.lrf_tau, b.run), b.w_tau, M)  # (R, N, M)
+    g_theta = None
     if any(model.field_for(o).n_state for o in b.optimizers):
         g_theta = net.combine(code, net.trunk(b.theta, b.lrf_theta, b.run), b.w_theta, M)
-    losses = []
-    for opt in sorted(set(b.optimizers)):
-        rows = torch.tensor([i for i, o in enumerate(b.optimizers) if o == opt])
+    # one group per distinct field: the free variant's one field moves every run at once
+    groups: dict[int, tuple[VectorField, list[int]]] = {}
+    for i, opt in enumerate(b.optimizers):
         field = model.field_for(opt)
-        cond = b.cond.select(rows)
-        gate = None if g_tau.gate is None else g_tau.gate[rows]
-        w_tau, g = b.w_tau[rows], Grad(g_tau.mean[rows], g_tau.var[rows], gate)
-        if b.prior_v is not None:
-            cond = replace(cond, prior_v=b.prior_v[rows])  # (Rg, N, M): interval i's ṗ at τ_i
-        states = []
-        if field.n_state:
-            g_th = Grad(g_theta.mean[rows], g_theta.var[rows])
-            phis_theta = field.targets(g_th, b.w_theta[rows], cond)
-            phis_tau = field.targets(g, w_tau, cond)
-            for phi_th, phi_tau, beta in zip(phis_theta, phis_tau, field.decays(cond), strict=True):
-                s_ck = scan_states(phi_th, beta**cond.record_every)[..., :-1]  # (Rg, N, M)
-                e = beta ** (cond.record_every * b.U[rows])  # (Rg, 1, M) decay from t_i to τ_i
-                states.append(e * s_ck + (1 - e) * phi_tau)  # (Rg, N, M)
-        v = field.drift(w_tau, states, g, b.alpha_tau[rows], b.tau[rows], cond)
-        mask = b.mask[rows]  # (Rg, 1, M) future intervals of each run
-        delta = (v - b.u[rows]) * mask / M[rows]  # (Rg, N, M)
-        c2 = b.c2[rows].unsqueeze(-1)  # (Rg, N, 1)
-        den = b.persist[rows] + 1e-6 * b.c2[rows].sum(1)  # (Rg,)
-        fm = (c2 * delta.square()).sum((1, 2))
-        E = torch.cumsum(delta, -1)  # (Rg, N, M) accumulated error at t_{i+1}
-        cum = (c2 * E.square() * mask).sum((1, 2)) / mask.sum((1, 2)).clamp_min(1.0)
-        losses.append((fm + _CUM * cum) / den)
-    return torch.cat(losses).mean()
+        groups.setdefault(id(field), (field, []))[1].append(i)
+    R = len(b.optimizers)
+    losses, runs = [], []
+    for field, rows in groups.values():
+        take = None if len(rows) == R else torch.tensor(rows)
+        losses.append(_group_loss(field, b, g_tau, g_theta, M, take))
+        runs += rows
+    # the mean in the order of the runs sorted by optimizer, as when each optimizer was a
+    # group: the same float sum, so the same trained network bit for bit
+    at = {run: j for j, run in enumerate(runs)}
+    order = sorted(range(R), key=lambda i: (b.optimizers[i], i))
+    return torch.cat(losses)[torch.tensor([at[i] for i in order])].mean()
+
+
+def _group_loss(  # noqa: PLR0913 - one group's share of _loss
+    field: VectorField,
+    b: _Batch,
+    g_tau: Grad,
+    g_theta: Grad | None,
+    M: torch.Tensor,
+    rows: torch.Tensor | None,
+) -> torch.Tensor:
+    """``_loss``'s L_run of the batch's runs ``rows`` (None: all of them), all moved by ``field``."""
+
+    def take(x: torch.Tensor) -> torch.Tensor:
+        return x if rows is None else x[rows]
+
+    cond = b.cond if rows is None else b.cond.select(rows)
+    gate = None if g_tau.gate is None else take(g_tau.gate)
+    w_tau, g = take(b.w_tau), Grad(take(g_tau.mean), take(g_tau.var), gate)
+    if b.prior_v is not None:
+        cond = replace(cond, prior_v=take(b.prior_v))  # (Rg, N, M): interval i's ṗ at τ_i
+    states = []
+    if field.n_state and g_theta is not None:
+        g_th = Grad(take(g_theta.mean), take(g_theta.var))
+        phis_theta = field.targets(g_th, take(b.w_theta), cond)
+        phis_tau = field.targets(g, w_tau, cond)
+        for phi_th, phi_tau, beta in zip(phis_theta, phis_tau, field.decays(cond), strict=True):
+            s_ck = scan_states(phi_th, beta**cond.record_every)[..., :-1]  # (Rg, N, M)
+            e = beta ** (cond.record_every * take(b.U))  # (Rg, 1, M) decay from t_i to τ_i
+            states.append(e * s_ck + (1 - e) * phi_tau)  # (Rg, N, M)
+    v = field.drift(w_tau, states, g, take(b.alpha_tau), take(b.tau), cond)
+    mask = take(b.mask)  # (Rg, 1, M) future intervals of each run
+    delta = (v - take(b.u)) * mask / take(M)  # (Rg, N, M)
+    c2 = take(b.c2).unsqueeze(-1)  # (Rg, N, 1)
+    den = take(b.persist) + 1e-6 * take(b.c2).sum(1)  # (Rg,)
+    fm = (c2 * delta.square()).sum((1, 2))
+    E = torch.cumsum(delta, -1)  # (Rg, N, M) accumulated error at t_{i+1}
+    cum = (c2 * E.square() * mask).sum((1, 2)) / mask.sum((1, 2)).clamp_min(1.0)
+    return (fm + _CUM * cum) / den
 
 
 def _forecast_errors(  # noqa: PLR0913 - validate's arguments
@@ -783,7 +810,10 @@ def _loop(
     """The training loop of ``fit`` (same arguments)."""
     torch.manual_seed(cfg.seed)
     net = model.net.to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one kernel per update over all tensors, the same values as the per-tensor loop
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
+    )
     history: list[dict[str, float]] = []
     best_score, best_state = math.inf, None
     running, seen = 0.0, 0

@@ -180,3 +180,27 @@ def test_another_prefix_or_a_damaged_entry_is_a_cache_miss(tmp_path):
     fit = quadfit(_prefix(W, "sgd", hp, k=6), cache=tmp_path)
     np.testing.assert_array_equal(fit.path, quadfit(_prefix(W, "sgd", hp, k=6)).path)
     assert sum(f.stat().st_size > 10 for f in tmp_path.rglob("*.npz")) == 1
+
+
+def test_levenberg_marquardt_simulates_each_point_once_and_keeps_its_residuals():
+    # given a least-squares problem whose residuals count the rows they are asked to simulate
+    rng = np.random.default_rng(0)
+    A, y = rng.standard_normal((7, 2)), rng.standard_normal((7, 5))
+    reps_asked = []
+
+    def residuals(x, reps):  # rows x (reps·B, 2) -> (7, reps·B), each column on its own
+        reps_asked.append(reps)
+        return A @ x.T - np.tile(y, (1, reps))
+
+    ops, iters = prior._Ops(None), 6
+    x0, target, lam = np.zeros((5, 2)), np.zeros((5, 2)), np.asarray([1e-3, 1e-3])
+    # when it is solved
+    x, res, obj = prior._levenberg_marquardt(ops, x0, target, lam, residuals, iters)
+    # then each iteration simulates only the P Jacobian neighbours and the trial point
+    assert reps_asked == [1] + [2, 1] * iters
+    # and the residuals it returns are those of the x it returns, bit for bit
+    np.testing.assert_array_equal(res, residuals(x, 1))
+    np.testing.assert_array_equal(obj, (res**2).sum(0) + ((x - target) ** 2 * lam).sum(1))
+    # and it converges to the regularised least-squares solution
+    exact = np.linalg.solve(A.T @ A + np.diag(lam), A.T @ y).T
+    np.testing.assert_allclose(x, exact, rtol=1e-3, atol=1e-3)

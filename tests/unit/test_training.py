@@ -311,3 +311,33 @@ def test_a_run_with_fewer_parameters_than_the_batch_is_padded_with_rows_of_no_we
     # then the small run gave its 2 parameters once, not 8 draws, and its padding changed nothing
     assert a["c2"].shape[0] == 2 and b["c2"].shape[0] == 8
     assert float(both) == pytest.approx(float(sum(alone)) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["free", "optimizer"])
+def test_the_loss_groups_runs_by_field_with_the_bits_of_per_optimizer_groups(variant):
+    # given a batch of runs of three optimizers, in mixed order
+    opts = ["sgd", "momentum", "sgd", "adam"]
+    examples = []
+    for i, opt in enumerate(opts):
+        record = least_squares_run(i)
+        spec = dataclasses.replace(record.spec, optimizer=opt)
+        record = dataclasses.replace(record, spec=spec)
+        rng = np.random.default_rng(i)
+        examples.append(training._example(record, 10, 8, 4, 0.0, rng))
+    batch = training._collate(examples)
+    model = GFM(GFMSettings(variant=variant, prior=False, width=16, depth=1), SMALL)
+    # when the loss is taken (the free variant's one field: one group of all runs)
+    loss = training._loss(model, batch)
+    # then it is, bit for bit, the mean of each optimizer's group in sorted order
+    net, M = model.net, batch.cond.S / batch.cond.record_every
+    code = net.encode(batch.ctx)
+    g_tau = net.combine(code, net.trunk(batch.tau, batch.lrf_tau, batch.run), batch.w_tau, M)
+    g_theta = net.combine(
+        code, net.trunk(batch.theta, batch.lrf_theta, batch.run), batch.w_theta, M
+    )
+    parts = []
+    for opt in sorted(set(opts)):
+        rows = torch.tensor([i for i, o in enumerate(opts) if o == opt])
+        field = model.field_for(opt)
+        parts.append(training._group_loss(field, batch, g_tau, g_theta, M, rows))
+    assert torch.equal(loss, torch.cat(parts).mean())
