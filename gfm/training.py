@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from gfm._torch import one_thread, resolve_device
 from gfm.config import GFMSettings, TrainSettings
+from gfm.data.names import OPTIMIZERS
 from gfm.data.schema import RunRecord
 from gfm.features import Normalizer, context, lr_at, lr_features, run_context
-from gfm.fields import Cond, VectorField, scan_states
+from gfm.fields import FIELDS, Cond, VectorField, scan_states
 from gfm.forecast import forecast
 from gfm.forecaster import Prefix, observed_index
 from gfm.paths import LinearPath
@@ -61,19 +62,22 @@ OnEval = Callable[[int, dict[str, float]], bool | None]
 
 @dataclass
 class _Batch:
-    """R runs × N parameters × M_max intervals (shorter runs padded and masked)."""
+    """R runs × N parameters × M_max intervals (shorter runs padded and masked).
+
+    (†) Only for fields that keep optimizer state (``_needs_state``), else None.
+    """
 
     optimizers: list[str]
     ctx: torch.Tensor  # (R, N, F_ctx)
     run: torch.Tensor  # (R, N_RUN + H)
     w_tau: torch.Tensor  # (R, N, M) ŵ at the random time τ_i in interval i
-    w_theta: torch.Tensor  # (R, N, M) ŵ at the state point θ_i of interval i
+    w_theta: torch.Tensor | None  # (R, N, M) ŵ at the state point θ_i of interval i (†)
     u: torch.Tensor  # (R, N, M) target normalised velocity of interval i
     tau: torch.Tensor  # (R, M)
-    theta: torch.Tensor  # (R, M)
-    U: torch.Tensor  # (R, 1, M) position of τ_i in its interval, in [0, 1)
+    theta: torch.Tensor | None  # (R, M) (†)
+    U: torch.Tensor | None  # (R, 1, M) position of τ_i in its interval, in [0, 1) (†)
     lrf_tau: torch.Tensor  # (R, M, N_LR)
-    lrf_theta: torch.Tensor  # (R, M, N_LR)
+    lrf_theta: torch.Tensor | None  # (R, M, N_LR) (†)
     alpha_tau: torch.Tensor  # (R, 1, M)
     mask: torch.Tensor  # (R, 1, M) 1 on intervals k <= i < M_r (the future of the prefix)
     persist: torch.Tensor  # (R,) Σ_n c_n² y_n², y = (w_M − w_k)/c: persistence's squared error
@@ -196,6 +200,8 @@ def _example(  # noqa: PLR0913 - one run's draw: the run, k, sizes, σ, the stre
     sigma: float,
     rng: np.random.Generator,
     shared: _Prefixed | None = None,
+    *,
+    state: bool = True,
 ) -> dict:
     """One run's share of a batch: N parameters, every interval, normalised by its prefix.
 
@@ -203,7 +209,9 @@ def _example(  # noqa: PLR0913 - one run's draw: the run, k, sizes, σ, the stre
     with it (prior training) they are drawn from its pool and the context, conditioning and
     prior velocity are taken from it. They are drawn without replacement: a run with fewer
     than N parameters (or pool rows) gives all of them once, and ``_collate`` pads it with
-    zero-weight rows, so a 2-parameter run costs 2 rows, not N copies of the same two.
+    zero-weight rows, so a 2-parameter run costs 2 rows, not N copies of the same two. Without
+    ``state`` the optimizer-state points θ_i are left out (None): a free field never reads them,
+    and they were a fifth of a batch's drawing and sending.
     """
     if shared is None:
         prefix = Prefix.from_record(record, k)
@@ -233,7 +241,7 @@ def _example(  # noqa: PLR0913 - one run's draw: the run, k, sizes, σ, the stre
     path = LinearPath(sigma)  # σ in normalised units: a tube relative to the layer's scale
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     _, w_tau, u = path.sample(W_hat, tau.float(), generator=gen)  # (M, N) each
-    w_theta = LinearPath().w_at(W_hat, theta.float())  # (M, N), on the path itself
+    w_theta = LinearPath().w_at(W_hat, theta.float()).T if state else None  # (N, M), on the path
     mask = torch.zeros(M)
     mask[k:] = 1.0
     return {
@@ -242,13 +250,13 @@ def _example(  # noqa: PLR0913 - one run's draw: the run, k, sizes, σ, the stre
         "ctx": ctx,
         "run": run,
         "w_tau": w_tau.T,  # (M, N) -> (N, M)
-        "w_theta": w_theta.T,
+        "w_theta": w_theta,
         "u": u.T,
         "tau": tau.float(),
-        "theta": theta.float(),
-        "U": U.float(),
+        "theta": theta.float() if state else None,
+        "U": U.float() if state else None,
         "lrf_tau": lr_features(prefix, tau),  # (M, N_LR)
-        "lrf_theta": lr_features(prefix, theta),
+        "lrf_theta": lr_features(prefix, theta) if state else None,
         "alpha_tau": lr_at(prefix, tau).float(),
         "mask": mask,
         # persistence's squared error of the sampled parameters, raw units: Σ_n (w_M − w_k)²
@@ -280,6 +288,10 @@ def _pad_params(e: dict, n: int) -> dict:
     return out
 
 
+def _unsqueeze(x: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+    return None if x is None else x.unsqueeze(dim)
+
+
 def _collate(examples: list[dict]) -> _Batch:
     """Stack examples, padded to the longest M (masked out) and the most parameters.
 
@@ -297,7 +309,9 @@ def _collate(examples: list[dict]) -> _Batch:
         fill = extra if extra is not None else x.new_full((Mx - x.shape[0], *x.shape[1:]), value)
         return torch.cat([x, fill], 0)
 
-    def stack(key: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def stack(key: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+        if examples[0][key] is None:  # left out of every example (state points, a prior)
+            return None
         return torch.stack([fn(e[key]) for e in examples])
 
     return _Batch(
@@ -309,7 +323,7 @@ def _collate(examples: list[dict]) -> _Batch:
         u=stack("u", pad_last),
         tau=stack("tau", lambda x: pad_last(x, 1.0)),
         theta=stack("theta", lambda x: pad_last(x, 1.0)),
-        U=stack("U", pad_last).unsqueeze(1),
+        U=_unsqueeze(stack("U", pad_last), 1),
         lrf_tau=stack("lrf_tau", lambda x: pad_first(x, None)),
         lrf_theta=stack("lrf_theta", lambda x: pad_first(x, None)),
         alpha_tau=stack("alpha_tau", lambda x: pad_last(x, float(x[-1]))).unsqueeze(1),
@@ -317,7 +331,7 @@ def _collate(examples: list[dict]) -> _Batch:
         persist=stack("persist", lambda x: x),
         c2=stack("c2", lambda x: x),
         cond=Cond.stack([e["cond"] for e in examples]),
-        prior_v=None if examples[0]["prior_v"] is None else stack("prior_v", pad_last),
+        prior_v=stack("prior_v", pad_last),
     )
 
 
@@ -690,7 +704,7 @@ def _draw(
     evenly over that range instead, so each (run, k)'s prior fit is computed once per process
     (``_prefixed``), across fits too (tuning trials, the benchmark's seeds).
     """
-    examples = []
+    examples, state = [], _needs_state(gfm)
     for i in rng.integers(len(train), size=cfg.batch_runs):
         record = train[int(i)]
         _check_run(record)
@@ -703,8 +717,15 @@ def _draw(
             statics = _prefixed(record, k, gfm, cfg.seed, cfg.prior_cache)
         else:
             k = int(rng.integers(lo, hi + 1))
-        examples.append(_example(record, k, cfg.batch_params, gfm.history, gfm.sigma, rng, statics))
+        examples.append(
+            _example(record, k, cfg.batch_params, gfm.history, gfm.sigma, rng, statics, state=state)
+        )
     return examples
+
+
+def _needs_state(gfm: GFMSettings) -> bool:
+    """Whether a field of a GFM with these settings keeps optimizer state (``GFM.fields``)."""
+    return gfm.variant == "optimizer" and any(FIELDS[o].n_state for o in OPTIMIZERS)
 
 
 class _Batches(torch.utils.data.IterableDataset):

@@ -341,3 +341,22 @@ def test_the_loss_groups_runs_by_field_with_the_bits_of_per_optimizer_groups(var
         field = model.field_for(opt)
         parts.append(training._group_loss(field, batch, g_tau, g_theta, M, rows))
     assert torch.equal(loss, torch.cat(parts).mean())
+
+
+def test_a_free_field_batch_leaves_out_the_state_points_and_nothing_else():
+    # given the same stream drawn for a free field (no optimizer state) and an optimizer-aware one
+    runs = [least_squares_run(s) for s in range(3)]
+    free = GFMSettings(variant="free", prior=False)
+    aware = GFMSettings(variant="optimizer", prior=False)
+    a = training._collate(training._draw(free, runs, SMALL, np.random.default_rng(3)))
+    b = training._collate(training._draw(aware, runs, SMALL, np.random.default_rng(3)))
+    # then the free batch has no state points θ_i, and every other field is the same
+    left_out = {"w_theta", "theta", "lrf_theta", "U"}
+    assert {k for k, v in vars(a).items() if v is None} == left_out | {"prior_v"}
+    for name, value in vars(b).items():
+        if name in left_out:
+            assert value is not None, name
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(getattr(a, name), value), name
+    # and the free model's loss is taken without them
+    assert torch.isfinite(training._loss(GFM(free, SMALL), a))

