@@ -288,10 +288,6 @@ def _pad_params(e: dict, n: int) -> dict:
     return out
 
 
-def _unsqueeze(x: torch.Tensor | None, dim: int) -> torch.Tensor | None:
-    return None if x is None else x.unsqueeze(dim)
-
-
 def _collate(examples: list[dict]) -> _Batch:
     """Stack examples, padded to the longest M (masked out) and the most parameters.
 
@@ -323,7 +319,7 @@ def _collate(examples: list[dict]) -> _Batch:
         u=stack("u", pad_last),
         tau=stack("tau", lambda x: pad_last(x, 1.0)),
         theta=stack("theta", lambda x: pad_last(x, 1.0)),
-        U=_unsqueeze(stack("U", pad_last), 1),
+        U=stack("U", lambda x: pad_last(x).unsqueeze(0)),
         lrf_tau=stack("lrf_tau", lambda x: pad_first(x, None)),
         lrf_theta=stack("lrf_theta", lambda x: pad_first(x, None)),
         alpha_tau=stack("alpha_tau", lambda x: pad_last(x, float(x[-1]))).unsqueeze(1),
@@ -400,7 +396,8 @@ def _group_loss(  # noqa: PLR0913 - one group's share of _loss
     if b.prior_v is not None:
         cond = replace(cond, prior_v=take(b.prior_v))  # (Rg, N, M): interval i's ṗ at τ_i
     states = []
-    if field.n_state and g_theta is not None:
+    if field.n_state:
+        assert g_theta is not None  # internal: _loss computes it whenever a field keeps state
         g_th = Grad(take(g_theta.mean), take(g_theta.var))
         phis_theta = field.targets(g_th, take(b.w_theta), cond)
         phis_tau = field.targets(g, w_tau, cond)
